@@ -1,0 +1,67 @@
+"""Named forward wrappers on a model's unit sub-modules: the only way rfcache touches a model.
+
+A wrapper replaces ``module.forward`` on the instance (never the block or the class), so the
+block's own code runs unchanged and removing the wrapper restores the original bound method.
+Wrappers are registered by name so that two features cannot silently stack on one module.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import torch
+
+from rfcache.models.base import BlockAdapter, CacheUnit, Granularity
+
+__all__ = ["UnitCall", "attach_unit_hooks", "detach_unit_hooks", "has_unit_hooks"]
+
+_ATTR = "_rfcache_hook"
+
+# (unit, original forward, args, kwargs) -> output
+UnitCall = Callable[[CacheUnit, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+def attach_unit_hooks(
+    model: torch.nn.Module,
+    adapter: BlockAdapter,
+    call: UnitCall,
+    *,
+    name: str,
+    granularity: Granularity = "module",
+) -> list[CacheUnit]:
+    """Route every call of each unit of ``model`` through ``call``; returns the units hooked."""
+    if has_unit_hooks(model):
+        raise RuntimeError(f"{type(model).__name__} already has rfcache hooks ({_hook_names(model)}); disable first")
+    units = adapter.units(model, granularity)
+    for unit in units:
+        module = adapter.resolve(model, unit)
+        original = module.forward
+
+        @functools.wraps(original)
+        def forward(*args: Any, __unit: CacheUnit = unit, __orig: Callable = original, **kwargs: Any) -> Any:
+            return call(__unit, __orig, args, kwargs)
+
+        module.forward = forward
+        setattr(module, _ATTR, name)
+    return units
+
+
+def detach_unit_hooks(model: torch.nn.Module, *, name: str) -> int:
+    """Remove the wrappers registered under ``name``; returns how many were removed."""
+    removed = 0
+    for module in model.modules():
+        if getattr(module, _ATTR, None) == name:
+            del module.forward  # the instance attribute; the class's forward shows through again
+            delattr(module, _ATTR)
+            removed += 1
+    return removed
+
+
+def has_unit_hooks(model: torch.nn.Module) -> bool:
+    return any(hasattr(m, _ATTR) for m in model.modules())
+
+
+def _hook_names(model: torch.nn.Module) -> str:
+    return ", ".join(sorted({getattr(m, _ATTR) for m in model.modules() if hasattr(m, _ATTR)}))
