@@ -95,7 +95,7 @@ class AdapterConformance:
         for granularity in ("module", "block"):
             seen: list[tuple[int, torch.Size]] = []
 
-            def call(unit, original, args, kwargs):  # noqa: ANN001, ANN202
+            def call(unit, original, args, kwargs):
                 x = adapter.unit_input(model, unit, args, kwargs)
                 assert isinstance(x, torch.Tensor) and x.ndim == 3, unit.path  # (B, N, D)
                 seen.append((unit.index, x.shape))
@@ -113,7 +113,9 @@ class AdapterConformance:
             assert [i for i, _ in seen] == [u.index for u in units], granularity
             assert all(shape[0] == self.batch for _, shape in seen)
 
-    def test_flops_agree_with_counter(self, model: torch.nn.Module, adapter: BlockAdapter, inputs: dict[str, Any]) -> None:
+    def test_flops_agree_with_counter(
+        self, model: torch.nn.Module, adapter: BlockAdapter, inputs: dict[str, Any]
+    ) -> None:
         total, measured = count_flops(model, inputs)
         shape = adapter.step_shape(model, inputs)
         unit_total = 0

@@ -18,6 +18,8 @@ from typing import Any, ClassVar, Literal
 
 import torch
 
+from rfcache.errors import RfcacheError
+
 __all__ = [
     "BlockAdapter",
     "BlockSignature",
@@ -30,7 +32,7 @@ __all__ = [
 Granularity = Literal["module", "block"]
 
 
-class UnsupportedModelError(ValueError):
+class UnsupportedModelError(RfcacheError, ValueError):
     """The model (or pipeline) has no adapter, or does not match what its adapter expects."""
 
 

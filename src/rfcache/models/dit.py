@@ -66,4 +66,3 @@ class DiTAdapter(BlockAdapter):
             "timestep": torch.randint(0, 1000, (batch,), generator=generator).to(device),
             "class_labels": torch.randint(0, num_classes, (batch,), generator=generator).to(device),
         }
-

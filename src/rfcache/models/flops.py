@@ -18,9 +18,7 @@ def linear_flops(module: torch.nn.Module | None, rows: int) -> int:
     if module is None:
         return 0
     layers = [module] if isinstance(module, torch.nn.Linear) else module.modules()
-    return sum(
-        2 * rows * m.in_features * m.out_features for m in layers if isinstance(m, torch.nn.Linear)
-    )
+    return sum(2 * rows * m.in_features * m.out_features for m in layers if isinstance(m, torch.nn.Linear))
 
 
 def attention_core_flops(batch: int, q_tokens: int, kv_tokens: int, inner_dim: int) -> int:

@@ -141,4 +141,3 @@ class DigitsDiTPipeline(DiffusionPipeline):
 def read_training_record(weights_dir: Path = TOY_WEIGHTS_DIR) -> dict[str, Any]:
     """The recipe and measurements recorded beside the shipped weights."""
     return json.loads((weights_dir / "training.json").read_text())
-

@@ -1,0 +1,1 @@
+"""Command-line interface: thin wrappers that parse flags, call one library function, and exit."""

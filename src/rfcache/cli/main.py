@@ -1,0 +1,76 @@
+"""``rfcache <command>`` and the ``rfc-<command>`` aliases."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from rfcache.cli import generate
+from rfcache.cli._args import add_config_arguments, config_from_args
+
+__all__ = ["generate_main", "main"]
+
+
+@dataclass(frozen=True)
+class _Command:
+    config: type
+    run: Callable[[Any], Any]
+    add_parser: Callable[[argparse._SubParsersAction], argparse.ArgumentParser]
+    report: Callable[[Any, Any], str]
+
+
+COMMANDS: dict[str, _Command] = {
+    "generate": _Command(
+        generate.GenerateConfig, generate.run_generate, generate.add_parser, lambda cfg, out: f"wrote {out}"
+    ),
+}
+
+
+def _parser(only: str | None = None) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="rfcache", description="Relational Feature Caching for diffusion transformers."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, command in COMMANDS.items():
+        if only is None or name == only:
+            p = command.add_parser(sub)
+            p.formatter_class = argparse.RawDescriptionHelpFormatter
+            p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
+            add_config_arguments(p, command.config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command: str | None = None) -> int:
+    """Run one command; expected failures print one line and return 2."""
+    from rfcache.errors import RfcacheError
+
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if command is not None:
+        argv = [command, *argv]
+    parser = _parser(command)
+    if prog:
+        parser.prog = prog
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
+    cmd = COMMANDS[args.command]
+    cfg = config_from_args(cmd.config, args)
+    name = prog or f"rfcache {args.command}"
+    try:
+        result = cmd.run(cfg)
+    except (RfcacheError, FileNotFoundError) as exc:
+        print(f"{name}: error: {exc}", file=sys.stderr)
+        return 2
+    print(cmd.report(cfg, result))
+    return 0
+
+
+def generate_main() -> None:
+    sys.exit(main(prog="rfc-generate", command="generate"))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""Loading pipelines: the embedded toy model, a local folder, or a hub id."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfcache.errors import RfcacheError
+from rfcache.models import get_adapter
+
+__all__ = ["load_pipeline"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_pipeline(
+    name_or_path: str | Path,
+    *,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+) -> Any:
+    """A diffusers pipeline whose transformer rfcache supports, on ``device`` in ``dtype``.
+
+    ``"toy"`` is the embedded digits DiT (DDIM, 50 steps by default, classifier-free guidance);
+    a folder goes through ``DiffusionPipeline.from_pretrained``; anything else is taken as a hub id.
+    """
+    if str(name_or_path) == "toy":
+        pipe = _load_toy()
+    else:
+        pipe = _load_pretrained(name_or_path, dtype)
+    get_adapter(pipe)  # fail now, with the list of supported families, rather than at enable time
+    pipe.transformer.eval()
+    return pipe.to(device=device, dtype=dtype)
+
+
+def _load_toy() -> Any:
+    from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+    from rfcache.models.toy import TOY_WEIGHTS_DIR, DigitsDiTPipeline
+
+    if not (TOY_WEIGHTS_DIR / "transformer").is_dir():
+        raise RfcacheError(f"embedded weights missing at {TOY_WEIGHTS_DIR}; reinstall rfcache")
+    transformer = DiTTransformer2DModel.from_pretrained(TOY_WEIGHTS_DIR / "transformer", low_cpu_mem_usage=False)
+    scheduler = DDIMScheduler.from_pretrained(TOY_WEIGHTS_DIR / "scheduler")
+    return DigitsDiTPipeline(transformer=transformer, scheduler=scheduler)
+
+
+def _load_pretrained(name_or_path: str | Path, dtype: torch.dtype) -> Any:
+    from diffusers import DiffusionPipeline
+
+    path = Path(name_or_path).expanduser()
+    looks_local = path.is_absolute() or str(name_or_path).startswith((".", "~")) or path.exists()
+    if looks_local and not path.is_dir():
+        raise RfcacheError(f"model folder {path} does not exist")
+    if looks_local and not (path / "model_index.json").is_file():
+        raise RfcacheError(f"{path} is not a diffusers pipeline folder (no model_index.json)")
+    pipeline_cls: Any = DiffusionPipeline
+    if looks_local and json.loads((path / "model_index.json").read_text()).get("_class_name") == "DigitsDiTPipeline":
+        from rfcache.models.toy import DigitsDiTPipeline
+
+        pipeline_cls = DigitsDiTPipeline
+    try:
+        return pipeline_cls.from_pretrained(str(path) if looks_local else str(name_or_path), torch_dtype=dtype)
+    except (OSError, ValueError) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RfcacheError(f"cannot load pipeline {name_or_path!r}: {first}") from exc

@@ -1,0 +1,68 @@
+"""`enable`, `disable`, `summary`: apply a caching method to an unmodified pipeline or transformer."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+from rfcache.errors import RfcacheError
+from rfcache.models import get_adapter, get_transformer
+from rfcache.runtime.config import CacheConfig
+from rfcache.runtime.session import CacheSession, CacheSummary
+
+__all__ = ["disable", "enable", "get_session", "summary"]
+
+_SESSION_ATTR = "_rfcache_session"
+
+
+def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **params: Any) -> CacheSession:
+    """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
+
+    The pipeline call itself is unchanged. Parameters (``interval``, ``order``, ``warmup``,
+    ``tau``, ``max_cached``, ``granularity``, ``check_finite``) are those of :class:`CacheConfig`.
+
+    Example:
+        >>> pipe = rfcache.load_pipeline("toy")
+        >>> rfcache.enable(pipe, method="taylorseer", interval=4, order=2)
+        >>> images = pipe(class_labels=[3], generator=torch.Generator().manual_seed(0)).images
+        >>> print(rfcache.summary(pipe))
+    """
+    model = get_transformer(pipe_or_model)
+    adapter = get_adapter(model)
+    if getattr(model, _SESSION_ATTR, None) is not None:
+        raise RfcacheError(f"caching is already enabled on this {type(model).__name__}; call rfcache.disable first")
+    if profile is not None:
+        raise RfcacheError("profiles are not supported yet")
+    names = {f.name for f in dataclasses.fields(CacheConfig)} - {"method"}
+    unknown = sorted(set(params) - names)
+    if unknown:
+        raise RfcacheError(
+            f"unknown caching parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}"
+        )
+    session = CacheSession(model, adapter, CacheConfig(method=method, **params))
+    session.attach()
+    setattr(model, _SESSION_ATTR, session)
+    return session
+
+
+def get_session(pipe_or_model: Any) -> CacheSession:
+    """The active session of ``pipe_or_model``'s transformer; an error if caching is not enabled."""
+    model = get_transformer(pipe_or_model)
+    session = getattr(model, _SESSION_ATTR, None)
+    if session is None:
+        raise RfcacheError(f"caching is not enabled on this {type(model).__name__}; call rfcache.enable first")
+    return session
+
+
+def disable(pipe_or_model: Any) -> None:
+    """Remove every hook and cached tensor: the model behaves exactly as before ``enable``."""
+    model = get_transformer(pipe_or_model)
+    session = getattr(model, _SESSION_ATTR, None)
+    if session is not None:
+        session.detach()
+        delattr(model, _SESSION_ATTR)
+
+
+def summary(pipe_or_model: Any) -> CacheSummary:
+    """Counts of the last generation: steps, full steps, pattern, FLOP fraction, fallbacks."""
+    return get_session(pipe_or_model).summary()

@@ -1,0 +1,91 @@
+"""`CacheConfig`: a caching method and its parameters, validated once.
+
+Methods (method.md): ``none`` (hooks attached, every step computed), ``fora`` (reuse + interval),
+``taylorseer`` (Taylor + interval), ``rfe`` (relational + interval), ``rcs`` (Taylor + dynamic),
+``rfc`` (relational + dynamic: the paper's full method) and ``static`` (a profile's fixed mask with
+the profile's predictor). Parameter names are shared by all methods where they apply.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from rfcache.errors import RfcacheError
+from rfcache.models import Granularity
+
+__all__ = ["METHODS", "CacheConfig"]
+
+# method -> (predictor, policy)
+METHODS: dict[str, tuple[str, str]] = {
+    "none": ("reuse", "always"),
+    "fora": ("reuse", "interval"),
+    "taylorseer": ("taylor", "interval"),
+    "rfe": ("relational", "interval"),
+    "rcs": ("taylor", "dynamic"),
+    "rfc": ("relational", "dynamic"),
+    "static": ("relational", "static"),
+}
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How a model is cached. ``predictor`` defaults to the method's; a profile may override it.
+
+    Args:
+        method: one of :data:`METHODS`.
+        interval: N, full step every N steps after the warm-up (``interval`` policies).
+        order: m, Taylor order of the predictor and of RCS's input forecast (0, 1 or 2).
+        warmup: full steps at the start of every generation.
+        tau: RCS threshold on the accumulated relative-L1 input-forecast error.
+        max_cached: cap on consecutive cached steps (dynamic policy); None for no cap.
+        granularity: ``"module"`` (attention and feed-forward separately) or ``"block"``.
+        mask: per-step compute mask (True = full) for ``static``.
+        ratios: calibrated relation ratio ``s`` per unit index, replacing the run-time ratio.
+        check_finite: recompute a unit whose prediction holds NaN or inf.
+    """
+
+    method: str = "rfc"
+    interval: int = 4
+    order: int = 2
+    warmup: int = 2
+    tau: float = 0.3
+    max_cached: int | None = None
+    granularity: Granularity = "module"
+    mask: tuple[bool, ...] | None = None
+    ratios: tuple[float, ...] | None = None
+    predictor: str = field(default="")
+    check_finite: bool = True
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise RfcacheError(f"method must be one of {', '.join(METHODS)}; got {self.method!r}")
+        if not self.predictor:
+            object.__setattr__(self, "predictor", METHODS[self.method][0])
+        if self.predictor not in ("reuse", "taylor", "relational"):
+            raise RfcacheError(f"predictor must be reuse, taylor or relational; got {self.predictor!r}")
+        if self.interval < 1:
+            raise RfcacheError(f"interval must be >= 1; got {self.interval}")
+        if self.order not in (0, 1, 2):
+            raise RfcacheError(f"order must be 0, 1 or 2; got {self.order}")
+        if self.predictor == "relational" and self.order < 1:
+            raise RfcacheError("the relational predictor needs order >= 1 (it keeps TaylorSeer's direction)")
+        if self.warmup < 0:
+            raise RfcacheError(f"warmup must be >= 0; got {self.warmup}")
+        if not (self.tau >= 0) or math.isnan(self.tau):
+            raise RfcacheError(f"tau must be >= 0; got {self.tau}")
+        if self.max_cached is not None and self.max_cached < 0:
+            raise RfcacheError(f"max_cached must be >= 0 or None; got {self.max_cached}")
+        if self.granularity not in ("module", "block"):
+            raise RfcacheError(f"granularity must be 'module' or 'block'; got {self.granularity!r}")
+        if self.policy == "static" and not self.mask:
+            raise RfcacheError("method 'static' needs a mask (from a profile)")
+
+    @property
+    def policy(self) -> str:
+        return METHODS[self.method][1]
+
+    @property
+    def min_full_steps(self) -> int:
+        """Full steps the predictor needs before it can predict."""
+        return 2 if self.predictor == "relational" else 1

@@ -1,0 +1,102 @@
+"""Policies: when a step is computed in full. The decision is per step, taken before any unit runs.
+
+- ``interval``: full for the first ``warmup`` steps, then every ``interval``-th step.
+- ``dynamic`` (RCS): full when the accumulated relative-L1 error of the Taylor forecast of the
+  first unit's input since the last full step exceeds ``tau``; after ``warmup`` full steps, and at
+  most ``max_cached`` cached steps in a row. In a batched call the decision covers the whole
+  batch and uses the largest per-sample error, so no sample's error runs past ``tau``.
+- ``static``: a fixed per-step mask (from a profile).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+
+from rfcache.runtime.predictors import per_sample_norm, taylor_forecast, update_differences
+
+__all__ = ["DynamicPolicy", "IntervalPolicy", "Policy", "StaticPolicy", "interval_mask"]
+
+
+class Policy:
+    """Decides, per step, whether every unit is computed (True) or predicted (False)."""
+
+    needs_first_input: bool = False
+
+    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+        raise NotImplementedError
+
+    def observe_full(self, step: int, first_input: torch.Tensor | None) -> None:
+        """Called after a full step (any reason) so stateful policies refresh their reference."""
+
+    def new_state(self) -> Policy:
+        """A fresh copy for a new generation or CFG branch."""
+        return self
+
+
+def interval_mask(num_steps: int, interval: int, warmup: int) -> list[bool]:
+    """The interval policy's pattern over ``num_steps`` steps (True = full)."""
+    return [s < warmup or (s - warmup) % interval == 0 for s in range(num_steps)]
+
+
+@dataclass
+class IntervalPolicy(Policy):
+    interval: int
+    warmup: int = 0
+
+    def __post_init__(self) -> None:
+        if self.interval < 1 or self.warmup < 0:
+            raise ValueError(f"interval must be >= 1 and warmup >= 0, got {self.interval}, {self.warmup}")
+
+    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+        return step < self.warmup or (step - self.warmup) % self.interval == 0
+
+
+@dataclass
+class StaticPolicy(Policy):
+    mask: tuple[bool, ...]
+
+    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+        if step >= len(self.mask):
+            raise IndexError(f"step {step} is past the static mask's {len(self.mask)} steps")
+        return self.mask[step]
+
+
+@dataclass
+class DynamicPolicy(Policy):
+    """RCS with its accumulator; one instance per generation and branch (see :meth:`new_state`)."""
+
+    tau: float
+    order: int = 1
+    warmup: int = 2
+    max_cached: int | None = None
+    needs_first_input: bool = True
+    _differences: list[torch.Tensor] = field(default_factory=list, repr=False)
+    _last_full: int = -1
+    _accumulated: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.tau < 0 or self.warmup < 0 or (self.max_cached is not None and self.max_cached < 0):
+            raise ValueError("tau, warmup and max_cached must be non-negative")
+
+    def new_state(self) -> DynamicPolicy:
+        return DynamicPolicy(self.tau, self.order, self.warmup, self.max_cached)
+
+    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+        if step < self.warmup or not self._differences or first_input is None:
+            return True
+        if self.max_cached is not None and steps_since_full > self.max_cached:
+            return True
+        forecast = taylor_forecast(self._differences, step - self._last_full)
+        error = per_sample_norm(first_input - forecast, p=1) / per_sample_norm(first_input, p=1).clamp_min(1e-12)
+        self._accumulated += float(error.max())
+        return self._accumulated > self.tau
+
+    def observe_full(self, step: int, first_input: torch.Tensor | None) -> None:
+        if first_input is None:
+            return
+        distance = step - self._last_full if self._differences else 1
+        self._differences = update_differences(self._differences, first_input, distance, self.order)
+        self._last_full = step
+        self._accumulated = 0.0

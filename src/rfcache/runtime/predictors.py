@@ -1,0 +1,106 @@
+"""Predictors: how a skipped unit's output is produced. Pure tensor code, no model knowledge.
+
+Notation (method.md): the last full step is ``t``, the one before ``t+N``; ``k >= 1`` steps have
+passed since ``t``. Steps are counted in sampling order here, so ``N`` and ``k`` are positive.
+
+- ``reuse`` (FORA): ``O(t-k) = O(t)``.
+- ``taylor`` (TaylorSeer): divided differences ``D_0 = O(t)``, ``D_{i+1} = (D_i(t) - D_i(t+N)) / N``
+  refreshed at every full step with the actual distance ``N``; ``O(t-k) = sum_i D_i k^i / i!``.
+- ``relational`` (RFE): TaylorSeer's direction ``d(k) = sum_{i>=1} D_i k^i / i!`` rescaled to the
+  magnitude the input change predicts: ``O(t) + s * ||I(t-k) - I(t)|| * d(k) / ||d(k)||`` with
+  ``s = ||O(t) - O(t+N)|| / ||I(t) - I(t+N)||``. Norms are per sample (dim 0), because a CFG batch
+  holds two different trajectories.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+__all__ = [
+    "PREDICTORS",
+    "estimate_predictor_flops",
+    "per_sample_norm",
+    "relation_ratio",
+    "relational_forecast",
+    "taylor_forecast",
+    "update_differences",
+]
+
+PREDICTORS = ("reuse", "taylor", "relational")
+_EPS = 1e-12
+
+
+def per_sample_norm(x: torch.Tensor, p: int = 2) -> torch.Tensor:
+    """The p-norm of each sample of a batch, in float32: ``(B, ...) -> (B,)``."""
+    return torch.linalg.vector_norm(x.float().flatten(1), ord=p, dim=1)
+
+
+def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    return v.view(-1, *([1] * (like.ndim - 1)))  # (B,) -> (B, 1, ...)
+
+
+def update_differences(
+    previous: list[torch.Tensor], value: torch.Tensor, distance: int, order: int
+) -> list[torch.Tensor]:
+    """New divided differences ``[D_0, ..., D_m]`` after a full step ``distance`` steps after the last.
+
+    Orders that need more history than ``previous`` holds are left out, so the list grows by one
+    per full step until it reaches ``order + 1``.
+    """
+    out = [value]
+    for i in range(min(order, len(previous))):
+        out.append((out[i] - previous[i]) / distance)
+    return out
+
+
+def taylor_forecast(differences: list[torch.Tensor], k: int, *, start: int = 0) -> torch.Tensor:
+    """``sum_{i >= start} D_i k^i / i!`` (``start=1`` gives the change term alone)."""
+    terms = [d * (k**i / math.factorial(i)) for i, d in enumerate(differences) if i >= start]
+    out = terms[0]
+    for term in terms[1:]:
+        out = out + term
+    return out
+
+
+def relation_ratio(
+    output_now: torch.Tensor, output_before: torch.Tensor, input_now: torch.Tensor, input_before: torch.Tensor
+) -> torch.Tensor:
+    """Per-sample ``s = ||O(t) - O(t+N)|| / ||I(t) - I(t+N)||``; 0 where the input did not move."""
+    num = per_sample_norm(output_now - output_before)
+    den = per_sample_norm(input_now - input_before)
+    return torch.where(den > _EPS, num / den.clamp_min(_EPS), torch.zeros_like(num))
+
+
+def relational_forecast(
+    differences: list[torch.Tensor],
+    k: int,
+    ratio: torch.Tensor,
+    input_now: torch.Tensor,
+    input_at_full: torch.Tensor,
+) -> torch.Tensor:
+    """RFE: ``O(t) + s * ||I(t-k) - I(t)|| * d(k) / ||d(k)||``, with per-sample ``s`` of shape (B,)."""
+    if len(differences) < 2:
+        raise ValueError("relational prediction needs two full steps (D_0 and D_1)")
+    direction = taylor_forecast(differences, k, start=1)  # (B, ...)
+    magnitude = ratio * per_sample_norm(input_now - input_at_full)  # (B,)
+    scale = magnitude / per_sample_norm(direction).clamp_min(_EPS)  # (B,)
+    return differences[0] + _per_sample(scale, direction).to(direction.dtype) * direction
+
+
+def estimate_predictor_flops(kind: str, order: int, numel_out: int, numel_in: int, *, full: bool) -> int:
+    """Elementwise FLOPs a predictor adds to one unit call (counted in the budget, not free).
+
+    A full step refreshes the differences (a subtract and a divide per order and element) and,
+    for ``relational``, two norms; a cached step evaluates the forecast (a multiply-add per term)
+    and, for ``relational``, two norms and a rescale.
+    """
+    if kind == "reuse":
+        return 0
+    if full:
+        flops = 2 * order * numel_out
+        return flops + (3 * (numel_out + numel_in) if kind == "relational" else 0)
+    if kind == "taylor":
+        return 2 * order * numel_out
+    return 2 * max(order - 1, 0) * numel_out + 3 * numel_in + 2 * numel_out + 2 * numel_out
