@@ -28,10 +28,7 @@ def load_pipeline(
     ``"toy"`` is the embedded digits DiT (DDIM, 50 steps by default, classifier-free guidance);
     a folder goes through ``DiffusionPipeline.from_pretrained``; anything else is taken as a hub id.
     """
-    if str(name_or_path) == "toy":
-        pipe = _load_toy()
-    else:
-        pipe = _load_pretrained(name_or_path, dtype)
+    pipe = _load_toy() if str(name_or_path) == "toy" else _load_pretrained(name_or_path, dtype)
     get_adapter(pipe)  # fail now, with the list of supported families, rather than at enable time
     pipe.transformer.eval()
     return pipe.to(device=device, dtype=dtype)

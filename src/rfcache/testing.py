@@ -95,7 +95,7 @@ class AdapterConformance:
         for granularity in ("module", "block"):
             seen: list[tuple[int, torch.Size]] = []
 
-            def call(unit, original, args, kwargs):
+            def call(unit, original, args, kwargs, seen=seen):
                 x = adapter.unit_input(model, unit, args, kwargs)
                 assert isinstance(x, torch.Tensor) and x.ndim == 3, unit.path  # (B, N, D)
                 seen.append((unit.index, x.shape))

@@ -1,9 +1,11 @@
+from typing import ClassVar
+
 from rfcache.models.tiny import tiny_transformer
 from rfcache.testing import AdapterConformance
 
 
 class TestFluxDevAdapter(AdapterConformance):
-    modules_per_block = {"transformer_blocks": 3, "single_transformer_blocks": 3}
+    modules_per_block: ClassVar[dict[str, int]] = {"transformer_blocks": 3, "single_transformer_blocks": 3}
 
     def make_model(self):
         return tiny_transformer("flux")
@@ -18,7 +20,7 @@ class TestFluxDevAdapter(AdapterConformance):
 class TestFluxSchnellAdapter(AdapterConformance):
     """FLUX.1-schnell-like: no guidance embedding."""
 
-    modules_per_block = {"transformer_blocks": 3, "single_transformer_blocks": 3}
+    modules_per_block: ClassVar[dict[str, int]] = {"transformer_blocks": 3, "single_transformer_blocks": 3}
 
     def make_model(self):
         return tiny_transformer("flux", guidance_embeds=False, num_layers=1, num_single_layers=1)

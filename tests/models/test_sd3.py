@@ -1,3 +1,5 @@
+from typing import ClassVar
+
 from rfcache.models import get_adapter
 from rfcache.models.tiny import tiny_transformer
 from rfcache.testing import AdapterConformance
@@ -6,7 +8,7 @@ from rfcache.testing import AdapterConformance
 class TestSD3Adapter(AdapterConformance):
     # units per block vary (SD3.5 dual attention on block 0, no ff_context on the last block):
     # checked exactly in test_units_per_block below instead of via modules_per_block
-    modules_per_block = {}
+    modules_per_block: ClassVar[dict[str, int]] = {}
 
     def make_model(self):
         return tiny_transformer("sd3")

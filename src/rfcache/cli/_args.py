@@ -45,9 +45,8 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         else:
             kwargs["type"] = Path if kind is Path else kind
         if field.default not in (None, ()) and kind is not bool:
-            kwargs["help"] += (
-                f" (default: {field.default if not isinstance(field.default, tuple) else ','.join(map(str, field.default))})"
-            )
+            default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
+            kwargs["help"] += f" (default: {default})"
         parser.add_argument(flag, **kwargs)
 
 

@@ -16,6 +16,7 @@ logger = logging.getLogger(__name__)
 EXAMPLES = """examples:
   rfc-generate --class 3 --seed 0 --out digit.png
   rfc-generate --num 10 --out grid.png            # one of each digit
+  rfc-generate --num 10 --method rfc --tau 0.3    # cached; prints the cache summary
   rfc-generate --model ./my-dit --class 207 --steps 25 --device cuda --dtype float16
 """
 
@@ -34,16 +35,23 @@ class GenerateConfig:
     scale: int = option(4, "nearest-neighbour upscaling of the saved image")
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     dtype: str = option("float32", "float32, float16 or bfloat16")
+    method: str = option("none", "caching method: none, fora, taylorseer, rfe, rcs, rfc")
+    interval: int = option(4, "full step every N steps after the warm-up (fora, taylorseer, rfe)")
+    order: int = option(2, "Taylor order m (taylorseer, rfe, rcs, rfc)")
+    warmup: int = option(2, "full steps at the start")
+    tau: float = option(0.3, "RCS threshold on the accumulated input-forecast error (rcs, rfc)")
+    max_cached: int | None = option(None, "cap on consecutive cached steps (rcs, rfc)")
 
 
-def run_generate(cfg: GenerateConfig) -> Path:
-    """Generate ``cfg.num`` images and write them as one PNG grid; returns the path written."""
+def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
+    """Generate ``cfg.num`` images as one PNG grid; returns the path and the cache summary, if any."""
     import numpy as np
     import torch
     from PIL import Image
 
     from rfcache.errors import RfcacheError
     from rfcache.pipelines import load_pipeline
+    from rfcache.runtime import enable, summary
 
     if cfg.num < 1:
         raise RfcacheError(f"--num must be at least 1, got {cfg.num}")
@@ -57,6 +65,16 @@ def run_generate(cfg: GenerateConfig) -> Path:
     for label in labels:
         if not 0 <= label < num_classes:
             raise RfcacheError(f"--class {label} is outside the model's classes 0..{num_classes - 1}")
+    if cfg.method != "none":
+        enable(
+            pipe,
+            method=cfg.method,
+            interval=cfg.interval,
+            order=cfg.order,
+            warmup=cfg.warmup,
+            tau=cfg.tau,
+            max_cached=cfg.max_cached,
+        )
     generator = torch.Generator(device=cfg.device).manual_seed(cfg.seed)
     images = pipe(
         class_labels=labels,
@@ -73,7 +91,7 @@ def run_generate(cfg: GenerateConfig) -> Path:
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     image.save(tmp, format="PNG")
     tmp.replace(cfg.out)
-    return cfg.out
+    return cfg.out, (summary(pipe) if cfg.method != "none" else None)
 
 
 def _grid(images, cols: int):
@@ -97,6 +115,11 @@ def _dtype(name: str):
     if name not in dtypes:
         raise RfcacheError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
     return dtypes[name]
+
+
+def report(cfg: GenerateConfig, result: tuple[Path, object | None]) -> str:
+    path, cache = result
+    return f"wrote {path}" + (f"\n{cache}" if cache is not None else "")
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -24,9 +24,7 @@ class _Command:
 
 
 COMMANDS: dict[str, _Command] = {
-    "generate": _Command(
-        generate.GenerateConfig, generate.run_generate, generate.add_parser, lambda cfg, out: f"wrote {out}"
-    ),
+    "generate": _Command(generate.GenerateConfig, generate.run_generate, generate.add_parser, generate.report),
 }
 
 

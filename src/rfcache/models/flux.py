@@ -41,7 +41,7 @@ Traps:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -55,14 +55,14 @@ class FluxAdapter(BlockAdapter):
     family = "flux"
     model_classes = ("FluxTransformer2DModel",)
     block_lists = ("transformer_blocks", "single_transformer_blocks")
-    module_kinds = {
+    module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {
         "transformer_blocks": ("attn", "ff", "ff_context"),
         "single_transformer_blocks": ("proj_mlp", "attn", "proj_out"),
     }
 
     #: packed latent grid (rows, cols) and text tokens in ``example_inputs``
-    example_grid = (4, 4)
-    example_text_tokens = 6
+    example_grid: ClassVar[tuple[int, int]] = (4, 4)
+    example_text_tokens: ClassVar[int] = 6
 
     def block_outputs(self, block_list: str) -> tuple[str, ...]:
         return ("encoder_hidden_states", "hidden_states")

@@ -22,7 +22,7 @@ Traps:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -36,10 +36,10 @@ class PixArtAdapter(BlockAdapter):
     family = "pixart"
     model_classes = ("PixArtTransformer2DModel",)
     block_lists = ("transformer_blocks",)
-    module_kinds = {"transformer_blocks": ("attn1", "attn2", "ff")}
+    module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {"transformer_blocks": ("attn1", "attn2", "ff")}
 
     #: caption tokens in ``example_inputs``
-    example_text_tokens = 6
+    example_text_tokens: ClassVar[int] = 6
 
     def step_shape(self, model: torch.nn.Module, inputs: dict[str, Any]) -> StepShape:
         x = inputs["hidden_states"]  # (B, C, H, W)

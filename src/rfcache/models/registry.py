@@ -38,7 +38,8 @@ def get_transformer(model_or_pipe: Any) -> torch.nn.Module:
     if isinstance(transformer, torch.nn.Module):
         return transformer
     raise UnsupportedModelError(
-        f"{type(model_or_pipe).__name__} is neither a transformer nor a pipeline with a .transformer"
+        f"{type(model_or_pipe).__name__} is neither a transformer nor a pipeline with a .transformer; "
+        f"supported families: {_families_text()}"
     )
 
 
@@ -49,5 +50,9 @@ def get_adapter(model_or_pipe: Any) -> BlockAdapter:
         adapter = _ADAPTERS.get(cls.__name__)
         if adapter is not None:
             return adapter
-    families = ", ".join(f"{fam} ({'/'.join(classes)})" for fam, classes in sorted(supported_families().items()))
-    raise UnsupportedModelError(f"no rfcache adapter for {type(model).__name__}; supported families: {families}")
+    name = type(model).__name__
+    raise UnsupportedModelError(f"no rfcache adapter for {name}; supported families: {_families_text()}")
+
+
+def _families_text() -> str:
+    return ", ".join(f"{fam} ({'/'.join(classes)})" for fam, classes in sorted(supported_families().items()))

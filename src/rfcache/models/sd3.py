@@ -24,7 +24,7 @@ Traps:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,10 +38,10 @@ class SD3Adapter(BlockAdapter):
     family = "sd3"
     model_classes = ("SD3Transformer2DModel",)
     block_lists = ("transformer_blocks",)
-    module_kinds = {"transformer_blocks": ("attn", "attn2", "ff", "ff_context")}
+    module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {"transformer_blocks": ("attn", "attn2", "ff", "ff_context")}
 
     #: text tokens in ``example_inputs``
-    example_text_tokens = 6
+    example_text_tokens: ClassVar[int] = 6
 
     def block_outputs(self, block_list: str) -> tuple[str, ...]:
         return ("encoder_hidden_states", "hidden_states")

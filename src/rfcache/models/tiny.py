@@ -1,27 +1,54 @@
-"""Tiny, randomly initialised models of each supported family, built offline from configs.
+"""Tiny, randomly initialised models and pipelines of each supported family, built offline.
 
 ``tiny_transformer(family)`` gives the denoising transformer the adapter tests use (hidden size
-≤ 64, two layers of each block kind, a handful of tokens).
+≤ 64, two layers of each block kind, a handful of tokens). ``build_tiny_pipeline(family)`` wraps it
+in the family's real diffusers pipeline with a tiny VAE, tiny random text encoders and tokenizers
+built in memory (a character-level Unigram T5 tokenizer, a byte-level CLIP BPE tokenizer with no
+merges), so everything runs from prompts, with no hub access. ``tiny_pipeline_call_kwargs(family)``
+gives the call arguments that make ``pipe(**kwargs, num_inference_steps=4, output_type="np")`` run:
+a prompt, a small size, short text sequences, and CFG on where the pipeline has it.
+
+Traps the configs encode:
+
+* DiT's pipeline uses class 1000 as the null class for CFG, so the tiny DiT keeps 1000 classes.
+* PixArt-α's pipeline passes size conditions only when ``sample_size == 128``; the tiny PixArt
+  (``sample_size`` 8) therefore has ``use_additional_conditions`` off, and the pipeline is called
+  with ``use_resolution_binning=False`` (binning only knows sample sizes 32/64/128).
+* SD3 pads the two CLIP embeddings (16 + 16 channels) to the T5 width (32 = ``joint_attention_dim``);
+  the pooled projection is the two CLIP projections concatenated (32 = ``pooled_projection_dim``).
+* Flux's ``in_channels`` is 4x the VAE's latent channels (2x2 packing); FLUX.1-dev's guidance is an
+  embedding, not CFG. Wan's ``in_channels`` is the Wan VAE's ``z_dim`` (16, as its latent stats are).
 """
 
 from __future__ import annotations
 
+import string
 from typing import Any
 
 import torch
 
-__all__ = ["TINY_TRANSFORMER_CONFIGS", "tiny_transformer"]
+__all__ = [
+    "FAMILIES",
+    "TINY_TRANSFORMER_CONFIGS",
+    "build_tiny_pipeline",
+    "tiny_pipeline_call_kwargs",
+    "tiny_transformer",
+]
+
+FAMILIES = ("dit", "pixart", "sd3", "flux", "wan")
 
 TINY_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
     "dit": {
         "num_attention_heads": 2,
         "attention_head_dim": 16,
         "in_channels": 4,
+        "out_channels": 8,  # learned sigma, as DiT-XL/2; the pipeline reads out_channels and drops the variance
         "num_layers": 2,
         "sample_size": 8,
-        "num_embeds_ada_norm": 10,
+        "num_embeds_ada_norm": 1000,  # the pipeline's CFG null class is 1000
     },
-    # D = 48: PixArt-α's size conditions embed into D//3 channels each and must add up to D
+    # D = 48 so that the size-conditioned variant (use_additional_conditions=True: resolution and
+    # aspect ratio embed into D//3 channels each, added to the D-wide timestep embedding) also works
     "pixart": {
         "num_attention_heads": 2,
         "attention_head_dim": 24,
@@ -32,7 +59,7 @@ TINY_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
         "patch_size": 2,
         "cross_attention_dim": 48,
         "caption_channels": 32,
-        "use_additional_conditions": True,
+        "use_additional_conditions": False,
     },
     # block 0 is an SD3.5 dual-attention block; block 1 (the last) is context_pre_only
     "sd3": {
@@ -89,7 +116,7 @@ _TRANSFORMER_CLASSES = {
 
 
 def tiny_transformer(family: str, *, seed: int = 0, **overrides: Any) -> torch.nn.Module:
-    """A tiny random transformer of ``family`` (config ``TINY_TRANSFORMER_CONFIGS[family]`` + overrides), in eval mode."""
+    """A tiny random transformer of ``family``: its tiny config plus ``overrides``, seeded, in eval mode."""
     import diffusers
 
     if family not in TINY_TRANSFORMER_CONFIGS:
@@ -99,3 +126,221 @@ def tiny_transformer(family: str, *, seed: int = 0, **overrides: Any) -> torch.n
         torch.manual_seed(seed)
         model = cls(**{**TINY_TRANSFORMER_CONFIGS[family], **overrides})
     return model.eval()
+
+
+# -- tokenizers and text encoders ---------------------------------------------------------------
+
+_TEXT_DIM = 32  # T5 / UMT5 width; = the transformers' caption_channels / joint_attention_dim / text_dim
+_CLIP_MAX_LENGTH = 8
+_T5_MAX_LENGTH = 8
+
+
+def _t5_tokenizer() -> Any:
+    """A character-level Unigram T5 tokenizer: pad 0, eos 1, unk 2, then ``▁`` and printable ASCII."""
+    from transformers import T5Tokenizer
+
+    pieces = ["<pad>", "</s>", "<unk>", "▁", *(string.ascii_letters + string.digits + string.punctuation)]
+    return T5Tokenizer(vocab=[(p, -float(i)) for i, p in enumerate(pieces)], extra_ids=0)
+
+
+def _clip_tokenizer() -> Any:
+    """A byte-level BPE CLIP tokenizer with no merges (one token per byte), 8 tokens long."""
+    from tokenizers.pre_tokenizers import ByteLevel
+    from transformers import CLIPTokenizer
+
+    chars = sorted(ByteLevel.alphabet())
+    tokens = [*chars, *(c + "</w>" for c in chars), "<|startoftext|>", "<|endoftext|>"]
+    vocab = {tok: i for i, tok in enumerate(tokens)}
+    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=_CLIP_MAX_LENGTH)
+
+
+def _t5_encoder(tokenizer: Any, *, umt5: bool = False) -> torch.nn.Module:
+    from transformers import T5Config, T5EncoderModel, UMT5Config, UMT5EncoderModel
+
+    kwargs = {
+        "vocab_size": len(tokenizer),
+        "d_model": _TEXT_DIM,
+        "d_kv": 16,
+        "d_ff": 64,
+        "num_layers": 2,
+        "num_heads": 2,
+        "relative_attention_num_buckets": 8,
+        "dropout_rate": 0.0,
+        "pad_token_id": tokenizer.pad_token_id,
+        "eos_token_id": tokenizer.eos_token_id,
+        "decoder_start_token_id": tokenizer.pad_token_id,
+    }
+    if umt5:
+        return UMT5EncoderModel(UMT5Config(**kwargs))
+    return T5EncoderModel(T5Config(**kwargs))
+
+
+def _clip_encoder(tokenizer: Any, *, hidden: int, projection: int | None) -> torch.nn.Module:
+    """A CLIP text encoder; with a projection head (SD3) when ``projection`` is given."""
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
+
+    config = CLIPTextConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        max_position_embeddings=_CLIP_MAX_LENGTH,
+        projection_dim=projection or hidden,
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        hidden_act="gelu",
+    )
+    return CLIPTextModelWithProjection(config) if projection else CLIPTextModel(config)
+
+
+# -- VAEs ---------------------------------------------------------------------------------------
+
+
+def _vae(**overrides: Any) -> torch.nn.Module:
+    """A two-level ``AutoencoderKL`` (8x spatial becomes 2x) with 4 latent channels."""
+    from diffusers import AutoencoderKL
+
+    config = {
+        "in_channels": 3,
+        "out_channels": 3,
+        "down_block_types": ("DownEncoderBlock2D", "DownEncoderBlock2D"),
+        "up_block_types": ("UpDecoderBlock2D", "UpDecoderBlock2D"),
+        "block_out_channels": (8, 16),
+        "layers_per_block": 1,
+        "latent_channels": 4,
+        "norm_num_groups": 4,
+        "sample_size": 16,
+    }
+    return AutoencoderKL(**{**config, **overrides})
+
+
+def _wan_vae() -> torch.nn.Module:
+    from diffusers import AutoencoderKLWan
+
+    # 8x spatial and 4x temporal compression as in Wan 2.1, at 3 channels; z_dim 16 matches latents_mean/std
+    return AutoencoderKLWan(
+        base_dim=3, z_dim=16, dim_mult=[1, 1, 1, 1], num_res_blocks=1, temperal_downsample=[False, True, True]
+    )
+
+
+# -- pipelines ----------------------------------------------------------------------------------
+
+
+def build_tiny_pipeline(
+    family: str, *, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+) -> Any:
+    """A real diffusers pipeline of ``family`` made of tiny random components, built offline.
+
+    Weights are drawn from ``seed`` (the global RNG is left as it was); every module is in eval mode.
+    """
+    import diffusers
+    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
+
+    if family not in FAMILIES:
+        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = tiny_transformer(family, seed=seed)
+        if family == "dit":
+            pipe = diffusers.DiTPipeline(
+                transformer=transformer, vae=_vae(), scheduler=DPMSolverMultistepScheduler(), id2label=None
+            )
+        elif family == "pixart":
+            tokenizer = _t5_tokenizer()
+            pipe = diffusers.PixArtAlphaPipeline(
+                tokenizer=tokenizer,
+                text_encoder=_t5_encoder(tokenizer),
+                vae=_vae(),
+                transformer=transformer,
+                scheduler=DPMSolverMultistepScheduler(),
+            )
+        elif family == "sd3":
+            clip, t5 = _clip_tokenizer(), _t5_tokenizer()
+            pipe = diffusers.StableDiffusion3Pipeline(
+                transformer=transformer,
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+                text_encoder=_clip_encoder(clip, hidden=16, projection=16),
+                tokenizer=clip,
+                text_encoder_2=_clip_encoder(clip, hidden=16, projection=16),
+                tokenizer_2=clip,
+                text_encoder_3=_t5_encoder(t5),
+                tokenizer_3=t5,
+            )
+        elif family == "flux":
+            clip, t5 = _clip_tokenizer(), _t5_tokenizer()
+            pipe = diffusers.FluxPipeline(
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+                vae=_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
+                text_encoder=_clip_encoder(
+                    clip, hidden=TINY_TRANSFORMER_CONFIGS["flux"]["pooled_projection_dim"], projection=None
+                ),
+                tokenizer=clip,
+                text_encoder_2=_t5_encoder(t5),
+                tokenizer_2=t5,
+                transformer=transformer,
+            )
+        else:  # wan
+            tokenizer = _t5_tokenizer()
+            pipe = diffusers.WanPipeline(
+                tokenizer=tokenizer,
+                text_encoder=_t5_encoder(tokenizer, umt5=True),
+                vae=_wan_vae(),
+                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
+                transformer=transformer,
+            )
+    for component in pipe.components.values():
+        if isinstance(component, torch.nn.Module):
+            component.eval()
+    pipe.set_progress_bar_config(disable=True)
+    # casting to float32 is a no-op, and naming a dtype makes diffusers warn about fp32-kept modules
+    return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
+
+
+def tiny_pipeline_call_kwargs(family: str, batch: int = 1) -> dict[str, Any]:
+    """Arguments that make ``build_tiny_pipeline(family)(**kwargs, num_inference_steps=4, output_type="np")`` run.
+
+    ``batch`` prompts (or class labels), a small size, short text sequences, and CFG on (scale > 1)
+    for every pipeline that has it; Flux gets FLUX.1-dev's embedded guidance instead.
+    """
+    prompts = [f"cat {i}" for i in range(batch)]  # short: the tiny tokenizers are character-level
+    if family == "dit":
+        return {"class_labels": list(range(batch)), "guidance_scale": 4.0}
+    if family == "pixart":
+        return {
+            "prompt": prompts,
+            "height": 16,
+            "width": 16,
+            "guidance_scale": 4.5,
+            "max_sequence_length": _T5_MAX_LENGTH,
+            "use_resolution_binning": False,
+            "clean_caption": False,
+        }
+    if family == "sd3":
+        return {
+            "prompt": prompts,
+            "height": 16,
+            "width": 16,
+            "guidance_scale": 4.0,
+            "max_sequence_length": _T5_MAX_LENGTH,
+        }
+    if family == "flux":
+        return {
+            "prompt": prompts,
+            "height": 16,
+            "width": 16,
+            "guidance_scale": 3.5,
+            "max_sequence_length": _T5_MAX_LENGTH,
+        }
+    if family == "wan":
+        return {
+            "prompt": prompts,
+            "height": 32,
+            "width": 32,
+            "num_frames": 5,
+            "guidance_scale": 5.0,
+            "max_sequence_length": _T5_MAX_LENGTH,
+        }
+    raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")

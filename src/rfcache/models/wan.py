@@ -24,7 +24,7 @@ Traps:
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -38,11 +38,11 @@ class WanAdapter(BlockAdapter):
     family = "wan"
     model_classes = ("WanTransformer3DModel",)
     block_lists = ("blocks",)
-    module_kinds = {"blocks": ("attn1", "attn2", "ffn")}
+    module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {"blocks": ("attn1", "attn2", "ffn")}
 
     #: latent video (frames, height, width) and text tokens in ``example_inputs``
-    example_latent = (2, 8, 8)
-    example_text_tokens = 6
+    example_latent: ClassVar[tuple[int, int, int]] = (2, 8, 8)
+    example_text_tokens: ClassVar[int] = 6
 
     def step_shape(self, model: torch.nn.Module, inputs: dict[str, Any]) -> StepShape:
         x = inputs["hidden_states"]  # (B, C, F, H, W)

@@ -33,8 +33,10 @@ _EPS = 1e-12
 
 
 def per_sample_norm(x: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """The p-norm of each sample of a batch, in float32: ``(B, ...) -> (B,)``."""
-    return torch.linalg.vector_norm(x.float().flatten(1), ord=p, dim=1)
+    """The p-norm of each sample of a batch, at least in float32: ``(B, ...) -> (B,)``."""
+    if x.dtype not in (torch.float32, torch.float64):
+        x = x.float()
+    return torch.linalg.vector_norm(x.flatten(1), ord=p, dim=1)
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import pytest
+import torch
+from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
+
+
+def make_tiny_digits_pipeline(seed: int = 0) -> DigitsDiTPipeline:
+    """The toy pipeline's structure with a tiny random transformer: fast enough for every test."""
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=2,
+        attention_head_dim=16,
+        in_channels=1,
+        out_channels=1,
+        num_layers=2,
+        sample_size=8,
+        patch_size=2,
+        num_embeds_ada_norm=10,
+    ).eval()
+    # random adaLN weights so that every block really depends on the timestep and class
+    pipe = DigitsDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(**toy_scheduler_config()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+@pytest.fixture
+def tiny_pipe() -> DigitsDiTPipeline:
+    return make_tiny_digits_pipeline()
+
+
+def generate(pipe, *, steps: int = 12, labels=(1, 7), guidance: float = 2.0, seed: int = 0) -> torch.Tensor:
+    out = pipe(
+        class_labels=list(labels),
+        num_inference_steps=steps,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(seed),
+        output_type="pt",
+    )
+    return out.images
