@@ -104,7 +104,7 @@ def quality_table(samples: int, nfcs: list[int], guidance: float) -> list[Row]:
     return rows
 
 
-def speed_table(repeats: int) -> list[tuple[str, float, float, float]]:
+def speed_table(repeats: int) -> list[tuple[str, float, float, float, float]]:
     torch.manual_seed(0)
     transformer = DiTTransformer2DModel(
         num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=4, num_layers=12, sample_size=16
@@ -114,6 +114,7 @@ def speed_table(repeats: int) -> list[tuple[str, float, float, float]]:
     settings = [("full", None), ("fora", {"interval": 4}), ("taylorseer", {"interval": 4}), ("rfe", {"interval": 4})]
     times: dict[str, list[float]] = {name: [] for name, _ in settings}
     fractions: dict[str, float] = {"full": 1.0}
+    step_ratio: dict[str, float] = {"full": 1.0}
     for rep in range(repeats + 1):  # the first round is the warm-up
         for name, params in settings:
             if params is not None:
@@ -122,7 +123,9 @@ def speed_table(repeats: int) -> list[tuple[str, float, float, float]]:
             _generate(pipe, 3, 0, 2.0)
             elapsed = time.perf_counter() - start
             if params is not None:
-                fractions[name] = rfcache.summary(pipe).flops_fraction
+                s = rfcache.summary(pipe)
+                fractions[name] = s.flops_fraction
+                step_ratio[name] = s.full_flops / s.total_flops
                 rfcache.disable(pipe)
             if rep:
                 times[name].append(elapsed)
@@ -150,9 +153,9 @@ def main() -> None:
                 f"  {r.params}"
             )
     print(f"\nDiT hidden 384 x 12 layers, 16x16x4 latent, CFG batch 2, {STEPS} steps, NFC 14 (wall clock, CPU)")
-    print(f"{'method':<12} {'seconds':>8} {'speed-up':>9} {'ideal':>7}")
-    for name, seconds, speedup, ideal in speed_table(args.repeats):
-        print(f"{name:<12} {seconds:>8.2f} {speedup:>8.2f}x {ideal:>6.2f}x")
+    print(f"{'method':<12} {'seconds':>8} {'speed-up':>9} {'1/flops_fraction':>17} {'full/total FLOPs':>17}")
+    for name, seconds, speedup, ideal, whole in speed_table(args.repeats):
+        print(f"{name:<12} {seconds:>8.2f} {speedup:>8.2f}x {ideal:>16.2f}x {whole:>16.2f}x")
 
 
 if __name__ == "__main__":

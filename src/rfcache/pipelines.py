@@ -28,20 +28,20 @@ def load_pipeline(
     ``"toy"`` is the embedded digits DiT (DDIM, 50 steps by default, classifier-free guidance);
     a folder goes through ``DiffusionPipeline.from_pretrained``; anything else is taken as a hub id.
     """
-    pipe = _load_toy() if str(name_or_path) == "toy" else _load_pretrained(name_or_path, dtype)
+    pipe = _load_toy(dtype) if str(name_or_path) == "toy" else _load_pretrained(name_or_path, dtype)
     get_adapter(pipe)  # fail now, with the list of supported families, rather than at enable time
     pipe.transformer.eval()
-    return pipe.to(device=device, dtype=dtype)
+    return pipe.to(device)
 
 
-def _load_toy() -> Any:
+def _load_toy(dtype: torch.dtype) -> Any:
     from diffusers import DDIMScheduler, DiTTransformer2DModel
 
     from rfcache.models.toy import TOY_WEIGHTS_DIR, DigitsDiTPipeline
 
     if not (TOY_WEIGHTS_DIR / "transformer").is_dir():
         raise RfcacheError(f"embedded weights missing at {TOY_WEIGHTS_DIR}; reinstall rfcache")
-    transformer = DiTTransformer2DModel.from_pretrained(TOY_WEIGHTS_DIR / "transformer", low_cpu_mem_usage=False)
+    transformer = DiTTransformer2DModel.from_pretrained(TOY_WEIGHTS_DIR / "transformer", torch_dtype=dtype)
     scheduler = DDIMScheduler.from_pretrained(TOY_WEIGHTS_DIR / "scheduler")
     return DigitsDiTPipeline(transformer=transformer, scheduler=scheduler)
 

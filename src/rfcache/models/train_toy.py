@@ -1,6 +1,6 @@
 """Train the embedded toy DiT on scikit-learn's digits; reproducible from its seed.
 
-    python -m rfcache.models.train_toy --steps 4000 --seed 0 --out src/rfcache/models/toy_weights
+    python -m rfcache.models.train_toy --steps 3000 --batch-size 48 --lr 1e-3 --seed 0
 
 Recipe (DiT paper, scaled down): epsilon prediction under DDPM linear betas, AdamW, label
 dropout once per sample to the null class (for classifier-free guidance), xavier-initialised
@@ -51,7 +51,7 @@ def _dit_init(model: torch.nn.Module) -> None:
         torch.nn.init.zeros_(proj.bias)
 
 
-def train(steps: int, seed: int, out: Path, batch_size: int = 64, lr: float = 5e-4) -> dict:
+def train(steps: int, seed: int, out: Path, batch_size: int = 48, lr: float = 1e-3) -> dict:
     """Train for ``steps`` optimiser steps and write the EMA weights + scheduler + record to ``out``."""
     torch.manual_seed(seed)
     images, labels = load_digits_images(TOY_CONFIG["sample_size"])
@@ -102,7 +102,9 @@ def train(steps: int, seed: int, out: Path, batch_size: int = 64, lr: float = 5e
         "torch": torch.__version__,
         "platform": platform.platform(),
         "data": "sklearn.datasets.load_digits, 8x8 bilinear-upsampled to 16x16, scaled to [-1, 1]",
-        "command": f"python -m rfcache.models.train_toy --steps {steps} --seed {seed}",
+        "command": (
+            f"python -m rfcache.models.train_toy --steps {steps} --batch-size {batch_size} --lr {lr:g} --seed {seed}"
+        ),
     }
     out.parent.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out.parent) as tmp:
@@ -120,10 +122,10 @@ def train(steps: int, seed: int, out: Path, batch_size: int = 64, lr: float = 5e
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--steps", type=int, default=4000)
+    parser.add_argument("--steps", type=int, default=3000)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=48)
+    parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--out", type=Path, default=Path(__file__).with_name("toy_weights"))
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
