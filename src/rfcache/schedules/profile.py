@@ -1,0 +1,316 @@
+"""`Profile`: the calibrated artefact, one YAML file per model, step count and scheduler.
+
+A profile is a frozen dataclass that round-trips YAML losslessly: keys in field order, floats
+written with Python's shortest round-tripping repr, the schema version in every file. Loading is
+strict: a safe YAML loader only, unknown keys, missing keys, wrong types, non-finite numbers and a
+schedule of the wrong length are refused with one line naming the file and the field.
+This module imports nothing of torch, so profiles can be read and checked anywhere.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+import tempfile
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from rfcache.errors import RfcacheError
+
+__all__ = [
+    "SCHEMA_VERSION",
+    "Budget",
+    "MethodSpec",
+    "ModelIdentity",
+    "Profile",
+    "ProfileError",
+    "Provenance",
+    "SamplingSetup",
+    "load_profile",
+]
+
+SCHEMA_VERSION = 1
+SHIPPED_DIR = Path(__file__).parent
+
+
+class ProfileError(RfcacheError, ValueError):
+    """A profile file is malformed, or does not match the model or sampling setup it is used with."""
+
+
+@dataclass(frozen=True)
+class ModelIdentity:
+    """Which transformer a profile was calibrated on."""
+
+    family: str
+    class_name: str
+    config_hash: str
+    num_units: int
+    granularity: str = "module"
+
+
+@dataclass(frozen=True)
+class SamplingSetup:
+    """How the pipeline sampled during calibration; a profile only fits the same setup."""
+
+    scheduler: str
+    num_steps: int
+    guidance: str  # "cfg" (batched or sequential) or "none"
+    resolution: tuple[int, ...]  # token grid the transformer saw, e.g. (8, 8)
+    scheduler_config_hash: str = ""
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    """The predictor and the schedule family the search picked, with its parameters."""
+
+    predictor: str
+    order: int
+    schedule_family: str
+    params: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Budget:
+    target: float
+    achieved: float
+
+
+@dataclass(frozen=True)
+class Provenance:
+    inputs_hash: str
+    seed: int
+    trials: int
+    created: str
+    versions: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A static compute/predict schedule with its coefficients and where it came from.
+
+    ``schedule`` holds one character per step, ``C`` (full) or ``P`` (predicted);
+    ``ratios`` holds the calibrated relation ratio ``s`` per unit (empty: use the run-time ratio).
+    """
+
+    name: str
+    model: ModelIdentity
+    sampling: SamplingSetup
+    method: MethodSpec
+    schedule: str
+    budget: Budget
+    provenance: Provenance
+    ratios: tuple[float, ...] = ()
+    quality: dict[str, float] = field(default_factory=dict)
+    diagnostics: dict[str, float] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    @property
+    def mask(self) -> tuple[bool, ...]:
+        """Per step: True where every unit is computed."""
+        return tuple(c == "C" for c in self.schedule)
+
+    @property
+    def nfc(self) -> int:
+        """Number of full computations."""
+        return self.schedule.count("C")
+
+    # -- serialisation -------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain data in field order, ``schema_version`` first."""
+        data = _to_plain(self)
+        return {"schema_version": data.pop("schema_version"), **data}
+
+    def to_yaml(self) -> str:
+        return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
+
+    def save(self, path: str | Path) -> Path:
+        """Write atomically (temporary file in the same folder, then rename)."""
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                f.write(self.to_yaml())
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return path
+
+    @classmethod
+    def from_dict(cls, data: Any, *, source: str = "<profile>") -> Profile:
+        """Build and validate from plain data; errors name ``source`` and the field."""
+        try:
+            if not isinstance(data, dict):
+                raise ProfileError(f"expected a mapping at the top level, got {type(data).__name__}")
+            if data.get("schema_version") != SCHEMA_VERSION:
+                raise ProfileError(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+            return _from_plain(cls, data, "")
+        except ProfileError as exc:
+            raise ProfileError(f"{source}: {exc}") from None
+
+    @classmethod
+    def from_yaml(cls, text: str, *, source: str = "<profile>") -> Profile:
+        """Parse with YAML's safe loader (no tags that construct objects), then :meth:`from_dict`."""
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise ProfileError(f"{source}: not valid YAML ({first})") from None
+        return cls.from_dict(data, source=source)
+
+    # -- matching ------------------------------------------------------------------------------
+
+    def check_model(self, identity: ModelIdentity) -> None:
+        """Refuse a profile made for another model, naming the first field that differs."""
+        _check_equal(self.model, identity, "model", self.name)
+
+    def check_sampling(self, *, scheduler: str, num_steps: int, resolution: tuple[int, ...]) -> None:
+        """Refuse another scheduler, step count or resolution, naming which."""
+        expected = self.sampling
+        for name, found, wanted in (
+            ("scheduler", scheduler, expected.scheduler),
+            ("num_steps", num_steps, expected.num_steps),
+            ("resolution", tuple(resolution), tuple(expected.resolution)),
+        ):
+            if found != wanted:
+                raise ProfileError(f"profile {self.name!r} is for sampling.{name}={wanted!r}, got {found!r}")
+
+
+def load_profile(name_or_path: str | Path) -> Profile:
+    """Read a profile from a YAML file, or a shipped one by name (``"toy-b0.4"``)."""
+    path = Path(name_or_path)
+    if not path.exists() and not str(name_or_path).endswith((".yaml", ".yml")):
+        shipped = SHIPPED_DIR / f"{name_or_path}.yaml"
+        if shipped.is_file():
+            path = shipped
+        else:
+            names = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))) or "none"
+            raise ProfileError(f"no profile file or shipped profile named {str(name_or_path)!r} (shipped: {names})")
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+    return Profile.from_yaml(text, source=str(path))
+
+
+# -- strict conversion -----------------------------------------------------------------------------
+
+
+def _validate(p: Profile) -> None:
+    if not p.schedule or set(p.schedule) - {"C", "P"}:
+        raise ProfileError(f"schedule must be a non-empty string of C and P, got {p.schedule!r}")
+    if len(p.schedule) != p.sampling.num_steps:
+        raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {p.sampling.num_steps}")
+    if p.ratios and len(p.ratios) != p.model.num_units:
+        raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {p.model.num_units}")
+    if any(r < 0 for r in p.ratios):
+        raise ProfileError("ratios must be >= 0")
+    if not 0 < p.budget.target <= 1:
+        raise ProfileError(f"budget.target must be in (0, 1], got {p.budget.target}")
+    if p.method.predictor not in ("reuse", "taylor", "relational"):
+        raise ProfileError("method.predictor must be reuse, taylor or relational")
+    if p.method.order not in (0, 1, 2):
+        raise ProfileError(f"method.order must be 0, 1 or 2, got {p.method.order}")
+    if p.sampling.num_steps < 1 or p.model.num_units < 1:
+        raise ProfileError("sampling.num_steps and model.num_units must be >= 1")
+
+
+def _to_plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj):
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if isinstance(obj, tuple):
+        return [_to_plain(v) for v in obj]
+    if isinstance(obj, dict):
+        return {k: _to_plain(v) for k, v in obj.items()}
+    return obj
+
+
+def _from_plain(cls: type, data: Any, where: str) -> Any:
+    if not isinstance(data, dict):
+        raise ProfileError(f"{where or 'profile'} must be a mapping, got {type(data).__name__}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = sorted(set(map(str, data)) - set(fields))
+    if unknown:
+        raise ProfileError(f"unknown key(s) {', '.join(unknown)} in {where or 'profile'}")
+    values = {}
+    for name, f in fields.items():
+        path = f"{where}.{name}" if where else name
+        if name not in data:
+            if f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING:
+                raise ProfileError(f"missing key {path}")
+            continue
+        values[name] = _convert(hints[name], data[name], path)
+    return cls(**values)
+
+
+def _convert(kind: Any, value: Any, path: str) -> Any:
+    origin = typing.get_origin(kind)
+    if dataclasses.is_dataclass(kind):
+        return _from_plain(kind, value, path)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(kind)
+        if value is None and type(None) in options:
+            return None
+        (inner,) = [o for o in options if o is not type(None)]
+        return _convert(inner, value, path)
+    if origin is tuple:
+        if not isinstance(value, list):
+            raise ProfileError(f"{path} must be a list, got {type(value).__name__}")
+        (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+        return tuple(_convert(item, v, f"{path}[{i}]") for i, v in enumerate(value))
+    if origin is dict:
+        if not isinstance(value, dict):
+            raise ProfileError(f"{path} must be a mapping, got {type(value).__name__}")
+        _, item = typing.get_args(kind)
+        return {str(k): _convert(item, v, f"{path}.{k}") for k, v in value.items()}
+    if kind is float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise ProfileError(f"{path} must be a number, got {value!r}")
+        if not math.isfinite(value):
+            raise ProfileError(f"{path} must be finite, got {value!r}")
+        return float(value)
+    if kind is int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ProfileError(f"{path} must be an integer, got {value!r}")
+        return value
+    if kind is str:
+        if not isinstance(value, str):
+            raise ProfileError(f"{path} must be a string, got {value!r}")
+        return value
+    raise TypeError(f"unsupported field type {kind!r} at {path}")  # a bug in this module, not bad input
+
+
+def _check_equal(expected: Any, found: Any, where: str, name: str) -> None:
+    for f in dataclasses.fields(expected):
+        a, b = getattr(expected, f.name), getattr(found, f.name)
+        if a != b:
+            raise ProfileError(f"profile {name!r} is for {where}.{f.name}={a!r}, this model has {b!r}")
+
+
+class _Dumper(yaml.SafeDumper):
+    """Floats as Python's shortest round-tripping repr; short lists on one line."""
+
+
+def _represent_float(dumper: yaml.SafeDumper, value: float) -> yaml.Node:
+    return dumper.represent_scalar("tag:yaml.org,2002:float", repr(value))
+
+
+def _represent_list(dumper: yaml.SafeDumper, value: list) -> yaml.Node:
+    flow = all(not isinstance(v, (dict, list)) for v in value)
+    return dumper.represent_sequence("tag:yaml.org,2002:seq", value, flow_style=flow)
+
+
+_Dumper.add_representer(float, _represent_float)
+_Dumper.add_representer(list, _represent_list)

@@ -1,0 +1,38 @@
+"""Dependencies between subpackages go one way (design.md); checked on the source, by AST."""
+
+import ast
+from pathlib import Path
+
+import rfcache
+
+ROOT = Path(rfcache.__file__).parent
+# subpackage -> the subpackages of ours it may import ("errors" is the shared leaf module)
+ALLOWED = {
+    "schedules": {"errors"},
+    "models": {"errors"},
+    "runtime": {"errors", "models", "schedules"},
+    "calibrate": {"errors", "models", "schedules", "runtime"},
+    "export": {"errors", "models", "schedules", "runtime"},
+}
+
+
+def _imports(path: Path) -> set[str]:
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+        elif isinstance(node, ast.Import):
+            found.update(a.name for a in node.names)
+    return found
+
+
+def test_dependencies_go_one_way():
+    for sub, allowed in ALLOWED.items():
+        for path in (ROOT / sub).rglob("*.py") if (ROOT / sub).is_dir() else []:
+            ours = {m.split(".")[1] for m in _imports(path) if m.startswith("rfcache.")}
+            assert ours <= allowed | {sub}, f"{path.relative_to(ROOT)} imports {sorted(ours - allowed - {sub})}"
+
+
+def test_schedules_never_imports_torch():
+    for path in (ROOT / "schedules").rglob("*.py"):
+        assert not any(m.split(".")[0] == "torch" for m in _imports(path)), path
