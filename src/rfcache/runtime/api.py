@@ -5,10 +5,14 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import torch
+
 from rfcache.errors import RfcacheError
-from rfcache.models import get_adapter, get_transformer
+from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.runtime.config import CacheConfig
+from rfcache.runtime.identity import model_identity
 from rfcache.runtime.session import CacheSession, CacheSummary
+from rfcache.schedules import Profile, ProfileError, load_profile
 
 __all__ = ["disable", "enable", "get_session", "summary"]
 
@@ -18,7 +22,9 @@ _SESSION_ATTR = "_rfcache_session"
 def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **params: Any) -> CacheSession:
     """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
 
-    The pipeline call itself is unchanged. Parameters (``interval``, ``order``, ``warmup``,
+    ``profile`` (a :class:`Profile`, a YAML path or a shipped name) replays its static schedule
+    with its predictor and coefficients; one made for another model, scheduler, step count or
+    input resolution is refused. The pipeline call itself is unchanged. Parameters (``interval``, ``order``, ``warmup``,
     ``tau``, ``max_cached``, ``granularity``, ``check_finite``) are those of :class:`CacheConfig`.
 
     Example:
@@ -31,18 +37,44 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     adapter = get_adapter(model)
     if getattr(model, _SESSION_ATTR, None) is not None:
         raise RfcacheError(f"caching is already enabled on this {type(model).__name__}; call rfcache.disable first")
-    if profile is not None:
-        raise RfcacheError("profiles are not supported yet")
     names = {f.name for f in dataclasses.fields(CacheConfig)} - {"method"}
     unknown = sorted(set(params) - names)
     if unknown:
-        raise RfcacheError(
-            f"unknown caching parameter(s) {', '.join(unknown)}; expected some of {', '.join(sorted(names))}"
-        )
-    session = CacheSession(model, adapter, CacheConfig(method=method, **params))
+        expected = ", ".join(sorted(names))
+        raise RfcacheError(f"unknown caching parameter(s) {', '.join(unknown)}; expected some of {expected}")
+    scheduler = getattr(pipe_or_model, "scheduler", None)
+    if profile is None:
+        config = CacheConfig(method=method, **params)
+    else:
+        profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        config = _config_from_profile(model, adapter, profile, scheduler, params)
+    session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler)
     session.attach()
     setattr(model, _SESSION_ATTR, session)
     return session
+
+
+def _config_from_profile(
+    model: torch.nn.Module, adapter: BlockAdapter, profile: Profile, scheduler: Any, params: dict[str, Any]
+) -> CacheConfig:
+    granularity = profile.model.granularity
+    if granularity not in ("module", "block"):
+        raise RfcacheError(f"profile {profile.name!r}: model.granularity must be module or block, not {granularity!r}")
+    profile.check_model(model_identity(model, adapter, granularity))
+    if scheduler is not None and type(scheduler).__name__ != profile.sampling.scheduler:
+        raise ProfileError(
+            f"profile {profile.name!r} is for sampling.scheduler={profile.sampling.scheduler!r}, "
+            f"got {type(scheduler).__name__!r}"
+        )
+    return CacheConfig(
+        method="static",
+        predictor=profile.method.predictor,
+        order=profile.method.order,
+        mask=profile.mask,
+        ratios=profile.ratios or None,
+        granularity=granularity,
+        **params,
+    )
 
 
 def get_session(pipe_or_model: Any) -> CacheSession:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from rfcache.errors import RfcacheError
 from rfcache.runtime.predictors import per_sample_norm, taylor_forecast, update_differences
 
 __all__ = ["DynamicPolicy", "IntervalPolicy", "Policy", "StaticPolicy", "interval_mask"]
@@ -59,7 +60,7 @@ class StaticPolicy(Policy):
 
     def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
         if step >= len(self.mask):
-            raise IndexError(f"step {step} is past the static mask's {len(self.mask)} steps")
+            raise RfcacheError(f"the static schedule has {len(self.mask)} steps; the sampler asked for step {step + 1}")
         return self.mask[step]
 
 

@@ -25,6 +25,7 @@ import torch
 from rfcache.models import BlockAdapter, CacheUnit, StepShape
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.config import CacheConfig
+from rfcache.runtime.identity import input_resolution
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
 from rfcache.runtime.predictors import (
     estimate_predictor_flops,
@@ -33,6 +34,7 @@ from rfcache.runtime.predictors import (
     taylor_forecast,
     update_differences,
 )
+from rfcache.schedules import Profile
 
 __all__ = ["CacheSession", "CacheSummary"]
 
@@ -105,8 +107,17 @@ class _Counters:
 class CacheSession:
     """Cache state and hooks for one transformer; see the module docstring for the step rules."""
 
-    def __init__(self, model: torch.nn.Module, adapter: BlockAdapter, config: CacheConfig) -> None:
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        adapter: BlockAdapter,
+        config: CacheConfig,
+        *,
+        profile: Profile | None = None,
+        scheduler: Any = None,
+    ) -> None:
         self.model, self.adapter, self.config = model, adapter, config
+        self.profile, self.scheduler = profile, scheduler
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
         self._policy_template = self._make_policy()
@@ -150,6 +161,8 @@ class CacheSession:
         if self._timestep is None or t > self._timestep:
             self.reset()
             self._step, self._branch_index = 0, 0
+            if self.profile is not None:
+                self._check_profile(inputs)
         elif t == self._timestep:
             self._branch_index += 1
         else:
@@ -162,6 +175,15 @@ class CacheSession:
         self._shape_key = (shape.batch, shape.image_tokens, shape.text_tokens, tuple(sorted(shape.extra.items())))
         self._counters.calls += 1
         self._counters.skeleton += self._cached_flops(("skeleton", self._shape_key), None)
+
+    def _check_profile(self, inputs: dict[str, Any]) -> None:
+        assert self.profile is not None
+        timesteps = getattr(self.scheduler, "timesteps", None)
+        self.profile.check_sampling(
+            scheduler=type(self.scheduler).__name__ if self.scheduler is not None else self.profile.sampling.scheduler,
+            num_steps=len(timesteps) if timesteps is not None else self.profile.sampling.num_steps,
+            resolution=input_resolution(inputs["hidden_states"]),
+        )
 
     # -- the unit wrapper -------------------------------------------------------------------------
 

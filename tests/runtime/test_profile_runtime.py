@@ -1,0 +1,70 @@
+import pytest
+import torch
+
+import rfcache
+from rfcache.runtime.identity import model_identity
+from rfcache.schedules import Budget, MethodSpec, Profile, ProfileError, Provenance, SamplingSetup
+from tests.conftest import generate
+
+STEPS = 12
+
+
+def _profile(pipe, schedule="CCCPPCPPCPPC", **sampling) -> Profile:
+    adapter = rfcache.get_adapter(pipe)
+    setup = {"scheduler": "DDIMScheduler", "num_steps": STEPS, "guidance": "cfg", "resolution": (1, 8, 8), **sampling}
+    return Profile(
+        name="tiny",
+        model=model_identity(pipe.transformer, adapter),
+        sampling=SamplingSetup(**setup),
+        method=MethodSpec("relational", 2, "interval"),
+        schedule=schedule,
+        budget=Budget(0.5, 0.4),
+        provenance=Provenance("x", 0, 1, "now"),
+    )
+
+
+def test_profile_replays_its_static_schedule(tiny_pipe, tmp_path):
+    profile = _profile(tiny_pipe)
+    path = profile.save(tmp_path / "tiny.yaml")
+    rfcache.enable(tiny_pipe, path)
+    generate(tiny_pipe, steps=STEPS)
+    s = rfcache.summary(tiny_pipe)
+    assert s.pattern == profile.schedule and s.method == "static"
+
+
+def test_all_compute_profile_is_bit_identical(tiny_pipe):
+    reference = generate(tiny_pipe, steps=STEPS)
+    rfcache.enable(tiny_pipe, _profile(tiny_pipe, schedule="C" * STEPS))
+    assert torch.equal(generate(tiny_pipe, steps=STEPS), reference)
+
+
+def test_calibrated_ratios_replace_the_runtime_ratio(tiny_pipe):
+    base = _profile(tiny_pipe)
+    units = base.model.num_units
+    outputs = []
+    for ratios in ((), (0.0,) * units):
+        rfcache.enable(tiny_pipe, Profile(**{**base.__dict__, "ratios": ratios}))
+        outputs.append(generate(tiny_pipe, steps=STEPS))
+        rfcache.disable(tiny_pipe)
+    assert not torch.equal(outputs[0], outputs[1])  # s = 0 makes RFE reuse the cache instead
+
+
+def test_mismatched_profiles_are_refused(tiny_pipe):
+    wrong_model = _profile(tiny_pipe)
+    wrong_model = Profile(
+        **{
+            **wrong_model.__dict__,
+            "model": wrong_model.model.__class__(**{**wrong_model.model.__dict__, "num_units": 99}),
+        }
+    )
+    with pytest.raises(ProfileError, match="model.num_units=99"):
+        rfcache.enable(tiny_pipe, wrong_model)
+    with pytest.raises(ProfileError, match="sampling.scheduler='EulerDiscreteScheduler'"):
+        rfcache.enable(tiny_pipe, _profile(tiny_pipe, scheduler="EulerDiscreteScheduler"))
+    rfcache.enable(tiny_pipe, _profile(tiny_pipe))
+    with pytest.raises(ProfileError, match="sampling.num_steps=12, got 20"):
+        generate(tiny_pipe, steps=20)
+    rfcache.disable(tiny_pipe)
+    rfcache.enable(tiny_pipe, _profile(tiny_pipe, resolution=(1, 16, 16)))
+    with pytest.raises(ProfileError, match="sampling.resolution"):
+        generate(tiny_pipe, steps=STEPS)
