@@ -33,6 +33,7 @@ METHODS = [
     ("fora", {}),
     ("taylorseer", {"order": 1}),
     ("taylorseer", {"order": 2}),
+    ("rfe", {"order": 1}),
     ("rfe", {"order": 2}),
     ("rcs", {"order": 2}),
     ("rfc", {"order": 2}),
@@ -111,7 +112,13 @@ def speed_table(repeats: int) -> list[tuple[str, float, float, float, float]]:
     ).eval()
     pipe = DigitsDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(**toy_scheduler_config()))
     pipe.set_progress_bar_config(disable=True)
-    settings = [("full", None), ("fora", {"interval": 4}), ("taylorseer", {"interval": 4}), ("rfe", {"interval": 4})]
+    settings = [
+        ("full", None),
+        ("fora", {"interval": 4}),
+        ("taylorseer", {"interval": 4}),
+        ("rfe", {"interval": 4}),
+        ("rfc", {"tau": 0.125}),
+    ]
     times: dict[str, list[float]] = {name: [] for name, _ in settings}
     fractions: dict[str, float] = {"full": 1.0}
     step_ratio: dict[str, float] = {"full": 1.0}
@@ -130,7 +137,10 @@ def speed_table(repeats: int) -> list[tuple[str, float, float, float, float]]:
             if rep:
                 times[name].append(elapsed)
     full = statistics.median(times["full"])
-    return [(name, statistics.median(t), full / statistics.median(t), 1 / fractions[name]) for name, t in times.items()]
+    return [
+        (name, statistics.median(t), full / statistics.median(t), 1 / fractions[name], step_ratio[name])
+        for name, t in times.items()
+    ]
 
 
 def main() -> None:
