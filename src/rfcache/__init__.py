@@ -8,23 +8,29 @@ from __future__ import annotations
 
 import logging
 
+from rfcache.calibrate import calibrate
 from rfcache.errors import RfcacheError
 from rfcache.models import UnsupportedModelError, get_adapter, supported_families
 from rfcache.pipelines import load_pipeline
 from rfcache.runtime import CacheConfig, CacheSummary, disable, enable, summary
+from rfcache.schedules import Profile, ProfileError, load_profile
 
 __version__ = "0.1.0.dev0"
 
 __all__ = [
     "CacheConfig",
     "CacheSummary",
+    "Profile",
+    "ProfileError",
     "RfcacheError",
     "UnsupportedModelError",
     "__version__",
+    "calibrate",
     "disable",
     "enable",
     "get_adapter",
     "load_pipeline",
+    "load_profile",
     "summary",
     "supported_families",
 ]

@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   rfc-generate --class 3 --seed 0 --out digit.png
   rfc-generate --num 10 --out grid.png            # one of each digit
   rfc-generate --num 10 --method rfc --tau 0.3    # cached; prints the cache summary
+  rfc-generate --num 10 --profile toy-b0.4        # a shipped (or your own) calibrated profile
   rfc-generate --model ./my-dit --class 207 --steps 25 --device cuda --dtype float16
 """
 
@@ -35,6 +36,7 @@ class GenerateConfig:
     scale: int = option(4, "nearest-neighbour upscaling of the saved image")
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     dtype: str = option("float32", "float32, float16 or bfloat16")
+    profile: str | None = option(None, "profile YAML or shipped name (e.g. toy-b0.4); replaces --method")
     method: str = option("none", "caching method: none, fora, taylorseer, rfe, rcs, rfc")
     interval: int = option(4, "full step every N steps after the warm-up (fora, taylorseer, rfe)")
     order: int = option(2, "Taylor order m (taylorseer, rfe, rcs, rfc)")
@@ -65,7 +67,10 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     for label in labels:
         if not 0 <= label < num_classes:
             raise RfcacheError(f"--class {label} is outside the model's classes 0..{num_classes - 1}")
-    if cfg.method != "none":
+    cached = cfg.profile is not None or cfg.method != "none"
+    if cfg.profile is not None:
+        enable(pipe, cfg.profile)
+    elif cfg.method != "none":
         enable(
             pipe,
             method=cfg.method,
@@ -91,7 +96,7 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     tmp = cfg.out.with_name(cfg.out.name + ".tmp")
     image.save(tmp, format="PNG")
     tmp.replace(cfg.out)
-    return cfg.out, (summary(pipe) if cfg.method != "none" else None)
+    return cfg.out, (summary(pipe) if cached else None)
 
 
 def _grid(images, cols: int):

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rfcache.cli import generate
+from rfcache.cli import calibrate, generate
 from rfcache.cli._args import add_config_arguments, config_from_args
 
-__all__ = ["generate_main", "main"]
+__all__ = ["calibrate_main", "generate_main", "main"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class _Command:
 
 
 COMMANDS: dict[str, _Command] = {
+    "calibrate": _Command(calibrate.CalibrateConfig, calibrate.run_calibrate, calibrate.add_parser, calibrate.report),
     "generate": _Command(generate.GenerateConfig, generate.run_generate, generate.add_parser, generate.report),
 }
 
@@ -64,6 +65,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
         return 2
     print(cmd.report(cfg, result))
     return 0
+
+
+def calibrate_main() -> None:
+    sys.exit(main(prog="rfc-calibrate", command="calibrate"))
 
 
 def generate_main() -> None:

@@ -232,7 +232,10 @@ def _to_plain(obj: Any) -> Any:
     if isinstance(obj, tuple):
         return [_to_plain(v) for v in obj]
     if isinstance(obj, dict):
-        return {k: _to_plain(v) for k, v in obj.items()}
+        return {str(k): _to_plain(v) for k, v in obj.items()}
+    for plain in (bool, int, float, str):  # subclasses (numpy scalars, torch's version string) as plain
+        if isinstance(obj, plain):
+            return plain(obj)
     return obj
 
 

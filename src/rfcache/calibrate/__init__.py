@@ -1,0 +1,20 @@
+"""Calibration: record full-compute trajectories, fit relation ratios, search schedules, freeze a profile."""
+
+from __future__ import annotations
+
+from rfcache.calibrate.api import CalibrationResult, calibrate, default_prompts
+from rfcache.calibrate.search import Candidate, StudyMismatchError, search_schedules
+from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
+
+__all__ = [
+    "CalibrationResult",
+    "Candidate",
+    "RatioFit",
+    "StudyMismatchError",
+    "Trace",
+    "calibrate",
+    "default_prompts",
+    "fit_ratios",
+    "record_trace",
+    "search_schedules",
+]

@@ -1,0 +1,300 @@
+"""`calibrate`: record, fit, search, confirm on held-out inputs, freeze into a `Profile`."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rfcache.calibrate.search import Candidate, search_schedules, warped_mask
+from rfcache.calibrate.trace import RatioFit, fit_ratios, record_trace
+from rfcache.errors import RfcacheError
+from rfcache.models import get_adapter, get_transformer
+from rfcache.runtime import disable, enable, summary
+from rfcache.runtime.identity import config_hash, input_resolution, model_identity
+from rfcache.runtime.policies import interval_mask
+from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+
+__all__ = ["CalibrationResult", "calibrate", "default_prompts"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class CalibrationResult:
+    """The frozen profile and the figures the closing table reports."""
+
+    profile: Profile
+    heldout_rel_l2: float
+    taylorseer_rel_l2: float
+    seconds: float
+    candidates: tuple[Candidate, ...]
+    fit: RatioFit
+
+
+def default_prompts() -> list[str]:
+    """Calibration prompts for text-conditioned models when no prompt file is given."""
+    return [
+        "a photo of a cat on a sofa",
+        "a red sports car on a mountain road",
+        "a bowl of fruit on a wooden table, studio light",
+        "an astronaut riding a horse, digital art",
+        "a snowy forest at dawn",
+        "a portrait of an old man, oil painting",
+        "a city skyline at night with neon lights",
+        "a lighthouse on a cliff during a storm",
+        "a plate of pasta with basil",
+        "a watercolor painting of a sailboat",
+        "a close-up of a hummingbird",
+        "a cozy library with tall shelves",
+    ]
+
+
+def calibrate(
+    pipe: Any,
+    *,
+    budget: float = 0.4,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 2.0,
+    prompts: list[str] | None = None,
+    samples: int = 8,
+    heldout: int = 8,
+    trials: int = 24,
+    storage: str | None = None,
+    study_name: str | None = None,
+    seed: int = 0,
+    name: str = "profile",
+    progress: bool = True,
+) -> CalibrationResult:
+    """Calibrate a static cache schedule for ``pipe`` that spends at most ``budget`` of the module FLOPs.
+
+    Example:
+        >>> pipe = rfcache.load_pipeline("toy")
+        >>> result = rfcache.calibrate(pipe, budget=0.4, num_inference_steps=50)
+        >>> result.profile.save("toy.yaml")
+    """
+    if not 0 < budget <= 1:
+        raise RfcacheError(f"budget must be in (0, 1], got {budget}")
+    if samples < 1 or heldout < 1 or trials < 1 or num_inference_steps < 2:
+        raise RfcacheError("samples, heldout and trials must be >= 1 and steps >= 2")
+    start = time.perf_counter()
+    model = get_transformer(pipe)
+    adapter = get_adapter(model)
+    calib_kwargs = _inputs(pipe, prompts, samples, offset=0)
+    held_kwargs = _inputs(pipe, prompts, heldout, offset=samples)
+    common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
+
+    def run(kwargs: dict[str, Any], run_seed: int) -> torch.Tensor:
+        out = pipe(**kwargs, **common, generator=torch.Generator().manual_seed(run_seed))
+        images = out.frames if hasattr(out, "frames") else out.images
+        return torch.as_tensor(np.asarray(images))
+
+    resolution: list[tuple[int, ...]] = []
+    grab = model.register_forward_pre_hook(
+        lambda m, a, k: resolution.append(input_resolution(k.get("hidden_states", a[0] if a else None))),
+        with_kwargs=True,
+    )
+    try:
+        trace, reference_out = record_trace(pipe, {**calib_kwargs, **common, "generator": _gen(seed)})
+    finally:
+        grab.remove()
+    reference = torch.as_tensor(np.asarray(getattr(reference_out, "frames", None) or reference_out.images))
+    fit = fit_ratios(trace)
+    if fit.poor():
+        logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
+
+    def cache_kwargs(params: dict[str, Any]) -> dict[str, Any]:
+        kw: dict[str, Any] = {"predictor": params["predictor"], "order": params["order"], "warmup": params["warmup"]}
+        if params["predictor"] == "relational" and params.get("calibrated"):
+            kw["ratios"] = fit.ratios
+        if params["family"] == "interval":
+            method = "rfe" if params["predictor"] == "relational" else "taylorseer"
+            return {"method": method, "interval": params["interval"], **kw}
+        if params["family"] == "warped":
+            mask = warped_mask(num_inference_steps, params["nfc"], params["warmup"], params["alpha"])
+            return {"method": "static", "mask": mask, **kw}
+        method = "rfc" if params["predictor"] == "relational" else "rcs"
+        return {"method": method, "tau": params["tau"], "max_cached": params["max_cached"], **kw}
+
+    def evaluate(params: dict[str, Any]) -> tuple[str, float, float]:
+        enable(pipe, **cache_kwargs(params))
+        try:
+            out = run(calib_kwargs, seed)
+            s = summary(pipe)
+        finally:
+            disable(pipe)
+        return _freeze(s.patterns), s.flops_fraction, _rel_l2(out, reference)
+
+    identity = model_identity(model, adapter)
+    study_identity = {
+        "config_hash": identity.config_hash,
+        "steps": str(num_inference_steps),
+        "budget": repr(budget),
+        "inputs": _hash(calib_kwargs, guidance_scale, seed),
+    }
+    study, candidates = search_schedules(
+        evaluate,
+        budget=budget,
+        num_steps=num_inference_steps,
+        trials=trials,
+        storage=storage,
+        study_name=study_name or f"rfcache-{identity.config_hash}-s{num_inference_steps}-b{budget}",
+        seed=seed,
+        identity=study_identity,
+        progress=progress,
+    )
+    if not candidates:
+        raise RfcacheError(f"no schedule within budget {budget} was found in {len(study.trials)} trials")
+
+    held_reference = run(held_kwargs, seed + 1)
+    sampling = SamplingSetup(
+        scheduler=type(pipe.scheduler).__name__,
+        num_steps=num_inference_steps,
+        guidance="cfg" if guidance_scale > 1 else "none",
+        resolution=resolution[0],
+        scheduler_config_hash=config_hash(pipe.scheduler.config),
+    )
+    best: tuple[float, Profile] | None = None
+    for cand in candidates[:3]:  # confirm the best few on held-out inputs
+        profile = _profile(name, identity, sampling, cand, fit, budget, 0.0, seed, len(study.trials), calib_kwargs)
+        enable(pipe, profile)
+        try:
+            err = _rel_l2(run(held_kwargs, seed + 1), held_reference)
+            achieved = summary(pipe).flops_fraction
+        finally:
+            disable(pipe)
+        if best is None or err < best[0]:
+            best = (
+                err,
+                _profile(
+                    name,
+                    identity,
+                    sampling,
+                    cand,
+                    fit,
+                    budget,
+                    achieved,
+                    seed,
+                    len(study.trials),
+                    calib_kwargs,
+                    heldout_rel_l2=err,
+                ),
+            )
+    assert best is not None
+    heldout_err, profile = best
+
+    ts_interval, ts_warmup, ts_nfc = _closest_interval(num_inference_steps, profile.nfc)
+    enable(pipe, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
+    try:
+        ts_err = _rel_l2(run(held_kwargs, seed + 1), held_reference)
+    finally:
+        disable(pipe)
+    quality = {**profile.quality, "taylorseer_rel_l2": ts_err, "taylorseer_nfc": float(ts_nfc)}
+    profile = Profile(**{**profile.__dict__, "quality": quality})
+    return CalibrationResult(profile, heldout_err, ts_err, time.perf_counter() - start, tuple(candidates), fit)
+
+
+def _profile(
+    name: str,
+    identity: Any,
+    sampling: SamplingSetup,
+    cand: Candidate,
+    fit: RatioFit,
+    budget: float,
+    achieved: float,
+    seed: int,
+    trials: int,
+    calib_kwargs: dict[str, Any],
+    **quality: float,
+) -> Profile:
+    import diffusers
+    import optuna
+
+    import rfcache
+
+    p = cand.params
+    numeric = {k: float(v) for k, v in p.items() if k not in ("family", "predictor", "order")}
+    r2 = np.array(fit.r2)
+    return Profile(
+        name=name,
+        model=identity,
+        sampling=sampling,
+        method=MethodSpec(p["predictor"], int(p["order"]), p["family"], numeric),
+        schedule=cand.pattern,
+        budget=Budget(budget, achieved),
+        provenance=Provenance(
+            inputs_hash=_hash(calib_kwargs, 0.0, seed),
+            seed=seed,
+            trials=trials,
+            created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+            versions={
+                "rfcache": rfcache.__version__,
+                "torch": torch.__version__,
+                "diffusers": diffusers.__version__,
+                "optuna": optuna.__version__,
+            },
+        ),
+        ratios=fit.ratios if p["predictor"] == "relational" and p.get("calibrated") else (),
+        quality={"calibration_rel_l2": cand.error, **quality},
+        diagnostics={
+            "ratio_r2_min": float(r2.min()),
+            "ratio_r2_median": float(np.median(r2)),
+            "ratio_spread_median": float(np.median(fit.spread)),
+            "poor_fits": float(len(fit.poor())),
+        },
+    )
+
+
+def _inputs(pipe: Any, prompts: list[str] | None, n: int, *, offset: int) -> dict[str, Any]:
+    config = get_transformer(pipe).config
+    num_classes = getattr(config, "num_embeds_ada_norm", None) if not prompts else None
+    if num_classes and "class_labels" in _call_params(pipe):
+        return {"class_labels": [(offset + i) % int(num_classes) for i in range(n)]}
+    pool = prompts or default_prompts()
+    return {"prompt": [pool[(offset + i) % len(pool)] for i in range(n)]}
+
+
+def _call_params(pipe: Any) -> set[str]:
+    import inspect
+
+    return set(inspect.signature(type(pipe).__call__).parameters)
+
+
+def _freeze(patterns: tuple[str, ...]) -> str:
+    """One static pattern: a step is full where any CFG branch computed it (conservative)."""
+    return "".join("C" if "C" in column else "P" for column in zip(*patterns, strict=True))
+
+
+def _closest_interval(num_steps: int, nfc: int) -> tuple[int, int, int]:
+    """TaylorSeer's own schedule (warm-up, then every N-th step) with the NFC nearest ``nfc``.
+
+    Exact NFC where some warm-up of 1 to 3 steps and interval give it; otherwise the nearest,
+    preferring more full steps (never an advantage to the profile).
+    """
+    options = []
+    for warmup in (1, 2, 3):
+        for interval in range(1, num_steps + 1):
+            n = sum(interval_mask(num_steps, interval, warmup))
+            options.append((abs(n - nfc), -n, warmup != 2, interval, warmup, n))
+    *_, interval, warmup, n = min(options)
+    return interval, warmup, n
+
+
+def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
+    from rfcache.evaluate.metrics import relative_l2
+
+    return relative_l2(out, ref)
+
+
+def _hash(kwargs: dict[str, Any], guidance: float, seed: int) -> str:
+    return hashlib.sha256(repr((sorted(kwargs.items()), guidance, seed)).encode()).hexdigest()[:16]
+
+
+def _gen(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)

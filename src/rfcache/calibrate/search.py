@@ -1,0 +1,180 @@
+"""Optuna search over schedule families for the lowest error to full compute within a FLOP budget.
+
+Each trial picks a schedule family and its parameters, runs the pipeline on the calibration inputs
+with that schedule (all inputs in one batch, so a dynamic RCS run yields one pattern, which is
+exactly the static mask it freezes into), and reports the relative L2 error of the output to the
+full-compute output as the objective and ``flops_fraction - budget`` as the constraint
+(feasible when <= 0). Families:
+
+- ``interval``: full step every ``interval`` steps after ``warmup`` full steps (uniform);
+- ``rcs``: the pattern that RCS with ``tau``, ``warmup`` and ``max_cached`` produces;
+- ``warped``: ``nfc`` full steps after the warm-up placed by a spacing that blends uniform
+  (``alpha = 0``) with cosine spacing (``alpha = 1``: denser at both ends, where trajectories
+  bend most), see :func:`warped_mask`.
+
+Predictors searched: ``relational`` (RFE, run-time or calibrated ratio) and ``taylor``. The study
+is seeded with the uniform schedules that fit the budget (``enqueue_trial``).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import optuna
+
+from rfcache.errors import RfcacheError
+from rfcache.runtime.policies import interval_mask
+
+__all__ = ["Candidate", "StudyMismatchError", "search_schedules", "uniform_seeds", "warped_mask"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A schedule the search evaluated: its parameters, frozen pattern, cost and error."""
+
+    params: dict[str, Any]
+    pattern: str
+    flops_fraction: float
+    error: float
+    trial: int
+
+
+# (params) -> (pattern, flops_fraction, error) on the calibration inputs
+Evaluate = Callable[[dict[str, Any]], tuple[str, float, float]]
+
+
+def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (1, 2, 3)) -> list[dict[str, Any]]:
+    """The densest uniform schedules whose share of full steps fits the budget, one per warm-up."""
+    seeds = []
+    for warmup in warmups:
+        for interval in range(1, 25):
+            nfc = sum(interval_mask(num_steps, interval, warmup))
+            if nfc / num_steps <= budget * 0.97:  # leave room for the predictor's own cost
+                seeds.append(
+                    {
+                        "family": "interval",
+                        "predictor": "relational",
+                        "order": 1,
+                        "calibrated": False,
+                        "interval": interval,
+                        "warmup": warmup,
+                    }
+                )
+                break
+    nfc = max(3, int(budget * num_steps * 0.95))
+    for alpha in (0.5, 1.0):
+        seeds.append(
+            {
+                "family": "warped",
+                "predictor": "relational",
+                "order": 1,
+                "calibrated": False,
+                "warmup": 2,
+                "nfc": nfc,
+                "alpha": alpha,
+            }
+        )
+    return seeds
+
+
+def warped_mask(num_steps: int, nfc: int, warmup: int, alpha: float) -> tuple[bool, ...]:
+    """``warmup`` full steps, then ``nfc - warmup`` more spread by a blend of uniform and cosine spacing."""
+    rest = max(0, nfc - warmup)
+    u = np.linspace(0.0, 1.0, rest + 1)[:-1] if rest else np.zeros(0)
+    warped = (1 - alpha) * u + alpha * (1 - np.cos(np.pi * u)) / 2
+    full = set(range(min(warmup, num_steps)))
+    for w in warped:
+        step = warmup + round(float(w) * (num_steps - warmup))
+        while step in full and step < num_steps - 1:
+            step += 1
+        full.add(min(step, num_steps - 1))
+    return tuple(i in full for i in range(num_steps))
+
+
+def search_schedules(
+    evaluate: Evaluate,
+    *,
+    budget: float,
+    num_steps: int,
+    trials: int,
+    storage: str | None,
+    study_name: str,
+    seed: int = 0,
+    identity: dict[str, str] | None = None,
+    progress: bool = True,
+) -> tuple[optuna.Study, list[Candidate]]:
+    """Run (or resume) the study; returns it and the feasible candidates, best first."""
+    sampler = optuna.samplers.TPESampler(seed=seed)
+    study = optuna.create_study(
+        study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+    )
+    _check_identity(study, identity or {})
+    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
+    if not study.trials:
+        for params in uniform_seeds(num_steps, budget):
+            study.enqueue_trial(params)
+    remaining = max(0, trials - len(done))
+
+    def objective(trial: optuna.Trial) -> float:
+        family = trial.suggest_categorical("family", ["interval", "rcs", "warped"])
+        predictor = trial.suggest_categorical("predictor", ["relational", "taylor"])
+        params: dict[str, Any] = {
+            "family": family,
+            "predictor": predictor,
+            "order": trial.suggest_int("order", 1, 2),
+            "calibrated": trial.suggest_categorical("calibrated", [False, True]),
+            "warmup": trial.suggest_int("warmup", 1, 6),
+        }
+        if family == "interval":
+            params["interval"] = trial.suggest_int("interval", 2, 12)
+        elif family == "warped":
+            most = max(params["warmup"] + 1, int(budget * num_steps))
+            params["nfc"] = trial.suggest_int("nfc", min(params["warmup"] + 1, most), most)
+            params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
+        else:
+            params["tau"] = trial.suggest_float("tau", 1e-3, 4.0, log=True)
+            params["max_cached"] = trial.suggest_int("max_cached", 1, 12)
+        pattern, fraction, error = evaluate(params)
+        trial.set_user_attr("pattern", pattern)
+        trial.set_user_attr("flops_fraction", fraction)
+        trial.set_constraint("flops_over_budget", fraction - budget)
+        return error if math.isfinite(error) else 1e9
+
+    if remaining:
+        study.optimize(objective, n_trials=remaining, show_progress_bar=progress, gc_after_trial=False)
+    candidates = [
+        Candidate(
+            params=dict(t.params),
+            pattern=t.user_attrs["pattern"],
+            flops_fraction=t.user_attrs["flops_fraction"],
+            error=float(t.value),
+            trial=t.number,
+        )
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE and t.user_attrs.get("flops_fraction", 2.0) <= budget
+    ]
+    candidates.sort(key=lambda c: c.error)
+    return study, candidates
+
+
+def _check_identity(study: optuna.Study, identity: dict[str, str]) -> None:
+    stored = study.user_attrs.get("rfcache_identity")
+    if stored is None:
+        study.set_user_attr("rfcache_identity", identity)
+    elif stored != identity:
+        diff = sorted(k for k in set(stored) | set(identity) if stored.get(k) != identity.get(k))
+        raise StudyMismatchError(
+            f"study {study.study_name!r} was created for another calibration setup ({', '.join(diff)} differ); "
+            "use another --study name"
+        )
+
+
+class StudyMismatchError(RfcacheError, ValueError):
+    """The Optuna study named was created for another model, budget or sampling setup."""

@@ -1,0 +1,140 @@
+"""``rfc-calibrate``: calibrate a static cache schedule within a FLOP budget and write a profile."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rfcache.cli._args import option
+
+__all__ = ["CalibrateConfig", "run_calibrate"]
+
+logger = logging.getLogger(__name__)
+
+EXAMPLES = """examples:
+  rfc-calibrate --budget 0.4                                  # embedded model -> profile.yaml
+  rfc-calibrate --budget 0.25 --trials 60 --out toy-b0.25.yaml
+  rfc-calibrate --model ./my-pixart --prompts prompts.txt --steps 20 --device cuda
+  # several workers sharing one study (run the same command on each machine):
+  rfc-calibrate --storage postgresql://user@db/rfcache --study pixart-b0.4 --trials 200
+"""
+
+
+@dataclass(frozen=True)
+class CalibrateConfig:
+    model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
+    budget: float = option(0.4, "share of the module FLOPs the schedule may spend, in (0, 1]")
+    steps: int = option(50, "number of inference steps the profile is for")
+    prompts: Path | None = option(None, "text file, one prompt per line (text-conditioned models)")
+    trials: int = option(24, "Optuna trials (a resumed study counts its finished ones)")
+    storage: str | None = option(None, "Optuna storage URL (default: sqlite file beside --out)")
+    study: str | None = option(None, "Optuna study name (default: derived from model, steps, budget)")
+    out: Path = option(Path("profile.yaml"), "profile to write")
+    samples: int = option(8, "calibration inputs (class labels or prompts)")
+    heldout: int = option(8, "held-out inputs used to confirm the best candidates")
+    guidance: float = option(2.0, "classifier-free guidance scale used while calibrating")
+    device: str = option("cpu", "torch device")
+    seed: int = option(0, "seed of noise and sampler")
+    json: bool = option(False, "print one JSON object as the last line")
+
+
+def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Calibrate, write the profile atomically, and return the closing figures."""
+    from rfcache.calibrate import calibrate
+    from rfcache.errors import RfcacheError
+    from rfcache.pipelines import load_pipeline
+
+    if not 0 < cfg.budget <= 1:
+        raise RfcacheError(f"--budget must be in (0, 1], got {cfg.budget}")
+    prompts = _read_prompts(cfg.prompts) if cfg.prompts is not None else None
+    if cfg.storage is None:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    storage = cfg.storage or f"sqlite:///{cfg.out.with_suffix('.optuna.db')}"
+    _check_storage(storage)
+    import optuna
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says enough
+    pipe = load_pipeline(cfg.model, device=cfg.device)
+    pipe.set_progress_bar_config(disable=True)
+    name = cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name
+    result = calibrate(
+        pipe,
+        budget=cfg.budget,
+        num_inference_steps=cfg.steps,
+        guidance_scale=cfg.guidance,
+        prompts=prompts,
+        samples=cfg.samples,
+        heldout=cfg.heldout,
+        trials=cfg.trials,
+        storage=storage,
+        study_name=cfg.study,
+        seed=cfg.seed,
+        name=name,
+    )
+    path = result.profile.save(cfg.out)
+    p = result.profile
+    return {
+        "profile": str(path),
+        "budget_target": cfg.budget,
+        "flops_fraction": p.budget.achieved,
+        "nfc": p.nfc,
+        "num_steps": p.sampling.num_steps,
+        "schedule": p.schedule,
+        "method": f"{p.method.predictor} m={p.method.order}, {p.method.schedule_family}",
+        "heldout_rel_l2": result.heldout_rel_l2,
+        "taylorseer_rel_l2": result.taylorseer_rel_l2,
+        "taylorseer_nfc": int(p.quality["taylorseer_nfc"]),
+        "seconds": round(result.seconds, 1),
+        "trials": p.provenance.trials,
+        "storage": storage,
+        "json": cfg.json,
+    }
+
+
+def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
+    ratio = r["heldout_rel_l2"] / r["taylorseer_rel_l2"] if r["taylorseer_rel_l2"] else float("nan")
+    lines = [
+        f"wrote {r['profile']}",
+        f"budget            target {r['budget_target']:.3f}, achieved {r['flops_fraction']:.3f} of module FLOPs",
+        f"schedule          {r['schedule']}  (NFC {r['nfc']} of {r['num_steps']}; {r['method']})",
+        f"held-out rel-L2   {r['heldout_rel_l2']:.4f} profile vs {r['taylorseer_rel_l2']:.4f} TaylorSeer m=2 "
+        f"at NFC {r['taylorseer_nfc']} ({ratio:.2f}x)",
+        f"time              {r['seconds']:.1f} s, {r['trials']} trials in {r['storage']}",
+    ]
+    if r.pop("json"):
+        lines.append(json.dumps(r))
+    return "\n".join(lines)
+
+
+def _read_prompts(path: Path) -> list[str]:
+    from rfcache.errors import RfcacheError
+
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise RfcacheError(f"{path}: cannot read prompt file ({type(exc).__name__})") from exc
+    prompts = [line.strip() for line in lines if line.strip()]
+    if not prompts:
+        raise RfcacheError(f"{path}: prompt file is empty (expected one prompt per line)")
+    return prompts
+
+
+def _check_storage(url: str) -> None:
+    import optuna
+
+    from rfcache.errors import RfcacheError
+
+    try:
+        optuna.storages.get_storage(url)
+    except Exception as exc:  # any driver error: report it on one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RfcacheError(f"--storage {url}: cannot open ({first})") from exc
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return sub.add_parser("calibrate", help="calibrate a cache profile", description=__doc__, epilog=EXAMPLES)

@@ -1,0 +1,98 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+
+import rfcache
+from rfcache.calibrate import StudyMismatchError, Trace, calibrate, fit_ratios, record_trace
+from rfcache.calibrate.search import uniform_seeds, warped_mask
+from rfcache.cli.main import main
+from rfcache.runtime.policies import interval_mask
+
+STEPS = 10
+
+
+def test_trace_records_every_step_unit_and_lag(tiny_pipe, tmp_path):
+    kwargs = {"class_labels": [1, 2], "num_inference_steps": STEPS, "guidance_scale": 2.0, "output_type": "pt"}
+    trace, out = record_trace(tiny_pipe, {**kwargs, "generator": torch.Generator().manual_seed(0)}, max_lag=3)
+    units = rfcache.get_adapter(tiny_pipe).units(tiny_pipe.transformer)
+    assert trace.units == [u.path for u in units]
+    assert trace.input_delta.shape == (STEPS, len(units), 3, 4)  # 2 samples x CFG
+    assert np.isnan(trace.input_delta[0]).all() and np.isfinite(trace.input_delta[3]).all()
+    plain = tiny_pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    assert torch.equal(out.images, plain)  # recording does not change the output
+    trace.save(tmp_path / "t.npz")
+    merged = Trace.merge([Trace.load(tmp_path / "t.npz"), trace])
+    assert merged.input_delta.shape[-1] == 8
+
+
+def test_ratio_fit_recovers_a_known_slope():
+    rng = np.random.default_rng(0)
+    x = rng.uniform(0.1, 1.0, size=(6, 2, 3, 4))
+    y = np.stack([2.5 * x[:, 0], 0.5 * x[:, 1] + rng.normal(0, 0.2, size=x[:, 1].shape)], axis=1)
+    fit = fit_ratios(Trace(["a", "b"], x, y), min_lag=1)
+    assert fit.ratios[0] == pytest.approx(2.5) and fit.r2[0] == pytest.approx(1.0)
+    assert fit.r2[1] < 0.5 and fit.poor() == [1]
+
+
+def test_seeds_and_warped_masks_fit_the_budget():
+    for seed in uniform_seeds(50, 0.4):
+        if seed["family"] == "interval":
+            assert sum(interval_mask(50, seed["interval"], seed["warmup"])) / 50 <= 0.4
+    for alpha in (0.0, 0.5, 1.0):
+        mask = warped_mask(50, 14, 2, alpha)
+        assert len(mask) == 50 and sum(mask) == 14 and mask[0] and mask[1]
+
+
+def test_calibrate_end_to_end_and_resume(tiny_pipe, tmp_path):
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    kwargs = {"budget": 0.5, "num_inference_steps": STEPS, "samples": 2, "heldout": 2, "storage": storage}
+    result = calibrate(tiny_pipe, trials=5, progress=False, name="tiny", **kwargs)
+    p = result.profile
+    assert len(p.schedule) == STEPS and p.budget.achieved <= 0.5 and p.provenance.trials == 5
+    assert p.quality["heldout_rel_l2"] == result.heldout_rel_l2 >= 0  # tiny random models saturate
+    path = p.save(tmp_path / "tiny.yaml")
+    rfcache.enable(tiny_pipe, path)
+    tiny_pipe(class_labels=[1], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))
+    assert rfcache.summary(tiny_pipe).pattern == p.schedule
+    rfcache.disable(tiny_pipe)
+    # the same command resumes the study: only the missing trials run
+    again = calibrate(tiny_pipe, trials=6, progress=False, name="tiny", **kwargs)
+    assert again.profile.provenance.trials == 6
+    shared = {**kwargs, "study_name": "shared"}
+    calibrate(tiny_pipe, trials=2, progress=False, name="tiny", **shared)
+    with pytest.raises(StudyMismatchError, match="another calibration setup"):
+        calibrate(tiny_pipe, trials=2, progress=False, name="tiny", **{**shared, "budget": 0.3})
+
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--budget", "1.5"], "--budget must be in (0, 1]"),
+        (["--budget", "0"], "--budget must be in (0, 1]"),
+        (["--storage", "nosuchdb://x"], "--storage nosuchdb://x: cannot open"),
+    ],
+)
+def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
+    code = main(["calibrate", *args, "--out", str(tmp_path / "p.yaml")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and message in err and "\n" not in err
+    assert not (tmp_path / "p.yaml").exists()
+
+
+def test_cli_empty_prompt_file(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("\n  \n")
+    assert main(["calibrate", "--prompts", str(prompts), "--out", str(tmp_path / "p.yaml")]) == 2
+    assert "prompt file is empty" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_cli_calibrates_the_embedded_model(tmp_path, capsys):
+    out = tmp_path / "toy.yaml"
+    assert main(["calibrate", "--budget", "0.4", "--trials", "6", "--out", str(out), "--json"]) == 0
+    record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert record["flops_fraction"] <= 0.4 and record["profile"] == str(out)
+    assert {"nfc", "heldout_rel_l2", "taylorseer_rel_l2", "seconds", "budget_target"} <= set(record)
+    assert rfcache.load_profile(out).nfc == record["nfc"]
