@@ -29,15 +29,16 @@ COMMANDS: dict[str, _Command] = {
 }
 
 
-def _parser(only: str | None = None) -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="rfcache", description="Relational Feature Caching for diffusion transformers."
-    )
+def _parser(only: str | None = None, prog: str = "rfcache") -> argparse.ArgumentParser:
+    """``rfcache <command>``; with ``only``, an alias such as ``rfc-calibrate`` whose usage names itself."""
+    parser = argparse.ArgumentParser(prog=prog, description="Relational Feature Caching for diffusion transformers.")
     sub = parser.add_subparsers(dest="command", required=True)
     for name, command in COMMANDS.items():
         if only is None or name == only:
             p = command.add_parser(sub)
             p.formatter_class = argparse.RawDescriptionHelpFormatter
+            if only is not None:
+                p.prog = prog  # the alias's usage reads "rfc-calibrate ...", not "rfcache calibrate"
             p.add_argument("-v", "--verbose", action="store_true", help="log progress at INFO level")
             add_config_arguments(p, command.config)
     return parser
@@ -50,9 +51,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
     argv = list(sys.argv[1:] if argv is None else argv)
     if command is not None:
         argv = [command, *argv]
-    parser = _parser(command)
-    if prog:
-        parser.prog = prog
+    parser = _parser(command, prog or "rfcache")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     cmd = COMMANDS[args.command]
