@@ -43,7 +43,8 @@ def test_calibrated_ratios_replace_the_runtime_ratio(tiny_pipe):
     units = base.model.num_units
     outputs = []
     for ratios in ((), (0.0,) * units):
-        rfcache.enable(tiny_pipe, Profile(**{**base.__dict__, "ratios": ratios}))
+        method = MethodSpec("relational", 2, "interval", {"calibrated": 1.0})
+        rfcache.enable(tiny_pipe, Profile(**{**base.__dict__, "ratios": ratios, "method": method}))
         outputs.append(generate(tiny_pipe, steps=STEPS))
         rfcache.disable(tiny_pipe)
     assert not torch.equal(outputs[0], outputs[1])  # s = 0 makes RFE reuse the cache instead

@@ -186,3 +186,12 @@ def test_enable_errors(tiny_pipe):
         rfcache.enable(tiny_pipe, method="rfc")
     with pytest.raises(rfcache.UnsupportedModelError, match="supported families"):
         rfcache.enable(torch.nn.Linear(2, 2))
+
+
+def test_interval_for_nfc_matches_exactly_where_possible():
+    from rfcache.runtime.policies import interval_for_nfc, interval_mask
+
+    for nfc in (7, 10, 14, 19, 26):
+        interval, warmup, n = interval_for_nfc(50, nfc)
+        assert n == nfc == sum(interval_mask(50, interval, warmup))
+    assert interval_for_nfc(50, 14)[:2] == (4, 2)  # TaylorSeer's own setting

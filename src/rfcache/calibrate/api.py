@@ -18,7 +18,7 @@ from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
 from rfcache.runtime.identity import config_hash, input_resolution, model_identity
-from rfcache.runtime.policies import interval_mask
+from rfcache.runtime.policies import interval_for_nfc
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
 
 __all__ = ["CalibrationResult", "calibrate", "default_prompts"]
@@ -189,7 +189,7 @@ def calibrate(
     assert best is not None
     heldout_err, profile = best
 
-    ts_interval, ts_warmup, ts_nfc = _closest_interval(num_inference_steps, profile.nfc)
+    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(num_inference_steps, profile.nfc)
     enable(pipe, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
     try:
         ts_err = _rel_l2(run(held_kwargs, seed + 1), held_reference)
@@ -240,7 +240,7 @@ def _profile(
                 "optuna": optuna.__version__,
             },
         ),
-        ratios=fit.ratios if p["predictor"] == "relational" and p.get("calibrated") else (),
+        ratios=fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
         quality={"calibration_rel_l2": cand.error, **quality},
         diagnostics={
             "ratio_r2_min": float(r2.min()),
@@ -269,21 +269,6 @@ def _call_params(pipe: Any) -> set[str]:
 def _freeze(patterns: tuple[str, ...]) -> str:
     """One static pattern: a step is full where any CFG branch computed it (conservative)."""
     return "".join("C" if "C" in column else "P" for column in zip(*patterns, strict=True))
-
-
-def _closest_interval(num_steps: int, nfc: int) -> tuple[int, int, int]:
-    """TaylorSeer's own schedule (warm-up, then every N-th step) with the NFC nearest ``nfc``.
-
-    Exact NFC where some warm-up of 1 to 3 steps and interval give it; otherwise the nearest,
-    preferring more full steps (never an advantage to the profile).
-    """
-    options = []
-    for warmup in (1, 2, 3):
-        for interval in range(1, num_steps + 1):
-            n = sum(interval_mask(num_steps, interval, warmup))
-            options.append((abs(n - nfc), -n, warmup != 2, interval, warmup, n))
-    *_, interval, warmup, n = min(options)
-    return interval, warmup, n
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -34,7 +34,9 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
         meta = field.metadata
         flag = meta.get("flag") or "--" + field.name.replace("_", "-")
         kind = _base_type(hints[field.name])
-        kwargs: dict[str, Any] = {"dest": field.name, "default": field.default, "help": meta.get("help", "")}
+        kwargs: dict[str, Any] = {"default": field.default, "help": meta.get("help", "")}
+        if flag.startswith("-"):
+            kwargs["dest"] = field.name
         if meta.get("metavar"):
             kwargs["metavar"] = meta["metavar"]
         if kind is bool:

@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rfcache.cli import calibrate, generate
+from rfcache.cli import calibrate, generate, show
 from rfcache.cli._args import add_config_arguments, config_from_args
 
-__all__ = ["calibrate_main", "generate_main", "main"]
+__all__ = ["calibrate_main", "generate_main", "main", "show_main"]
 
 
 @dataclass(frozen=True)
@@ -24,6 +24,7 @@ class _Command:
 
 
 COMMANDS: dict[str, _Command] = {
+    "show": _Command(show.ShowConfig, show.run_show, show.add_parser, show.report),
     "calibrate": _Command(calibrate.CalibrateConfig, calibrate.run_calibrate, calibrate.add_parser, calibrate.report),
     "generate": _Command(generate.GenerateConfig, generate.run_generate, generate.add_parser, generate.report),
 }
@@ -68,6 +69,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
 
 def calibrate_main() -> None:
     sys.exit(main(prog="rfc-calibrate", command="calibrate"))
+
+
+def show_main() -> None:
+    sys.exit(main(prog="rfc-show", command="show"))
 
 
 def generate_main() -> None:

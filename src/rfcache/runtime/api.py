@@ -71,7 +71,7 @@ def _config_from_profile(
         predictor=profile.method.predictor,
         order=profile.method.order,
         mask=profile.mask,
-        ratios=profile.ratios or None,
+        ratios=profile.ratios if profile.method.params.get("calibrated") and profile.ratios else None,
         granularity=granularity,
         **params,
     )

@@ -17,7 +17,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.runtime.predictors import per_sample_norm, taylor_forecast, update_differences
 
-__all__ = ["DynamicPolicy", "IntervalPolicy", "Policy", "StaticPolicy", "interval_mask"]
+__all__ = ["DynamicPolicy", "IntervalPolicy", "Policy", "StaticPolicy", "interval_for_nfc", "interval_mask"]
 
 
 class Policy:
@@ -39,6 +39,22 @@ class Policy:
 def interval_mask(num_steps: int, interval: int, warmup: int) -> list[bool]:
     """The interval policy's pattern over ``num_steps`` steps (True = full)."""
     return [s < warmup or (s - warmup) % interval == 0 for s in range(num_steps)]
+
+
+def interval_for_nfc(num_steps: int, nfc: int) -> tuple[int, int, int]:
+    """The interval schedule (``interval``, ``warmup``, its NFC) whose NFC is nearest ``nfc``.
+
+    Warm-ups of 1 to 3 steps are tried (2 preferred, TaylorSeer's DiT default); where no
+    combination gives ``nfc`` exactly, the nearest wins, preferring more full steps, so a method
+    compared against it is never favoured.
+    """
+    options = []
+    for warmup in (1, 2, 3):
+        for interval in range(1, num_steps + 1):
+            n = sum(interval_mask(num_steps, interval, warmup))
+            options.append((abs(n - nfc), -n, warmup != 2, interval, warmup, n))
+    *_, interval, warmup, n = min(options)
+    return interval, warmup, n
 
 
 @dataclass

@@ -95,7 +95,8 @@ class Profile:
     """A static compute/predict schedule with its coefficients and where it came from.
 
     ``schedule`` holds one character per step, ``C`` (full) or ``P`` (predicted);
-    ``ratios`` holds the calibrated relation ratio ``s`` per unit (empty: use the run-time ratio).
+    ``ratios`` holds the fitted relation ratio ``s`` per unit; RFE uses them in place of the
+    run-time ratio when ``method.params["calibrated"]`` is 1.
     """
 
     name: str

@@ -1,0 +1,98 @@
+"""``rfc-show``: print a profile readably, and optionally plot its schedule and fitted ratios."""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rfcache.cli._args import option
+
+__all__ = ["ShowConfig", "format_profile", "plot_profile", "run_show"]
+
+EXAMPLES = """examples:
+  rfc-show toy-b0.4
+  rfc-show profile.yaml --plot schedule.png
+"""
+
+
+@dataclass(frozen=True)
+class ShowConfig:
+    profile: str = option("", "profile YAML or shipped name (e.g. toy-b0.4)", flag="profile")
+    plot: Path | None = option(None, "write a PNG of the schedule (steps x units) and the fitted ratios")
+
+
+def format_profile(p: Any) -> str:
+    """A few aligned lines a person can read at a glance."""
+    m, s, b = p.model, p.sampling, p.budget
+    params = ", ".join(f"{k}={v:g}" for k, v in p.method.params.items())
+    lines = [
+        f"profile           {p.name} (schema {p.schema_version})",
+        f"model             {m.family}: {m.class_name}, config {m.config_hash}, {m.num_units} {m.granularity} units",
+        f"sampling          {s.scheduler}, {s.num_steps} steps, guidance {s.guidance}, input {list(s.resolution)}",
+        f"method            {p.method.predictor} m={p.method.order}, {p.method.schedule_family} ({params})",
+        f"schedule          {p.schedule}",
+        f"                  NFC {p.nfc} of {s.num_steps}; C = computed, P = predicted",
+        f"budget            target {b.target:g}, achieved {b.achieved:.4f} of module FLOPs",
+        "ratios            "
+        + (f"fitted for {len(p.ratios)} units, {min(p.ratios):.3g}..{max(p.ratios):.3g}; " if p.ratios else "")
+        + ("calibrated ratios used" if p.method.params.get("calibrated") else "run-time ratios used"),
+    ]
+    lines += [f"quality           {k} = {v:.5g}" for k, v in p.quality.items()]
+    lines += [f"diagnostics       {k} = {v:.4g}" for k, v in p.diagnostics.items()]
+    prov = p.provenance
+    versions = ", ".join(f"{k} {v}" for k, v in prov.versions.items())
+    lines.append(f"provenance        {prov.created}, seed {prov.seed}, {prov.trials} trials, inputs {prov.inputs_hash}")
+    lines.append(f"                  {versions}")
+    return "\n".join(lines)
+
+
+def plot_profile(p: Any, path: Path) -> Path:
+    """Schedule as a steps x units image (dark = computed), and the calibrated ratios per unit."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    grid = np.tile(np.array(p.mask, dtype=float)[:, None], (1, p.model.num_units)).T  # (units, steps)
+    rows = 2 if p.ratios else 1
+    fig, axes = plt.subplots(rows, 1, figsize=(10, 3 + 2 * (rows - 1)), squeeze=False)
+    ax = axes[0, 0]
+    ax.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
+    ax.set_xlabel("denoising step")
+    ax.set_ylabel("unit")
+    ax.set_title(
+        f"{p.name}: NFC {p.nfc}/{p.sampling.num_steps}, {p.budget.achieved:.3f} of module FLOPs (dark = computed)"
+    )
+    if p.ratios:
+        ax = axes[1, 0]
+        ax.bar(range(len(p.ratios)), p.ratios, color="tab:blue")
+        ax.set_xlabel("unit")
+        used = "used at run time" if p.method.params.get("calibrated") else "run-time ratios used instead"
+        ax.set_ylabel("fitted s = |ΔO| / |ΔI|")
+        ax.set_title(f"relation ratio per unit ({used})")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp.png")
+    fig.savefig(tmp, dpi=120)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def run_show(cfg: ShowConfig) -> tuple[Any, Path | None]:
+    from rfcache.schedules import load_profile
+
+    profile = load_profile(cfg.profile)
+    return profile, (plot_profile(profile, cfg.plot) if cfg.plot is not None else None)
+
+
+def report(cfg: ShowConfig, result: tuple[Any, Path | None]) -> str:
+    profile, plot = result
+    return format_profile(profile) + (f"\nwrote {plot}" if plot is not None else "")
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return sub.add_parser("show", help="print or plot a profile", description=__doc__, epilog=EXAMPLES)
