@@ -96,3 +96,32 @@ def test_cli_calibrates_the_embedded_model(tmp_path, capsys):
     assert record["flops_fraction"] <= 0.4 and record["profile"] == str(out)
     assert {"nfc", "heldout_rel_l2", "taylorseer_rel_l2", "seconds", "budget_target"} <= set(record)
     assert rfcache.load_profile(out).nfc == record["nfc"]
+
+
+def test_sharded_recording_merges_and_resumes(tiny_pipe, tmp_path):
+    from rfcache.calibrate import load_shards, record_shard
+
+    common = {"num_inference_steps": STEPS, "samples": 3, "out_dir": tmp_path}
+    with pytest.raises(rfcache.RfcacheError, match="shards 0/2, 1/2 are not recorded yet|no trace shards"):
+        load_shards(tmp_path)
+    first = record_shard(tiny_pipe, shard=0, num_shards=2, **common)
+    with pytest.raises(rfcache.RfcacheError, match="shards 1/2 are not recorded yet"):
+        load_shards(tmp_path)
+    stamp = first.stat().st_mtime_ns
+    assert record_shard(tiny_pipe, shard=0, num_shards=2, **common).stat().st_mtime_ns == stamp  # kept
+    record_shard(tiny_pipe, shard=1, num_shards=2, **common)
+    trace = load_shards(tmp_path)
+    assert trace.input_delta.shape[-1] == 2 * 3  # inputs 0, 2 and 1, each a CFG pair
+    result = calibrate(
+        tiny_pipe, budget=0.5, num_inference_steps=STEPS, samples=3, heldout=2, trials=3, progress=False, trace=trace
+    )
+    assert len(result.fit.ratios) == len(trace.units)
+
+
+def test_cli_shard_flags(tmp_path, capsys):
+    assert main(["calibrate", "--shard", "2/2", "--trace-dir", str(tmp_path)]) == 2
+    assert "0 <= i < n" in capsys.readouterr().err
+    assert main(["calibrate", "--shard", "0/2"]) == 2
+    assert "--shard needs --trace-dir" in capsys.readouterr().err
+    assert main(["calibrate", "--trace-dir", str(tmp_path / "empty")]) == 2
+    assert "no trace shards" in capsys.readouterr().err

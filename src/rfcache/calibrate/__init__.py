@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from rfcache.calibrate.api import CalibrationResult, calibrate, default_prompts
+from rfcache.calibrate.api import CalibrationResult, calibrate, default_prompts, load_shards, record_shard
 from rfcache.calibrate.search import Candidate, StudyMismatchError, search_schedules
 from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
 
@@ -15,6 +15,8 @@ __all__ = [
     "calibrate",
     "default_prompts",
     "fit_ratios",
+    "load_shards",
+    "record_shard",
     "record_trace",
     "search_schedules",
 ]

@@ -7,13 +7,14 @@ import hashlib
 import logging
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
 from rfcache.calibrate.search import Candidate, search_schedules, warped_mask
-from rfcache.calibrate.trace import RatioFit, fit_ratios, record_trace
+from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
@@ -21,7 +22,7 @@ from rfcache.runtime.identity import config_hash, input_resolution, model_identi
 from rfcache.runtime.policies import interval_for_nfc
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
 
-__all__ = ["CalibrationResult", "calibrate", "default_prompts"]
+__all__ = ["CalibrationResult", "calibrate", "default_prompts", "load_shards", "record_shard"]
 
 logger = logging.getLogger(__name__)
 
@@ -71,6 +72,7 @@ def calibrate(
     seed: int = 0,
     name: str = "profile",
     progress: bool = True,
+    trace: Trace | None = None,
 ) -> CalibrationResult:
     """Calibrate a static cache schedule for ``pipe`` that spends at most ``budget`` of the module FLOPs.
 
@@ -78,6 +80,8 @@ def calibrate(
         >>> pipe = rfcache.load_pipeline("toy")
         >>> result = rfcache.calibrate(pipe, budget=0.4, num_inference_steps=50)
         >>> result.profile.save("toy.yaml")
+
+    ``trace`` (merged shards from :func:`record_shard`) replaces the in-process recording.
     """
     if not 0 < budget <= 1:
         raise RfcacheError(f"budget must be in (0, 1], got {budget}")
@@ -91,9 +95,7 @@ def calibrate(
     common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
 
     def run(kwargs: dict[str, Any], run_seed: int) -> torch.Tensor:
-        out = pipe(**kwargs, **common, generator=torch.Generator().manual_seed(run_seed))
-        images = out.frames if hasattr(out, "frames") else out.images
-        return torch.as_tensor(np.asarray(images))
+        return _images(pipe(**kwargs, **common, generator=torch.Generator().manual_seed(run_seed)))
 
     resolution: list[tuple[int, ...]] = []
     grab = model.register_forward_pre_hook(
@@ -101,10 +103,13 @@ def calibrate(
         with_kwargs=True,
     )
     try:
-        trace, reference_out = record_trace(pipe, {**calib_kwargs, **common, "generator": _gen(seed)})
+        if trace is None:
+            trace, reference_out = record_trace(pipe, {**calib_kwargs, **common, "generator": _gen(seed)})
+            reference = _images(reference_out)
+        else:  # recorded elsewhere (shards); the search still needs this machine's full-compute output
+            reference = run(calib_kwargs, seed)
     finally:
         grab.remove()
-    reference = torch.as_tensor(np.asarray(getattr(reference_out, "frames", None) or reference_out.images))
     fit = fit_ratios(trace)
     if fit.poor():
         logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
@@ -198,6 +203,67 @@ def calibrate(
     quality = {**profile.quality, "taylorseer_rel_l2": ts_err, "taylorseer_nfc": float(ts_nfc)}
     profile = Profile(**{**profile.__dict__, "quality": quality})
     return CalibrationResult(profile, heldout_err, ts_err, time.perf_counter() - start, tuple(candidates), fit)
+
+
+def record_shard(
+    pipe: Any,
+    *,
+    shard: int,
+    num_shards: int,
+    out_dir: str | Path,
+    num_inference_steps: int = 50,
+    guidance_scale: float = 2.0,
+    prompts: list[str] | None = None,
+    samples: int = 8,
+    seed: int = 0,
+) -> Path:
+    """Record shard ``shard`` of ``num_shards`` of the calibration inputs into ``out_dir``.
+
+    Shards split the same inputs :func:`calibrate` uses (every ``num_shards``-th one), so several
+    processes or machines can record in parallel; each writes ``trace-{i}-of-{n}.npz`` atomically
+    and a complete shard is never recorded again, so an interrupted recording resumes.
+    """
+    if not 0 <= shard < num_shards:
+        raise RfcacheError(f"shard must be i/n with 0 <= i < n, got {shard}/{num_shards}")
+    out_dir = Path(out_dir)
+    path = out_dir / f"trace-{shard}-of-{num_shards}.npz"
+    if path.exists():
+        logger.info("%s is complete; not recorded again", path)
+        return path
+    key, values = next(iter(_inputs(pipe, prompts, samples, offset=0).items()))
+    part = values[shard::num_shards]
+    if not part:
+        raise RfcacheError(f"shard {shard}/{num_shards} has no inputs: use at most {samples} shards")
+    common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
+    trace, _ = record_trace(pipe, {key: part, **common, "generator": _gen(seed + shard)})
+    out_dir.mkdir(parents=True, exist_ok=True)
+    trace.save(path)
+    return path
+
+
+def load_shards(trace_dir: str | Path) -> Trace:
+    """Merge the complete set of ``trace-*-of-n.npz`` shards in ``trace_dir``; an error names the missing."""
+    trace_dir = Path(trace_dir)
+    paths = sorted(trace_dir.glob("trace-*-of-*.npz"))
+    if not paths:
+        raise RfcacheError(f"{trace_dir}: no trace shards (record them with --shard i/n)")
+    counts = {p.stem.rsplit("-of-", 1)[1] for p in paths}
+    if len(counts) != 1:
+        raise RfcacheError(f"{trace_dir}: shards of different splits ({', '.join(sorted(counts))} shards) are mixed")
+    n = int(counts.pop())
+    missing = [i for i in range(n) if not (trace_dir / f"trace-{i}-of-{n}.npz").exists()]
+    if missing:
+        raise RfcacheError(f"{trace_dir}: shards {', '.join(f'{i}/{n}' for i in missing)} are not recorded yet")
+    try:
+        return Trace.merge([Trace.load(trace_dir / f"trace-{i}-of-{n}.npz") for i in range(n)])
+    except (OSError, ValueError, KeyError) as exc:
+        raise RfcacheError(f"{trace_dir}: cannot merge trace shards ({exc})") from exc
+
+
+def _images(out: Any) -> torch.Tensor:
+    """The pipeline output's images (or video frames) as one tensor."""
+    images = out.frames if hasattr(out, "frames") else out.images
+    return torch.as_tensor(np.asarray(images))
 
 
 def _profile(

@@ -19,6 +19,9 @@ EXAMPLES = """examples:
   rfc-calibrate --budget 0.4                                  # embedded model -> profile.yaml
   rfc-calibrate --budget 0.25 --trials 60 --out toy-b0.25.yaml
   rfc-calibrate --model ./my-pixart --prompts prompts.txt --steps 20 --device cuda
+  # record on two machines, then calibrate from the merged traces:
+  rfc-calibrate --shard 0/2 --trace-dir traces/   # and --shard 1/2 elsewhere
+  rfc-calibrate --trace-dir traces/ --budget 0.4
   # several workers sharing one study (run the same command on each machine):
   rfc-calibrate --storage postgresql://user@db/rfcache --study pixart-b0.4 --trials 200
 """
@@ -39,18 +42,39 @@ class CalibrateConfig:
     guidance: float = option(2.0, "classifier-free guidance scale used while calibrating")
     device: str = option("cpu", "torch device")
     seed: int = option(0, "seed of noise and sampler")
+    shard: str | None = option(None, "record only shard i/n of the calibration inputs into --trace-dir, then stop")
+    trace_dir: Path | None = option(None, "folder of trace shards: written with --shard, merged without it")
     json: bool = option(False, "print one JSON object as the last line")
 
 
 def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     """Calibrate, write the profile atomically, and return the closing figures."""
-    from rfcache.calibrate import calibrate
+    from rfcache.calibrate import calibrate, load_shards, record_shard
     from rfcache.errors import RfcacheError
     from rfcache.pipelines import load_pipeline
 
     if not 0 < cfg.budget <= 1:
         raise RfcacheError(f"--budget must be in (0, 1], got {cfg.budget}")
     prompts = _read_prompts(cfg.prompts) if cfg.prompts is not None else None
+    if cfg.shard is not None:
+        shard, num_shards = _parse_shard(cfg.shard)
+        if cfg.trace_dir is None:
+            raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
+        pipe = load_pipeline(cfg.model, device=cfg.device)
+        pipe.set_progress_bar_config(disable=True)
+        path = record_shard(
+            pipe,
+            shard=shard,
+            num_shards=num_shards,
+            out_dir=cfg.trace_dir,
+            num_inference_steps=cfg.steps,
+            guidance_scale=cfg.guidance,
+            prompts=prompts,
+            samples=cfg.samples,
+            seed=cfg.seed,
+        )
+        return {"trace": str(path), "json": cfg.json}
+    trace = load_shards(cfg.trace_dir) if cfg.trace_dir is not None else None
     if cfg.storage is None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or f"sqlite:///{cfg.out.with_suffix('.optuna.db')}"
@@ -75,6 +99,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         study_name=cfg.study,
         seed=cfg.seed,
         name=name,
+        trace=trace,
     )
     path = result.profile.save(cfg.out)
     p = result.profile
@@ -97,6 +122,8 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
 
 
 def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
+    if "trace" in r:
+        return f"wrote {r['trace']}" + (f"\n{json.dumps({'trace': r['trace']})}" if r.pop("json") else "")
     ratio = r["heldout_rel_l2"] / r["taylorseer_rel_l2"] if r["taylorseer_rel_l2"] else float("nan")
     lines = [
         f"wrote {r['profile']}",
@@ -109,6 +136,18 @@ def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
     if r.pop("json"):
         lines.append(json.dumps(r))
     return "\n".join(lines)
+
+
+def _parse_shard(text: str) -> tuple[int, int]:
+    from rfcache.errors import RfcacheError
+
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise RfcacheError(f"--shard must look like i/n (e.g. 0/4), got {text!r}") from None
+    if not 0 <= i < n:
+        raise RfcacheError(f"--shard i/n needs 0 <= i < n, got {text!r}")
+    return i, n
 
 
 def _read_prompts(path: Path) -> list[str]:

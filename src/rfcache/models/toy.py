@@ -7,6 +7,7 @@ The transformer is a stock ``diffusers.DiTTransformer2DModel``; the pipeline aro
 
 from __future__ import annotations
 
+import inspect
 import json
 from pathlib import Path
 from typing import Any
@@ -115,7 +116,7 @@ class DigitsDiTPipeline(DiffusionPipeline):
             y = torch.cat([y, torch.full_like(y, self.null_class)])  # cond first, then uncond
 
         self.scheduler.set_timesteps(num_inference_steps, device=device)
-        extra = {"eta": eta} if "eta" in self.scheduler.step.__code__.co_varnames else {}
+        extra = {"eta": eta} if "eta" in inspect.signature(self.scheduler.step).parameters else {}
         for t in self.progress_bar(self.scheduler.timesteps):
             model_input = torch.cat([latents, latents]) if use_cfg else latents  # (B', C, H, W)
             timesteps = t.expand(model_input.shape[0]).to(device)

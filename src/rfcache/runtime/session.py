@@ -22,6 +22,7 @@ from typing import Any
 
 import torch
 
+from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, CacheUnit, StepShape
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.config import CacheConfig
@@ -156,7 +157,10 @@ class CacheSession:
             inputs.setdefault("hidden_states", args[0])
         timestep = inputs.get(self.adapter.timestep_arg)
         if timestep is None:
-            raise ValueError(f"{type(module).__name__} was called without '{self.adapter.timestep_arg}'")
+            raise RfcacheError(
+                f"{type(module).__name__} was called without '{self.adapter.timestep_arg}'; "
+                "rfcache identifies denoising steps by it"
+            )
         t = float(torch.as_tensor(timestep).flatten()[0])
         if self._timestep is None or t > self._timestep:
             self.reset()
