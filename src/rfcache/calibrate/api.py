@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import hashlib
 import logging
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,8 @@ def calibrate(
     )
     try:
         if trace is None:
-            trace, reference_out = record_trace(pipe, {**calib_kwargs, **common, "generator": _gen(seed)})
+            with _progress(pipe, progress, "recording"):
+                trace, reference_out = record_trace(pipe, {**calib_kwargs, **common, "generator": _gen(seed)})
             reference = _images(reference_out)
         else:  # recorded elsewhere (shards); the search still needs this machine's full-compute output
             reference = run(calib_kwargs, seed)
@@ -235,7 +238,8 @@ def record_shard(
     if not part:
         raise RfcacheError(f"shard {shard}/{num_shards} has no inputs: use at most {samples} shards")
     common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
-    trace, _ = record_trace(pipe, {key: part, **common, "generator": _gen(seed + shard)})
+    with _progress(pipe, True, f"recording shard {shard}/{num_shards}"):
+        trace, _ = record_trace(pipe, {key: part, **common, "generator": _gen(seed + shard)})
     out_dir.mkdir(parents=True, exist_ok=True)
     trace.save(path)
     return path
@@ -258,6 +262,18 @@ def load_shards(trace_dir: str | Path) -> Trace:
         return Trace.merge([Trace.load(trace_dir / f"trace-{i}-of-{n}.npz") for i in range(n)])
     except (OSError, ValueError, KeyError) as exc:
         raise RfcacheError(f"{trace_dir}: cannot merge trace shards ({exc})") from exc
+
+
+@contextlib.contextmanager
+def _progress(pipe: Any, show: bool, desc: str) -> Iterator[None]:
+    """Show the pipeline's own step progress bar, labelled, for one call; restore its settings after."""
+    saved = dict(getattr(pipe, "_progress_bar_config", {}))
+    if show:
+        pipe.set_progress_bar_config(**{**saved, "disable": False, "desc": desc})
+    try:
+        yield
+    finally:
+        pipe._progress_bar_config = saved
 
 
 def _images(out: Any) -> torch.Tensor:
