@@ -8,7 +8,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -130,13 +130,15 @@ def calibrate(
         method = "rfc" if params["predictor"] == "relational" else "rcs"
         return {"method": method, "tau": params["tau"], "max_cached": params["max_cached"], **kw}
 
-    def evaluate(params: dict[str, Any]) -> tuple[str, float, float]:
-        enable(pipe, **cache_kwargs(params))
+    def run_cached(kwargs: dict[str, Any], run_seed: int, *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
+        enable(pipe, *args, **cache)
         try:
-            out = run(calib_kwargs, seed)
-            s = summary(pipe)
+            return run(kwargs, run_seed), summary(pipe)
         finally:
             disable(pipe)
+
+    def evaluate(params: dict[str, Any]) -> tuple[str, float, float]:
+        out, s = run_cached(calib_kwargs, seed, **cache_kwargs(params))
         return _freeze(s.patterns), s.flops_fraction, _rel_l2(out, reference)
 
     identity = model_identity(model, adapter)
@@ -170,41 +172,20 @@ def calibrate(
     )
     best: tuple[float, Profile] | None = None
     for cand in candidates[:3]:  # confirm the best few on held-out inputs
-        profile = _profile(name, identity, sampling, cand, fit, budget, 0.0, seed, len(study.trials), calib_kwargs)
-        enable(pipe, profile)
-        try:
-            err = _rel_l2(run(held_kwargs, seed + 1), held_reference)
-            achieved = summary(pipe).flops_fraction
-        finally:
-            disable(pipe)
+        profile = _profile(name, identity, sampling, cand, fit, budget, seed, len(study.trials), calib_kwargs)
+        out, s = run_cached(held_kwargs, seed + 1, profile)
+        err = _rel_l2(out, held_reference)
         if best is None or err < best[0]:
-            best = (
-                err,
-                _profile(
-                    name,
-                    identity,
-                    sampling,
-                    cand,
-                    fit,
-                    budget,
-                    achieved,
-                    seed,
-                    len(study.trials),
-                    calib_kwargs,
-                    heldout_rel_l2=err,
-                ),
-            )
+            quality = {**profile.quality, "heldout_rel_l2": err}
+            best = (err, replace(profile, budget=Budget(budget, s.flops_fraction), quality=quality))
     assert best is not None
     heldout_err, profile = best
 
     ts_interval, ts_warmup, ts_nfc = interval_for_nfc(num_inference_steps, profile.nfc)
-    enable(pipe, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
-    try:
-        ts_err = _rel_l2(run(held_kwargs, seed + 1), held_reference)
-    finally:
-        disable(pipe)
-    quality = {**profile.quality, "taylorseer_rel_l2": ts_err, "taylorseer_nfc": float(ts_nfc)}
-    profile = Profile(**{**profile.__dict__, "quality": quality})
+    out, _ = run_cached(held_kwargs, seed + 1, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
+    ts_err = _rel_l2(out, held_reference)
+    baseline = {"taylorseer_rel_l2": ts_err, "taylorseer_nfc": float(ts_nfc)}
+    profile = replace(profile, quality={**profile.quality, **baseline})
     return CalibrationResult(profile, heldout_err, ts_err, time.perf_counter() - start, tuple(candidates), fit)
 
 
@@ -289,12 +270,11 @@ def _profile(
     cand: Candidate,
     fit: RatioFit,
     budget: float,
-    achieved: float,
     seed: int,
     trials: int,
     calib_kwargs: dict[str, Any],
-    **quality: float,
 ) -> Profile:
+    """The profile of a candidate; the achieved budget and held-out quality are filled in later."""
     import diffusers
     import optuna
 
@@ -309,7 +289,7 @@ def _profile(
         sampling=sampling,
         method=MethodSpec(p["predictor"], int(p["order"]), p["family"], numeric),
         schedule=cand.pattern,
-        budget=Budget(budget, achieved),
+        budget=Budget(budget, cand.flops_fraction),
         provenance=Provenance(
             inputs_hash=_hash(calib_kwargs, 0.0, seed),
             seed=seed,
@@ -323,7 +303,7 @@ def _profile(
             },
         ),
         ratios=fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
-        quality={"calibration_rel_l2": cand.error, **quality},
+        quality={"calibration_rel_l2": cand.error},
         diagnostics={
             "ratio_r2_min": float(r2.min()),
             "ratio_r2_median": float(np.median(r2)),
