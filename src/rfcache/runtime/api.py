@@ -24,8 +24,9 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
 
     ``profile`` (a :class:`Profile`, a YAML path or a shipped name) replays its static schedule
     with its predictor and coefficients; one made for another model, scheduler, step count or
-    input resolution is refused. The pipeline call itself is unchanged. Parameters (``interval``, ``order``, ``warmup``,
-    ``tau``, ``max_cached``, ``granularity``, ``check_finite``) are those of :class:`CacheConfig`.
+    input resolution is refused. The pipeline call itself is unchanged. Parameters
+    (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
+    ``check_finite``) are those of :class:`CacheConfig`.
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
@@ -58,8 +59,6 @@ def _config_from_profile(
     model: torch.nn.Module, adapter: BlockAdapter, profile: Profile, scheduler: Any, params: dict[str, Any]
 ) -> CacheConfig:
     granularity = profile.model.granularity
-    if granularity not in ("module", "block"):
-        raise RfcacheError(f"profile {profile.name!r}: model.granularity must be module or block, not {granularity!r}")
     profile.check_model(model_identity(model, adapter, granularity))
     if scheduler is not None and type(scheduler).__name__ != profile.sampling.scheduler:
         raise ProfileError(

@@ -223,6 +223,8 @@ def _validate(p: Profile) -> None:
         raise ProfileError("method.predictor must be reuse, taylor or relational")
     if p.method.order not in (0, 1, 2):
         raise ProfileError(f"method.order must be 0, 1 or 2, got {p.method.order}")
+    if p.model.granularity not in ("module", "block"):
+        raise ProfileError(f"model.granularity must be module or block, got {p.model.granularity!r}")
     if p.sampling.num_steps < 1 or p.model.num_units < 1:
         raise ProfileError("sampling.num_steps and model.num_units must be >= 1")
 
