@@ -56,50 +56,41 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if not 0 < cfg.budget <= 1:
         raise RfcacheError(f"--budget must be in (0, 1], got {cfg.budget}")
     prompts = _read_prompts(cfg.prompts) if cfg.prompts is not None else None
-    if cfg.shard is not None:
-        shard, num_shards = _parse_shard(cfg.shard)
-        if cfg.trace_dir is None:
-            raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
-        pipe = load_pipeline(cfg.model, device=cfg.device)
-        pipe.set_progress_bar_config(disable=True)
-        path = record_shard(
-            pipe,
-            shard=shard,
-            num_shards=num_shards,
-            out_dir=cfg.trace_dir,
-            num_inference_steps=cfg.steps,
-            guidance_scale=cfg.guidance,
-            prompts=prompts,
-            samples=cfg.samples,
-            seed=cfg.seed,
-        )
-        return {"trace": str(path), "json": cfg.json}
-    trace = load_shards(cfg.trace_dir) if cfg.trace_dir is not None else None
-    if cfg.storage is None:
+    shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
+    if shard is not None and cfg.trace_dir is None:
+        raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
+    if shard is None and cfg.storage is None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or f"sqlite:///{cfg.out.with_suffix('.optuna.db')}"
-    _check_storage(storage)
+    if shard is None:
+        _check_storage(storage)
     import optuna
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says enough
     pipe = load_pipeline(cfg.model, device=cfg.device)
     pipe.set_progress_bar_config(disable=True)
-    name = cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name
+    # the same calibration inputs, whether recorded here or in shards
+    inputs = {
+        "num_inference_steps": cfg.steps,
+        "guidance_scale": cfg.guidance,
+        "prompts": prompts,
+        "samples": cfg.samples,
+        "seed": cfg.seed,
+    }
+    if shard is not None:
+        path = record_shard(pipe, shard=shard[0], num_shards=shard[1], out_dir=cfg.trace_dir, **inputs)
+        return {"trace": str(path), "json": cfg.json}
     result = calibrate(
         pipe,
         budget=cfg.budget,
-        num_inference_steps=cfg.steps,
-        guidance_scale=cfg.guidance,
-        prompts=prompts,
-        samples=cfg.samples,
         heldout=cfg.heldout,
         trials=cfg.trials,
         storage=storage,
         study_name=cfg.study,
-        seed=cfg.seed,
-        name=name,
-        trace=trace,
+        name=cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name,
+        trace=load_shards(cfg.trace_dir) if cfg.trace_dir is not None else None,
+        **inputs,
     )
     path = result.profile.save(cfg.out)
     p = result.profile
