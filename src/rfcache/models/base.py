@@ -11,6 +11,7 @@ replaces; the block's own forward (norms, modulation, gates, residual adds) alwa
 
 from __future__ import annotations
 
+import functools
 import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -50,8 +51,7 @@ class BlockSignature:
 
     @classmethod
     def of(cls, forward: Callable[..., Any], outputs: Sequence[str]) -> BlockSignature:
-        params = [p for p in inspect.signature(forward).parameters if p != "self"]
-        return cls(args=tuple(params), outputs=tuple(outputs))
+        return _signature_of(forward, tuple(outputs))
 
     def bind(self, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any]:
         """Map a call's positional and keyword arguments to parameter names."""
@@ -217,6 +217,13 @@ class BlockAdapter:
     ) -> dict[str, Any]:
         """Keyword arguments for one forward of ``model`` at its configured sample size."""
         raise NotImplementedError
+
+
+@functools.lru_cache(maxsize=64)
+def _signature_of(forward: Callable[..., Any], outputs: tuple[str, ...]) -> BlockSignature:
+    # cached: block-granularity hooks look the signature up on every call
+    params = [p for p in inspect.signature(forward).parameters if p != "self"]
+    return BlockSignature(args=tuple(params), outputs=outputs)
 
 
 def _get_path(root: Any, path: str) -> Any:
