@@ -305,42 +305,22 @@ def tiny_pipeline_call_kwargs(family: str, batch: int = 1) -> dict[str, Any]:
     ``batch`` prompts (or class labels), a small size, short text sequences, and CFG on (scale > 1)
     for every pipeline that has it; Flux gets FLUX.1-dev's embedded guidance instead.
     """
-    prompts = [f"cat {i}" for i in range(batch)]  # short: the tiny tokenizers are character-level
     if family == "dit":
         return {"class_labels": list(range(batch)), "guidance_scale": 4.0}
-    if family == "pixart":
-        return {
-            "prompt": prompts,
+    # short prompts: the tiny tokenizers are character-level
+    text = {"prompt": [f"cat {i}" for i in range(batch)], "max_sequence_length": _T5_MAX_LENGTH}
+    per_family: dict[str, dict[str, Any]] = {
+        "pixart": {
             "height": 16,
             "width": 16,
             "guidance_scale": 4.5,
-            "max_sequence_length": _T5_MAX_LENGTH,
             "use_resolution_binning": False,
             "clean_caption": False,
-        }
-    if family == "sd3":
-        return {
-            "prompt": prompts,
-            "height": 16,
-            "width": 16,
-            "guidance_scale": 4.0,
-            "max_sequence_length": _T5_MAX_LENGTH,
-        }
-    if family == "flux":
-        return {
-            "prompt": prompts,
-            "height": 16,
-            "width": 16,
-            "guidance_scale": 3.5,
-            "max_sequence_length": _T5_MAX_LENGTH,
-        }
-    if family == "wan":
-        return {
-            "prompt": prompts,
-            "height": 32,
-            "width": 32,
-            "num_frames": 5,
-            "guidance_scale": 5.0,
-            "max_sequence_length": _T5_MAX_LENGTH,
-        }
+        },
+        "sd3": {"height": 16, "width": 16, "guidance_scale": 4.0},
+        "flux": {"height": 16, "width": 16, "guidance_scale": 3.5},
+        "wan": {"height": 32, "width": 32, "num_frames": 5, "guidance_scale": 5.0},
+    }
+    if family in per_family:
+        return {**text, **per_family[family]}
     raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
