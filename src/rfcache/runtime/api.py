@@ -12,7 +12,7 @@ from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.session import CacheSession, CacheSummary
-from rfcache.schedules import Profile, ProfileError, load_profile
+from rfcache.schedules import Profile, load_profile
 
 __all__ = ["disable", "enable", "get_session", "summary"]
 
@@ -60,11 +60,8 @@ def _config_from_profile(
 ) -> CacheConfig:
     granularity = profile.model.granularity
     profile.check_model(model_identity(model, adapter, granularity))
-    if scheduler is not None and type(scheduler).__name__ != profile.sampling.scheduler:
-        raise ProfileError(
-            f"profile {profile.name!r} is for sampling.scheduler={profile.sampling.scheduler!r}, "
-            f"got {type(scheduler).__name__!r}"
-        )
+    if scheduler is not None:
+        profile.check_sampling(scheduler=type(scheduler).__name__)
     return CacheConfig(
         method="static",
         predictor=profile.method.predictor,

@@ -183,9 +183,8 @@ class CacheSession:
     def _check_profile(self, inputs: dict[str, Any]) -> None:
         assert self.profile is not None
         timesteps = getattr(self.scheduler, "timesteps", None)
-        self.profile.check_sampling(
-            scheduler=type(self.scheduler).__name__ if self.scheduler is not None else self.profile.sampling.scheduler,
-            num_steps=len(timesteps) if timesteps is not None else self.profile.sampling.num_steps,
+        self.profile.check_sampling(  # the scheduler was checked at enable time
+            num_steps=len(timesteps) if timesteps is not None else None,
             resolution=input_resolution(inputs["hidden_states"]),
         )
 

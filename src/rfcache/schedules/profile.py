@@ -176,15 +176,21 @@ class Profile:
         """Refuse a profile made for another model, naming the first field that differs."""
         _check_equal(self.model, identity, "model", self.name)
 
-    def check_sampling(self, *, scheduler: str, num_steps: int, resolution: tuple[int, ...]) -> None:
-        """Refuse another scheduler, step count or resolution, naming which."""
+    def check_sampling(
+        self,
+        *,
+        scheduler: str | None = None,
+        num_steps: int | None = None,
+        resolution: tuple[int, ...] | None = None,
+    ) -> None:
+        """Refuse another scheduler, step count or resolution, naming which; ``None`` is not checked."""
         expected = self.sampling
         for name, found, wanted in (
             ("scheduler", scheduler, expected.scheduler),
             ("num_steps", num_steps, expected.num_steps),
-            ("resolution", tuple(resolution), tuple(expected.resolution)),
+            ("resolution", None if resolution is None else tuple(resolution), tuple(expected.resolution)),
         ):
-            if found != wanted:
+            if found is not None and found != wanted:
                 raise ProfileError(f"profile {self.name!r} is for sampling.{name}={wanted!r}, got {found!r}")
 
 
