@@ -5,6 +5,7 @@ import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
+from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
 
 
 def make_tiny_digits_pipeline(seed: int = 0) -> DigitsDiTPipeline:
@@ -40,3 +41,35 @@ def generate(pipe, *, steps: int = 12, labels=(1, 7), guidance: float = 2.0, see
         output_type="pt",
     )
     return out.images
+
+
+def make_profile(
+    pipe,
+    schedule: str,
+    *,
+    predictor: str = "relational",
+    order: int = 2,
+    ratios: tuple[float, ...] = (),
+    **sampling,
+) -> Profile:
+    """A hand-made profile for ``pipe`` (the tiny digits pipeline: DDIM, CFG, 1x8x8 inputs)."""
+    from rfcache.models import get_adapter
+    from rfcache.runtime.identity import model_identity
+
+    setup = {
+        "scheduler": "DDIMScheduler",
+        "num_steps": len(schedule),
+        "guidance": "cfg",
+        "resolution": (1, 8, 8),
+        **sampling,
+    }
+    return Profile(
+        name="tiny",
+        model=model_identity(pipe.transformer, get_adapter(pipe.transformer)),
+        sampling=SamplingSetup(**setup),
+        method=MethodSpec(predictor, order, "interval", {"calibrated": 1.0} if ratios else {}),
+        schedule=schedule,
+        budget=Budget(0.5, 0.4),
+        provenance=Provenance("x", 0, 1, "now"),
+        ratios=ratios,
+    )

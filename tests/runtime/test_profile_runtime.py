@@ -2,25 +2,14 @@ import pytest
 import torch
 
 import rfcache
-from rfcache.runtime.identity import model_identity
-from rfcache.schedules import Budget, MethodSpec, Profile, ProfileError, Provenance, SamplingSetup
-from tests.conftest import generate
+from rfcache.schedules import MethodSpec, Profile, ProfileError
+from tests.conftest import generate, make_profile
 
 STEPS = 12
 
 
 def _profile(pipe, schedule="CCCPPCPPCPPC", **sampling) -> Profile:
-    adapter = rfcache.get_adapter(pipe)
-    setup = {"scheduler": "DDIMScheduler", "num_steps": STEPS, "guidance": "cfg", "resolution": (1, 8, 8), **sampling}
-    return Profile(
-        name="tiny",
-        model=model_identity(pipe.transformer, adapter),
-        sampling=SamplingSetup(**setup),
-        method=MethodSpec("relational", 2, "interval"),
-        schedule=schedule,
-        budget=Budget(0.5, 0.4),
-        provenance=Provenance("x", 0, 1, "now"),
-    )
+    return make_profile(pipe, schedule, **{"num_steps": STEPS, **sampling})
 
 
 def test_profile_replays_its_static_schedule(tiny_pipe, tmp_path):

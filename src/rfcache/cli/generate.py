@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfcache.cli._args import option
+from rfcache.cli._images import save_grid
 
 __all__ = ["GenerateConfig", "run_generate"]
 
@@ -49,7 +50,6 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     """Generate ``cfg.num`` images as one PNG grid; returns the path and the cache summary, if any."""
     import numpy as np
     import torch
-    from PIL import Image
 
     from rfcache.errors import RfcacheError
     from rfcache.pipelines import load_pipeline
@@ -88,27 +88,8 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
         generator=generator,
         output_type="np",
     ).images  # (N, H, W, C) in [0, 1]
-    grid = _grid(np.asarray(images), cols=min(len(labels), 10))
-    grid = grid.repeat(cfg.scale, axis=0).repeat(cfg.scale, axis=1)
-    pixels = (grid * 255).round().astype("uint8")
-    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cfg.out.with_name(cfg.out.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(cfg.out)
+    save_grid(np.asarray(images), cfg.out, scale=cfg.scale)
     return cfg.out, (summary(pipe) if cached else None)
-
-
-def _grid(images, cols: int):
-    import numpy as np
-
-    n, h, w, c = images.shape
-    rows = -(-n // cols)
-    grid = np.ones((rows * (h + 1) - 1, cols * (w + 1) - 1, c), dtype=images.dtype)
-    for i, img in enumerate(images):
-        r, q = divmod(i, cols)
-        grid[r * (h + 1) : r * (h + 1) + h, q * (w + 1) : q * (w + 1) + w] = img
-    return grid
 
 
 def _dtype(name: str):

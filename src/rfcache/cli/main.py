@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rfcache.cli import calibrate, generate, show
+from rfcache.cli import calibrate, export, generate, run, show
 from rfcache.cli._args import add_config_arguments, config_from_args
 
-__all__ = ["calibrate_main", "generate_main", "main", "show_main"]
+__all__ = ["calibrate_main", "export_main", "generate_main", "main", "run_main", "show_main"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,8 @@ COMMANDS: dict[str, _Command] = {
     "show": _Command(show.ShowConfig, show.run_show, show.add_parser, show.report),
     "calibrate": _Command(calibrate.CalibrateConfig, calibrate.run_calibrate, calibrate.add_parser, calibrate.report),
     "generate": _Command(generate.GenerateConfig, generate.run_generate, generate.add_parser, generate.report),
+    "export": _Command(export.ExportConfig, export.run_export, export.add_parser, export.report),
+    "run": _Command(run.RunConfig, run.run_bundle, run.add_parser, run.report),
 }
 
 
@@ -77,6 +79,14 @@ def show_main() -> None:
 
 def generate_main() -> None:
     sys.exit(main(prog="rfc-generate", command="generate"))
+
+
+def export_main() -> None:
+    sys.exit(main(prog="rfc-export", command="export"))
+
+
+def run_main() -> None:
+    sys.exit(main(prog="rfc-run", command="run"))
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from rfcache.runtime.identity import model_identity
 from rfcache.runtime.session import CacheSession, CacheSummary
 from rfcache.schedules import Profile, load_profile
 
-__all__ = ["disable", "enable", "get_session", "summary"]
+__all__ = ["disable", "enable", "get_session", "profile_config", "summary"]
 
 _SESSION_ATTR = "_rfcache_session"
 
@@ -48,16 +48,18 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
         config = CacheConfig(method=method, **params)
     else:
         profile = profile if isinstance(profile, Profile) else load_profile(profile)
-        config = _config_from_profile(model, adapter, profile, scheduler, params)
+        config = profile_config(model, adapter, profile, scheduler, **params)
     session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler)
     session.attach()
     setattr(model, _SESSION_ATTR, session)
     return session
 
 
-def _config_from_profile(
-    model: torch.nn.Module, adapter: BlockAdapter, profile: Profile, scheduler: Any, params: dict[str, Any]
+def profile_config(
+    model: torch.nn.Module, adapter: BlockAdapter, profile: Profile, scheduler: Any = None, **params: Any
 ) -> CacheConfig:
+    """The static-schedule config that replays ``profile`` on ``model``; refuses a mismatched model
+    or scheduler with one line naming the mismatch."""
     granularity = profile.model.granularity
     profile.check_model(model_identity(model, adapter, granularity))
     if scheduler is not None:

@@ -15,6 +15,8 @@ passed since ``t``. Steps are counted in sampling order here, so ``N`` and ``k``
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 
@@ -24,8 +26,11 @@ __all__ = [
     "per_sample_norm",
     "relation_ratio",
     "relational_forecast",
+    "rescaled_forecast",
+    "taylor_coefficients",
     "taylor_forecast",
     "update_differences",
+    "weighted_sum",
 ]
 
 PREDICTORS = ("reuse", "taylor", "relational")
@@ -57,13 +62,23 @@ def update_differences(
     return out
 
 
-def taylor_forecast(differences: list[torch.Tensor], k: int, *, start: int = 0) -> torch.Tensor:
-    """``sum_{i >= start} D_i k^i / i!`` (``start=1`` gives the change term alone)."""
-    terms = [d * (k**i / math.factorial(i)) for i, d in enumerate(differences) if i >= start]
+def taylor_coefficients(k: int, count: int) -> list[float]:
+    """``[k^0/0!, ..., k^(count-1)/(count-1)!]``: the weights of the differences at ``k`` steps."""
+    return [k**i / math.factorial(i) for i in range(count)]
+
+
+def weighted_sum(differences: list[torch.Tensor], coefficients: Sequence[Any], *, start: int = 0) -> torch.Tensor:
+    """``sum_{i >= start} c_i D_i``; coefficients may be floats or 0-d tensors (an exported graph's inputs)."""
+    terms = [d * coefficients[i] for i, d in enumerate(differences) if i >= start]
     out = terms[0]
     for term in terms[1:]:
         out = out + term
     return out
+
+
+def taylor_forecast(differences: list[torch.Tensor], k: int, *, start: int = 0) -> torch.Tensor:
+    """``sum_{i >= start} D_i k^i / i!`` (``start=1`` gives the change term alone)."""
+    return weighted_sum(differences, taylor_coefficients(k, len(differences)), start=start)
 
 
 def relation_ratio(
@@ -86,9 +101,20 @@ def relational_forecast(
     if len(differences) < 2:
         raise ValueError("relational prediction needs two full steps (D_0 and D_1)")
     direction = taylor_forecast(differences, k, start=1)  # (B, ...)
+    return rescaled_forecast(differences[0], direction, ratio, input_now, input_at_full)
+
+
+def rescaled_forecast(
+    base: torch.Tensor,
+    direction: torch.Tensor,
+    ratio: torch.Tensor,
+    input_now: torch.Tensor,
+    input_at_full: torch.Tensor,
+) -> torch.Tensor:
+    """``base + s * ||I(t-k) - I(t)|| * direction / ||direction||``: RFE given TaylorSeer's change term."""
     magnitude = ratio * per_sample_norm(input_now - input_at_full)  # (B,)
     scale = magnitude / per_sample_norm(direction).clamp_min(_EPS)  # (B,)
-    return differences[0] + _per_sample(scale, direction).to(direction.dtype) * direction
+    return base + _per_sample(scale, direction).to(direction.dtype) * direction
 
 
 def estimate_predictor_flops(kind: str, order: int, numel_out: int, numel_in: int, *, full: bool) -> int:

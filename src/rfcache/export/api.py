@@ -1,0 +1,305 @@
+"""`export`: bake a profile's fixed pattern and coefficients into an engine bundle.
+
+The transformer is exported twice with the torch.onnx dynamo exporter (opset 18: opset 17 from
+this exporter wrote a Split node ONNX Runtime refuses): as the full-step graph and as the
+cached-step graph (graphs.py). The batch axis stays dynamic, so one bundle serves any number of
+images. For class-conditional pipelines (the embedded model, diffusers' ``DiTPipeline``) the
+bundle also records the sampler and, where the pipeline has a VAE, a decoder graph, so
+``rfc-run`` generates images from the bundle alone; other families' bundles hold the transformer
+step graphs, run step by step through :class:`~rfcache.export.runner.OrtRunner`.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfcache.errors import RfcacheError
+from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, TensorSpec, write_bundle
+from rfcache.export.graphs import MODEL_OUTPUT, PredictorSpec, StepGraphs
+from rfcache.models import get_adapter, get_transformer
+from rfcache.runtime.api import profile_config
+from rfcache.runtime.identity import config_hash, input_resolution
+from rfcache.schedules import Profile, load_profile
+
+__all__ = ["BACKENDS", "OPSET", "effective_pattern", "export"]
+
+logger = logging.getLogger(__name__)
+
+BACKENDS = ("onnx", "tensorrt")
+OPSET = 18
+_PROBE_BATCH = 3  # odd, so the dynamic batch axis is not confused with other axes of size 2
+_CLASS_CONDITIONAL = {"DigitsDiTPipeline": None, "DiTPipeline": 1000}  # pipeline -> null class (None: its own)
+
+
+def effective_pattern(mask: str, min_full_steps: int) -> str:
+    """The pattern the runtime executes: a cached step before the predictor has enough full steps
+    to predict from is computed (CacheSession does the same)."""
+    out, full = [], 0
+    for letter in mask:
+        if letter == "P" and full < min_full_steps:
+            letter = "C"
+        full += letter == "C"
+        out.append(letter)
+    return "".join(out)
+
+
+def export(
+    pipe: Any,
+    profile: Profile | str | Path,
+    out: str | Path,
+    *,
+    backend: str = "onnx",
+    fp16: bool = False,
+    guidance_scale: float | None = None,
+    force: bool = False,
+) -> Path:
+    """Export ``pipe``'s transformer with ``profile`` into the bundle folder ``out``; returns its path.
+
+    ``backend="tensorrt"`` also builds TensorRT engines from the graphs (needs the ``tensorrt``
+    extra and a CUDA GPU). ``fp16`` exports half-precision graphs (the model must be on CUDA for
+    ONNX Runtime) or builds FP16 engines. ``guidance_scale`` is the runner's default (the
+    pipeline's own default when not given).
+    """
+    if backend not in BACKENDS:
+        raise RfcacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
+    if backend == "tensorrt":
+        from rfcache.export.tensorrt import require_tensorrt
+
+        require_tensorrt()
+    profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    model = get_transformer(pipe)
+    adapter = get_adapter(model)
+    scheduler = getattr(pipe, "scheduler", None)
+    config = profile_config(model, adapter, profile, scheduler)
+    device = next(model.parameters()).device
+    if fp16 and backend == "onnx" and device.type != "cuda":
+        raise RfcacheError("fp16 ONNX graphs run on CUDA only; put the pipeline on cuda or use --backend tensorrt")
+    spec = PredictorSpec(config.predictor, config.order, config.ratios)
+    pattern = effective_pattern(profile.schedule, config.min_full_steps)
+    sampling = _sampling(pipe, profile, guidance_scale)
+    inputs = _probe_inputs(model, adapter, sampling)
+    profile.check_sampling(resolution=input_resolution(inputs["hidden_states"]))
+    graphs = StepGraphs(model, adapter, spec, tuple(inputs), granularity=config.granularity)
+    started = time.perf_counter()
+    was_training = model.training
+    model.eval()
+    try:
+        half = fp16 and backend == "onnx"  # TensorRT builds FP16 engines from fp32 graphs
+        if half:
+            model.half()
+            inputs = {k: v.half() if v.is_floating_point() else v for k, v in inputs.items()}
+        graphs.probe(inputs)
+
+        def fill(folder: Path) -> dict[str, Any]:
+            specs = {
+                "full": _export_graph(graphs, inputs, folder / "full.onnx", full=True),
+                "cached": _export_graph(graphs, inputs, folder / "cached.onnx", full=False),
+            }
+            vae = getattr(pipe, "vae", None)
+            if sampling is not None and vae is not None:
+                specs["decoder"] = _export_decoder(vae, inputs["hidden_states"], folder / "decoder.onnx")
+                sampling["decode"] = "decoder"
+            profile.save(folder / PROFILE)
+            manifest = _manifest(model, adapter, profile, spec, pattern, graphs, specs, sampling, backend, fp16)
+            if backend == "tensorrt":
+                from rfcache.export.tensorrt import build_engines
+
+                manifest["engines"] = build_engines(folder, specs, fp16=fp16)
+            return manifest
+
+        path = write_bundle(out, fill, force=force)
+    finally:
+        if fp16 and backend == "onnx":
+            model.float()
+        model.train(was_training)
+    logger.info("exported %s in %.1f s", path, time.perf_counter() - started)
+    return path
+
+
+def _sampling(pipe: Any, profile: Profile, guidance_scale: float | None) -> dict[str, Any] | None:
+    """The sampler a runner replays, for class-conditional pipelines; None for other pipelines."""
+    name = type(pipe).__name__
+    if name not in _CLASS_CONDITIONAL:
+        return None
+    import inspect
+
+    model = pipe.transformer
+    cfg = model.config
+    null = _CLASS_CONDITIONAL[name]
+    if guidance_scale is None:
+        guidance_scale = float(inspect.signature(type(pipe).__call__).parameters["guidance_scale"].default)
+    if (profile.sampling.guidance == "cfg") != (guidance_scale > 1):
+        raise RfcacheError(
+            f"profile {profile.name!r} was calibrated with guidance {profile.sampling.guidance!r}; "
+            f"guidance_scale {guidance_scale} does not match"
+        )
+    scheduler = pipe.scheduler
+    vae = getattr(pipe, "vae", None)
+    return {
+        "recipe": "class-conditional",
+        "pipeline": name,
+        "null_class": int(null if null is not None else pipe.null_class),
+        "num_classes": int(cfg.num_embeds_ada_norm),
+        "in_channels": int(cfg.in_channels),
+        "out_channels": int(cfg.out_channels or cfg.in_channels),
+        "sample_size": int(cfg.sample_size),
+        "guidance_scale": float(guidance_scale),
+        "num_steps": profile.sampling.num_steps,
+        "scheduler": {"class": type(scheduler).__name__, "config": _plain(dict(scheduler.config))},
+        "decode": "pixels",
+        "vae_scaling_factor": float(vae.config.scaling_factor) if vae is not None else None,
+    }
+
+
+def _probe_inputs(model: torch.nn.Module, adapter: Any, sampling: dict[str, Any] | None) -> dict[str, torch.Tensor]:
+    device = next(model.parameters()).device
+    inputs = adapter.example_inputs(
+        model, batch=_PROBE_BATCH, generator=torch.Generator().manual_seed(0), device=device
+    )
+    if sampling is not None:  # class labels the pipeline really passes, the null class included
+        inputs["class_labels"] = torch.tensor([0, 1, sampling["null_class"]], device=device)
+    return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
+
+
+def _export_graph(graphs: StepGraphs, inputs: dict[str, torch.Tensor], path: Path, *, full: bool) -> dict[str, Any]:
+    names = list(graphs.input_names)
+    model_args = [inputs[n] for n in names]
+    dtype = next(graphs.model.parameters()).dtype
+    device = model_args[0].device
+    if full:
+        module, state = graphs.full_module(), graphs.full_inputs
+        constant = ("distance", torch.ones((), dtype=dtype, device=device))
+        in_names = [*names, "distance", *(f"prev.{s.name}" for s in state)]
+        outputs = [MODEL_OUTPUT, *(s.name for s in graphs.state)]
+    else:
+        module, state = graphs.cached_module(), graphs.state
+        constant = ("coeffs", torch.ones(graphs.spec.keep + 1, dtype=dtype, device=device))
+        in_names = [*names, "coeffs", *(s.name for s in state)]
+        outputs = [MODEL_OUTPUT]
+    state_args = [torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in state]
+    args = (*model_args, constant[1], *state_args)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    dynamic = [_batch_axis(a, batch) for a in model_args] + [None] + [{0: batch} for _ in state_args]
+    program = _onnx_export(module, args, input_names=in_names, output_names=outputs, dynamic_shapes=(tuple(dynamic),))
+    with torch.no_grad():
+        reference = module(*args)
+    program.save(str(path), external_data=True)
+    return {
+        "file": path.name,
+        "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
+        "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],
+    }
+
+
+def _export_decoder(vae: torch.nn.Module, latents: torch.Tensor, path: Path) -> dict[str, Any]:
+    class Decode(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.vae = vae
+
+        def forward(self, z: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(z / self.vae.config.scaling_factor).sample
+
+    channels = vae.config.latent_channels
+    z = torch.randn(latents.shape[0], channels, *latents.shape[2:], device=latents.device, dtype=latents.dtype)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    program = _onnx_export(
+        Decode().eval(), (z,), input_names=["latents"], output_names=["image"], dynamic_shapes=({0: batch},)
+    )
+    with torch.no_grad():
+        image = Decode()(z)
+    program.save(str(path), external_data=True)
+    return {"file": path.name, "inputs": [_spec("latents", z, True)], "outputs": [_spec("image", image, True)]}
+
+
+def _onnx_export(module: torch.nn.Module, args: tuple, **kwargs: Any) -> Any:
+    """torch.onnx's dynamo exporter at our opset, its progress chatter sent to the debug log."""
+    import contextlib
+    import io
+    import warnings
+
+    chatter = io.StringIO()
+    with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        program = torch.onnx.export(
+            module, args, opset_version=OPSET, dynamo=True, external_data=True, verbose=False, **kwargs
+        )
+    logger.debug("%s", chatter.getvalue())
+    return program
+
+
+def _batch_axis(t: torch.Tensor, batch: Any) -> dict[int, Any] | None:
+    return {0: batch} if t.ndim and t.shape[0] == _PROBE_BATCH else None
+
+
+def _spec(name: str, t: torch.Tensor, dynamic: bool) -> dict[str, Any]:
+    shape: list[int | str] = list(t.shape)
+    if dynamic and shape and shape[0] == _PROBE_BATCH:
+        shape[0] = "batch"
+    return TensorSpec(name, tuple(shape), str(t.dtype).removeprefix("torch.")).__dict__ | {"shape": shape}
+
+
+def _manifest(
+    model: torch.nn.Module,
+    adapter: Any,
+    profile: Profile,
+    spec: PredictorSpec,
+    pattern: str,
+    graphs: StepGraphs,
+    specs: dict[str, Any],
+    sampling: dict[str, Any] | None,
+    backend: str,
+    fp16: bool,
+) -> dict[str, Any]:
+    import onnx
+    import onnxruntime
+
+    import rfcache
+
+    return {
+        "format": BUNDLE_FORMAT,
+        "format_version": BUNDLE_VERSION,
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "versions": {
+            "rfcache": rfcache.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "onnxruntime": onnxruntime.__version__,
+            "opset": OPSET,
+        },
+        "backend": backend,
+        "precision": "fp16" if fp16 else "fp32",
+        "model": {
+            "family": adapter.family,
+            "class_name": type(model).__name__,
+            "config_hash": config_hash(model.config),
+            "num_units": len(graphs.units),
+        },
+        "predictor": {"kind": spec.predictor, "order": spec.order, "calibrated_ratios": spec.ratios is not None},
+        "schedule": {
+            "mask": profile.schedule,
+            "pattern": pattern,
+            "nfc": pattern.count("C"),
+            "flops_fraction": profile.budget.achieved,
+        },
+        "state": [{"name": s.name, "shape": ["batch", *s.shape[1:]], "dtype": s.dtype} for s in graphs.state],
+        "graphs": specs,
+        "sampling": sampling if sampling is not None else {"recipe": "transformer-only"},
+    }
+
+
+def _plain(value: Any) -> Any:
+    """A scheduler config as JSON (tuples to lists, numpy scalars to Python numbers)."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_") or k == "_class_name"}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if hasattr(value, "item"):
+        return value.item()
+    return value

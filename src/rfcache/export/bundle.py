@@ -1,0 +1,243 @@
+"""The engine-bundle format: graphs, the profile and a manifest, checked file by file on load.
+
+A bundle is a folder::
+
+    manifest.json        format version, versions, graphs' input/output names and shapes, the
+                         schedule, the sampler's configuration, a sha256 for every other file
+    profile.yaml         the profile the bundle was made from
+    full.onnx(.data)     the full-step graph (+ external weights)
+    cached.onnx(.data)   the cached-step graph (+ the skeleton's weights)
+    *.plan               TensorRT engines, when built
+
+Nothing in it is executed as code: the manifest is JSON, the profile is read with a safe loader,
+graphs are ONNX protobufs. Loading verifies every hash and refuses a missing, altered or extra
+file, and a manifest edited after it was written (its own content hash).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rfcache.errors import RfcacheError
+from rfcache.schedules import Profile, ProfileError
+
+__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST", "Bundle", "BundleError", "GraphSpec", "TensorSpec"]
+
+BUNDLE_FORMAT = "rfcache-bundle"
+BUNDLE_VERSION = 1
+MANIFEST = "manifest.json"
+PROFILE = "profile.yaml"
+_MAX_MANIFEST_BYTES = 16 << 20
+
+
+class BundleError(RfcacheError, ValueError):
+    """A bundle folder that is missing, incomplete, altered, or made for another setup."""
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A graph input or output: name, shape (``"batch"`` for the dynamic batch axis) and dtype."""
+
+    name: str
+    shape: tuple[int | str, ...]
+    dtype: str
+
+
+@dataclass(frozen=True)
+class GraphSpec:
+    """One graph of a bundle: its file and its inputs and outputs in order."""
+
+    file: str
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class Bundle:
+    """A verified bundle folder: the manifest's content and the profile, ready for a runner."""
+
+    path: Path
+    manifest: dict[str, Any]
+    profile: Profile
+
+    @property
+    def graphs(self) -> dict[str, GraphSpec]:
+        return {name: _graph_spec(g, name) for name, g in self.manifest["graphs"].items()}
+
+    @property
+    def pattern(self) -> str:
+        """The executed compute/predict pattern, one letter per step (``C`` full, ``P`` cached)."""
+        return self.manifest["schedule"]["pattern"]
+
+    @property
+    def backend(self) -> str:
+        return self.manifest["backend"]
+
+    @property
+    def precision(self) -> str:
+        return self.manifest.get("precision", "fp32")
+
+    @property
+    def sampling(self) -> dict[str, Any]:
+        return self.manifest["sampling"]
+
+    def file(self, name: str) -> Path:
+        return self.path / name
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> Bundle:
+        """Open and verify a bundle folder; any problem is one :class:`BundleError` line."""
+        root = Path(path)
+        if not root.is_dir():
+            raise BundleError(f"{root}: not a bundle folder (expected a directory with {MANIFEST})")
+        manifest = _read_manifest(root)
+        _verify_files(root, manifest)
+        try:
+            profile = Profile.from_yaml((root / PROFILE).read_text(encoding="utf-8"), source=str(root / PROFILE))
+        except ProfileError as exc:
+            raise BundleError(str(exc)) from None
+        if profile.schedule != manifest["schedule"]["mask"]:
+            raise BundleError(f"{root / MANIFEST}: schedule.mask does not match {PROFILE}'s schedule")
+        return cls(root, manifest, profile)
+
+
+def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, Any]], *, force: bool = False) -> Path:
+    """Build a bundle in a temporary sibling folder and rename it to ``out`` when complete.
+
+    ``fill(folder)`` writes the graphs and the profile into ``folder`` and returns the manifest
+    without its ``files`` and ``content_sha256``, which are added here.
+    """
+    out = Path(out)
+    if out.exists() and not force:
+        raise BundleError(f"{out} already exists; choose another --out or pass --force")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        manifest = fill(tmp)
+        manifest["files"] = {
+            str(p.relative_to(tmp)): _sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file() and p.name != MANIFEST
+        }
+        manifest["content_sha256"] = _content_hash(manifest)
+        (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n")
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _read_manifest(root: Path) -> dict[str, Any]:
+    path = root / MANIFEST
+    if not path.is_file():
+        raise BundleError(f"{path}: missing; {root} is not a complete bundle")
+    if path.stat().st_size > _MAX_MANIFEST_BYTES:
+        raise BundleError(f"{path}: larger than {_MAX_MANIFEST_BYTES} bytes; not a manifest")
+    try:
+        data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
+        raise BundleError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+    if not isinstance(data, dict):
+        raise BundleError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    if data.get("format") != BUNDLE_FORMAT:
+        raise BundleError(f"{path}: format is {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    if data.get("format_version") != BUNDLE_VERSION:
+        raise BundleError(f"{path}: format_version {data.get('format_version')!r}; this rfcache reads {BUNDLE_VERSION}")
+    if data.get("content_sha256") != _content_hash(data):
+        raise BundleError(f"{path}: content_sha256 does not match its content; the manifest was altered")
+    for key, kind in _REQUIRED.items():
+        if not isinstance(data.get(key), kind):
+            raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    for name, graph in data["graphs"].items():
+        _graph_spec(graph, name)  # validates
+    schedule = data["schedule"]
+    if not isinstance(schedule.get("pattern"), str) or not isinstance(schedule.get("mask"), str):
+        raise BundleError(f"{path}: schedule.pattern and schedule.mask must be strings")
+    return data
+
+
+_REQUIRED: dict[str, type] = {
+    "backend": str,
+    "graphs": dict,
+    "schedule": dict,
+    "sampling": dict,
+    "predictor": dict,
+    "state": list,
+    "files": dict,
+    "versions": dict,
+}
+
+
+def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
+    listed: dict[str, Any] = manifest["files"]
+    present = {str(p.relative_to(root)) for p in root.rglob("*") if p.is_file() and p.name != MANIFEST}
+    missing = sorted(set(listed) - present)
+    if missing:
+        raise BundleError(f"{root}: file {missing[0]} is listed in {MANIFEST} but missing")
+    extra = sorted(present - set(listed))
+    if extra:
+        raise BundleError(f"{root}: file {extra[0]} is not part of the bundle (not in {MANIFEST})")
+    for name, digest in sorted(listed.items()):
+        if _sha256(root / name) != digest:
+            raise BundleError(f"{root / name}: sha256 does not match {MANIFEST}; the file was altered")
+    for graph in manifest["graphs"].values():
+        if graph["file"] not in listed:
+            raise BundleError(f"{root / MANIFEST}: graph file {graph['file']!r} is not among the bundle's files")
+
+
+def _graph_spec(data: Any, name: str) -> GraphSpec:
+    where = f"{MANIFEST}: graphs.{name}"
+    if not isinstance(data, dict) or not isinstance(data.get("file"), str):
+        raise BundleError(f"{where}: expected an object with a 'file' string")
+    try:
+        return GraphSpec(
+            data["file"],
+            tuple(_tensor_spec(t) for t in data["inputs"]),
+            tuple(_tensor_spec(t) for t in data["outputs"]),
+        )
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{where}: malformed input/output list ({_first_line(exc)})") from None
+
+
+def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
+    shape = tuple(data["shape"])
+    if not isinstance(data["name"], str) or not isinstance(data["dtype"], str):
+        raise TypeError("name and dtype must be strings")
+    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or d == "batch" for d in shape):
+        raise ValueError(f"shape {list(shape)} of {data['name']!r}")
+    return TensorSpec(data["name"], shape, data["dtype"])
+
+
+def _content_hash(manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "content_sha256"}
+    try:
+        text = json.dumps(body, sort_keys=True, allow_nan=False)
+    except (TypeError, ValueError):
+        return ""
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _reject_constant(name: str) -> float:
+    raise ValueError(f"{name} is not allowed")
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__

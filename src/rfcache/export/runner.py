@@ -1,0 +1,287 @@
+"""Run a bundle with ONNX Runtime: replay its fixed pattern, cache state kept on the device.
+
+`OrtRunner.steps(batch)` gives a `StepRunner` that executes one denoising step per call, in order:
+the full graph at ``C`` steps (reading the previous state, writing the new one into the other of
+two preallocated buffers, then swapping them) and the cached graph at ``P`` steps (reading the
+state, fed the step's coefficients). State tensors are bound with I/O binding, so between steps
+they never leave the device; only the transformer's inputs and its output cross. A cached step
+whose output is not finite is run again as a full step and counted.
+
+`OrtRunner.generate(...)` is the sampler loop of class-conditional bundles (the embedded model,
+DiT): diffusers' scheduler, classifier-free guidance as the pipeline does it, and the bundle's
+decoder graph where there is one. No model code is needed.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from rfcache.errors import RfcacheError
+from rfcache.export.bundle import Bundle, BundleError
+
+__all__ = ["BundleRunner", "GenerationResult", "OrtRunner", "StepRunner", "open_runner", "pattern_coefficients"]
+
+logger = logging.getLogger(__name__)
+_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
+
+
+def pattern_coefficients(pattern: str, keep: int) -> list[list[float] | None]:
+    """Per step: ``None`` at a full step, else the cached graph's ``coeffs``: ``k^i / i!`` up to the
+    order the full steps so far allow and 0 above it, as the PyTorch runtime predicts."""
+    out: list[list[float] | None] = []
+    full, last = 0, -1
+    for step, letter in enumerate(pattern):
+        if letter == "C":
+            full, last = full + 1, step
+            out.append(None)
+            continue
+        k, order = step - last, min(keep, full - 1)
+        out.append([k**i / math.factorial(i) if i <= order else 0.0 for i in range(keep + 1)])
+    return out
+
+
+@dataclass(frozen=True)
+class GenerationResult:
+    """Images (``(B, H, W, C)`` in [0, 1]) and what the run did."""
+
+    images: np.ndarray
+    pattern: str
+    seconds: float
+    nonfinite_fallbacks: int
+
+
+class BundleRunner:
+    """What every backend shares: the pattern's coefficients and the class-conditional sampler.
+
+    Backends implement :meth:`steps` (a fresh :class:`StepRunner`) and :meth:`decode_latents`.
+    """
+
+    def __init__(self, bundle: Bundle, device: str) -> None:
+        self.bundle, self.device = bundle, device
+        predictor = bundle.manifest["predictor"]
+        self.keep = 0 if predictor["kind"] == "reuse" else int(predictor["order"])
+        self.coefficients = pattern_coefficients(bundle.pattern, self.keep)
+
+    def steps(self, batch: int) -> StepRunner:
+        """A fresh generation of ``batch`` samples (CFG doubles the batch the transformer sees)."""
+        raise NotImplementedError
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        """Run the bundle's decoder graph on final latents."""
+        raise NotImplementedError
+
+    def generate(
+        self,
+        class_labels: Sequence[int],
+        *,
+        seed: int = 0,
+        guidance_scale: float | None = None,
+        num_inference_steps: int | None = None,
+    ) -> GenerationResult:
+        """Sample images for ``class_labels`` as the exported pipeline would, from the bundle alone."""
+        sampling = self.bundle.sampling
+        if sampling.get("recipe") != "class-conditional":
+            raise RfcacheError(
+                f"{self.bundle.path}: a {sampling.get('recipe')!r} bundle holds the transformer's step graphs "
+                "only; run them step by step with runner.steps(batch)"
+            )
+        steps = sampling["num_steps"]
+        if num_inference_steps is not None and num_inference_steps != steps:
+            raise BundleError(f"{self.bundle.path}: bundle is for {steps} steps, asked for {num_inference_steps}")
+        labels = [int(c) for c in class_labels]
+        bad = [c for c in labels if not 0 <= c < sampling["num_classes"]]
+        if bad or not labels:
+            raise RfcacheError(f"class label(s) {bad or labels} outside 0..{sampling['num_classes'] - 1}")
+        scale = sampling["guidance_scale"] if guidance_scale is None else float(guidance_scale)
+        use_cfg = scale > 1
+        if use_cfg != (self.bundle.profile.sampling.guidance == "cfg"):
+            raise BundleError(
+                f"{self.bundle.path}: bundle is for guidance {self.bundle.profile.sampling.guidance!r}, "
+                f"guidance_scale {scale} does not match"
+            )
+        from diffusers.utils.torch_utils import randn_tensor
+
+        started = time.perf_counter()
+        scheduler = _scheduler(sampling["scheduler"])
+        channels, size = sampling["in_channels"], sampling["sample_size"]
+        latents = randn_tensor((len(labels), channels, size, size), generator=torch.Generator().manual_seed(seed))
+        y = np.asarray(labels + [sampling["null_class"]] * len(labels) if use_cfg else labels, dtype=np.int64)
+        scheduler.set_timesteps(steps)
+        runner = self.steps(len(y))
+        for t in scheduler.timesteps:
+            model_input = torch.cat([latents, latents]) if use_cfg else latents
+            model_input = scheduler.scale_model_input(model_input, t)
+            timestep = np.full((len(y),), int(t), dtype=np.int64)
+            out = runner({"hidden_states": model_input.numpy(), "timestep": timestep, "class_labels": y})
+            eps = torch.from_numpy(out)[:, :channels]  # a learned-sigma half is dropped, as DiTPipeline does
+            if use_cfg:
+                cond, uncond = eps.chunk(2)
+                eps = uncond + scale * (cond - uncond)
+            latents = scheduler.step(eps, t, latents).prev_sample
+        images = latents.numpy()
+        if "decoder" in self.bundle.graphs:
+            images = self.decode_latents(images)
+        images = np.clip(images.astype(np.float32) / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
+        return GenerationResult(images, runner.executed, time.perf_counter() - started, runner.fallbacks)
+
+
+class StepRunner:
+    """One generation: call it once per step, in order, with the transformer's inputs (numpy).
+
+    Runs the full graph at ``C`` steps and the cached graph at ``P`` steps; a cached step whose
+    output is not finite is run again in full and counted. Backends implement the two graph calls.
+    """
+
+    def __init__(self, runner: BundleRunner, batch: int) -> None:
+        self.runner, self.batch = runner, batch
+        self.step = 0
+        self.last_full = -1
+        self.executed = ""
+        self.fallbacks = 0
+
+    def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        pattern = self.runner.bundle.pattern
+        if self.step >= len(pattern):
+            raise BundleError(
+                f"{self.runner.bundle.path}: bundle is for {len(pattern)} steps; step {self.step + 1} was asked for"
+            )
+        for name, value in inputs.items():
+            if value.shape[:1] != (self.batch,):
+                raise BundleError(f"input {name!r} has batch {value.shape[:1]}, this generation runs {self.batch}")
+        coeffs = self.runner.coefficients[self.step]
+        if coeffs is None:
+            out = self._full_step(inputs)
+        else:
+            out = self.run_cached(inputs, coeffs)
+            self.executed += "P"
+            if not np.isfinite(out).all():
+                logger.warning("non-finite output at cached step %d; running it in full", self.step)
+                self.fallbacks += 1
+                self.executed = self.executed[:-1]
+                out = self._full_step(inputs)
+        self.step += 1
+        return out
+
+    def _full_step(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
+        distance = self.step - self.last_full if self.last_full >= 0 else 1
+        out = self.run_full(inputs, distance)
+        self.last_full = self.step
+        self.executed += "C"
+        return out
+
+    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
+        """The full graph: reads the previous state, writes the new one; returns the model output."""
+        raise NotImplementedError
+
+    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
+        """The cached graph: reads the state and the step's coefficients; returns the model output."""
+        raise NotImplementedError
+
+
+class OrtRunner(BundleRunner):
+    """ONNX Runtime sessions for a bundle's graphs on ``device`` (``"cpu"`` or ``"cuda"``)."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> None:
+        import onnxruntime as ort
+
+        super().__init__(bundle, device)
+        if bundle.precision == "fp16" and device != "cuda":
+            raise RfcacheError(f"{bundle.path}: an fp16 bundle runs on cuda only")
+        provider = _PROVIDERS.get(device)
+        if provider is None:
+            raise RfcacheError(f"device {device!r} is not one of {', '.join(_PROVIDERS)}")
+        if provider not in ort.get_available_providers():
+            raise RfcacheError(f"ONNX Runtime here has no {provider}; install onnxruntime-gpu for --device cuda")
+        self.ort = ort
+        options = ort.SessionOptions()
+        if threads:
+            options.intra_op_num_threads = threads
+        providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
+        self.sessions: dict[str, Any] = {}
+        for name, spec in bundle.graphs.items():
+            session = ort.InferenceSession(str(bundle.file(spec.file)), options, providers=providers)
+            found = [i.name for i in session.get_inputs()]
+            if found != [t.name for t in spec.inputs]:
+                raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")
+            self.sessions[name] = session
+
+    def steps(self, batch: int) -> StepRunner:
+        return _OrtSteps(self, batch)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        return self.sessions["decoder"].run(None, {"latents": latents})[0]
+
+
+class _OrtSteps(StepRunner):
+    """State in two preallocated sets of OrtValues on the device, swapped after each full step."""
+
+    def __init__(self, runner: OrtRunner, batch: int) -> None:
+        super().__init__(runner, batch)
+        self.sessions = runner.sessions
+        device = runner.device
+        graphs = runner.bundle.graphs
+        self._dtypes = {t.name: np.dtype(t.dtype) for t in graphs["full"].inputs}
+        sample = graphs["full"].outputs[0]
+
+        def alloc(shape: Sequence[int | str], dtype: str) -> Any:
+            dims = [batch if d == "batch" else d for d in shape]
+            return runner.ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, dtype=np.dtype(dtype)), device, 0)
+
+        state = runner.bundle.manifest["state"]
+        self._current = {s["name"]: alloc(s["shape"], s["dtype"]) for s in state}
+        self._next = {s["name"]: alloc(s["shape"], s["dtype"]) for s in state}
+        self._sample_name = sample.name
+        self._sample = alloc(sample.shape, sample.dtype)
+        self._full_reads = [t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")]
+
+    def _binding(self, graph: str, inputs: dict[str, np.ndarray], constant: str, value: Any) -> Any:
+        binding = self.sessions[graph].io_binding()
+        for name, array in inputs.items():
+            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=self._dtypes[name]))
+        binding.bind_cpu_input(constant, np.asarray(value, dtype=self._dtypes["distance"]))
+        binding.bind_ortvalue_output(self._sample_name, self._sample)
+        return binding
+
+    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
+        binding = self._binding("full", inputs, "distance", distance)
+        for name in self._full_reads:
+            binding.bind_ortvalue_input(f"prev.{name}", self._current[name])
+        for name, value in self._next.items():
+            binding.bind_ortvalue_output(name, value)
+        self.sessions["full"].run_with_iobinding(binding)
+        self._current, self._next = self._next, self._current
+        return self._sample.numpy()
+
+    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
+        binding = self._binding("cached", inputs, "coeffs", coeffs)
+        for name, value in self._current.items():
+            binding.bind_ortvalue_input(name, value)
+        self.sessions["cached"].run_with_iobinding(binding)
+        return self._sample.numpy()
+
+
+def open_runner(bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:
+    """The runner for ``bundle``'s backend: ONNX Runtime, or TensorRT engines (``tensorrt`` extra)."""
+    if bundle.backend == "tensorrt":
+        from rfcache.export.tensorrt import TrtRunner
+
+        return TrtRunner(bundle, device=device)
+    return OrtRunner(bundle, device=device, threads=threads)
+
+
+def _scheduler(spec: dict[str, Any]) -> Any:
+    """A diffusers scheduler from its class name and config (only scheduler classes are accepted)."""
+    import diffusers
+
+    cls = getattr(diffusers, str(spec.get("class")), None)
+    if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
+        raise BundleError(f"sampling.scheduler.class {spec.get('class')!r} is not a diffusers scheduler")
+    return cls.from_config(spec["config"])

@@ -1,0 +1,153 @@
+"""TensorRT engines built from a bundle's ONNX graphs, and a runner with the same interface.
+
+Optional: needs the ``tensorrt`` extra and a CUDA GPU, imported only inside these functions. The
+engines are built from the very graphs ONNX Runtime runs (FP16 optional), with one optimisation
+profile over the dynamic batch axis, and saved beside them as ``<graph>.plan``. The runner keeps
+the cache state in two sets of CUDA tensors swapped after each full step, like the ONNX runner.
+
+Not run on the development machines (TensorRT cannot be installed there); see the README.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rfcache.errors import RfcacheError
+from rfcache.export.bundle import Bundle, BundleError
+from rfcache.export.runner import BundleRunner, StepRunner
+
+__all__ = ["TrtRunner", "build_engines", "require_tensorrt"]
+
+logger = logging.getLogger(__name__)
+MAX_BATCH = 64
+
+
+def require_tensorrt() -> Any:
+    """Import TensorRT or fail with one line naming the extra to install."""
+    try:
+        import tensorrt
+    except Exception as exc:  # ImportError, or the bindings present without their libraries
+        raise RfcacheError(
+            "the tensorrt backend needs TensorRT and a CUDA GPU: pip install 'rfcache[tensorrt]' "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not importable'})"
+        ) from None
+    return tensorrt
+
+
+def build_engines(folder: Path, graphs: dict[str, Any], *, fp16: bool = False) -> dict[str, Any]:
+    """Build one serialized engine per ONNX graph in ``folder``; returns the manifest's ``engines``."""
+    trt = require_tensorrt()
+    log = trt.Logger(trt.Logger.WARNING)
+    engines = {}
+    for name, graph in graphs.items():
+        builder = trt.Builder(log)
+        network = builder.create_network(0)
+        parser = trt.OnnxParser(network, log)
+        if not parser.parse_from_file(str(folder / graph["file"])):
+            errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
+            raise RfcacheError(f"TensorRT could not parse {graph['file']}: {errors}")
+        config = builder.create_builder_config()
+        if fp16:
+            config.set_flag(trt.BuilderFlag.FP16)
+        profile = builder.create_optimization_profile()
+        for i in range(network.num_inputs):
+            tensor = network.get_input(i)
+            shape = list(tensor.shape)
+            if shape and shape[0] == -1:
+                rest = shape[1:]
+                profile.set_shape(tensor.name, [1, *rest], [2, *rest], [MAX_BATCH, *rest])
+        config.add_optimization_profile(profile)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise RfcacheError(f"TensorRT failed to build an engine for {graph['file']}")
+        plan = folder / f"{name}.plan"
+        plan.write_bytes(bytes(serialized))
+        engines[name] = {"file": plan.name, "fp16": fp16, "max_batch": MAX_BATCH, "tensorrt": trt.__version__}
+    return engines
+
+
+class TrtRunner(BundleRunner):
+    """TensorRT execution contexts for a bundle's engines; same interface as the ONNX runner."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "cuda") -> None:
+        trt = require_tensorrt()
+        import torch
+
+        if device != "cuda" or not torch.cuda.is_available():
+            raise RfcacheError("TensorRT bundles run on a CUDA GPU (--device cuda)")
+        super().__init__(bundle, device)
+        engines = bundle.manifest.get("engines")
+        if not isinstance(engines, dict) or set(engines) != set(bundle.graphs):
+            raise BundleError(f"{bundle.path}: manifest has no TensorRT engine for every graph")
+        runtime = trt.Runtime(trt.Logger(trt.Logger.WARNING))
+        self.engines = {
+            n: runtime.deserialize_cuda_engine(bundle.file(e["file"]).read_bytes()) for n, e in engines.items()
+        }
+        self.contexts = {n: e.create_execution_context() for n, e in self.engines.items()}
+        self.stream = torch.cuda.Stream()
+        self.torch = torch
+
+    def steps(self, batch: int) -> StepRunner:
+        return _TrtSteps(self, batch)
+
+    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+        image = self.bundle.graphs["decoder"].outputs[0]
+        out = self._empty(image.shape, image.dtype, latents.shape[0])
+        self.execute("decoder", {"latents": self.torch.from_numpy(latents).cuda(), image.name: out})
+        return out.cpu().numpy()
+
+    def _empty(self, shape: Sequence[int | str], dtype: str, batch: int) -> Any:
+        dims = [batch if d == "batch" else d for d in shape]
+        return self.torch.zeros(dims, dtype=getattr(self.torch, dtype), device="cuda")
+
+    def execute(self, graph: str, tensors: dict[str, Any]) -> None:
+        """Bind every input and output tensor by name and run ``graph``'s engine on the stream."""
+        context = self.contexts[graph]
+        engine = self.engines[graph]
+        for name, tensor in tensors.items():
+            if engine.get_tensor_mode(name).name == "INPUT":
+                context.set_input_shape(name, tuple(tensor.shape))
+            context.set_tensor_address(name, tensor.data_ptr())
+        if not context.execute_async_v3(self.stream.cuda_stream):
+            raise RfcacheError(f"TensorRT failed to run the {graph} engine")
+        self.stream.synchronize()
+
+
+class _TrtSteps(StepRunner):
+    def __init__(self, runner: TrtRunner, batch: int) -> None:
+        super().__init__(runner, batch)
+        self.trt = runner
+        state = runner.bundle.manifest["state"]
+        self._current = {s["name"]: runner._empty(s["shape"], s["dtype"], batch) for s in state}
+        self._next = {s["name"]: runner._empty(s["shape"], s["dtype"], batch) for s in state}
+        full = runner.bundle.graphs["full"]
+        self._sample_name = full.outputs[0].name
+        self._sample = runner._empty(full.outputs[0].shape, full.outputs[0].dtype, batch)
+        self._dtypes = {t.name: t.dtype for t in full.inputs}
+        self._full_reads = [t.name.removeprefix("prev.") for t in full.inputs if t.name.startswith("prev.")]
+
+    def _inputs(self, inputs: dict[str, np.ndarray], constant: str, value: Any) -> dict[str, Any]:
+        torch = self.trt.torch
+        out = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=self._dtypes[n])).cuda() for n, a in inputs.items()}
+        out[constant] = torch.as_tensor(np.asarray(value, dtype=self._dtypes["distance"])).cuda()
+        out[self._sample_name] = self._sample
+        return out
+
+    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
+        tensors = self._inputs(inputs, "distance", distance)
+        tensors.update({f"prev.{n}": self._current[n] for n in self._full_reads})
+        tensors.update(self._next)
+        self.trt.execute("full", tensors)
+        self._current, self._next = self._next, self._current
+        return self._sample.cpu().numpy()
+
+    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
+        tensors = self._inputs(inputs, "coeffs", coeffs)
+        tensors.update(self._current)
+        self.trt.execute("cached", tensors)
+        return self._sample.cpu().numpy()

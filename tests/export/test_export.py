@@ -1,0 +1,211 @@
+"""Export: bundles replay the PyTorch runtime's profile, refuse tampering, and check what they are run with."""
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+import rfcache
+from rfcache.export import BundleError, OrtRunner, export, load_bundle
+from rfcache.export.api import effective_pattern
+from rfcache.export.runner import pattern_coefficients
+from tests.conftest import make_profile, make_tiny_digits_pipeline
+
+SCHEDULE = "CCCPPCPPPCPC"
+LABELS = [1, 7]
+
+
+def _torch_images(pipe, profile, seed=0):
+    rfcache.enable(pipe, profile)
+    try:
+        images = pipe(
+            class_labels=LABELS,
+            num_inference_steps=len(profile.schedule),
+            generator=torch.Generator().manual_seed(seed),
+        ).images
+        return images, rfcache.summary(pipe).pattern
+    finally:
+        rfcache.disable(pipe)
+
+
+@pytest.fixture(scope="module")
+def tiny_bundle(tmp_path_factory):
+    pipe = make_tiny_digits_pipeline()
+    profile = make_profile(pipe, SCHEDULE, predictor="relational", order=2)
+    path = export(pipe, profile, tmp_path_factory.mktemp("b") / "bundle")
+    return pipe, profile, path
+
+
+def test_bundle_matches_the_pytorch_runtime(tiny_bundle):
+    pipe, profile, path = tiny_bundle
+    bundle = load_bundle(path)
+    result = OrtRunner(bundle).generate(LABELS, seed=0)
+    reference, pattern = _torch_images(pipe, profile)
+    assert result.pattern == pattern == bundle.pattern == SCHEDULE
+    assert np.abs(result.images - reference).max() < 1e-4  # float32 kernels differ (ORT vs PyTorch); measured ~2e-5
+    assert result.nonfinite_fallbacks == 0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("predictor", "order", "calibrated"),
+    [
+        ("reuse", 0, False),
+        ("taylor", 1, False),
+        ("taylor", 2, False),
+        ("relational", 1, False),
+        ("relational", 2, True),
+    ],
+)
+def test_every_predictor_exports_with_parity(tmp_path, predictor, order, calibrated):
+    pipe = make_tiny_digits_pipeline(seed=1)
+    units = len(rfcache.get_adapter(pipe).units(pipe.transformer))
+    ratios = tuple(0.5 + 0.1 * i for i in range(units)) if calibrated else ()
+    profile = make_profile(pipe, "CPCCPPPCPPC", predictor=predictor, order=order, ratios=ratios)
+    bundle = load_bundle(export(pipe, profile, tmp_path / "b"))
+    result = OrtRunner(bundle).generate(LABELS, seed=3)
+    reference, pattern = _torch_images(pipe, profile, seed=3)
+    assert result.pattern == pattern
+    assert np.abs(result.images - reference).max() < 1e-4  # float32 kernels differ (ORT vs PyTorch); measured ~2e-5
+
+
+def test_one_bundle_serves_any_batch(tiny_bundle):
+    _, _, path = tiny_bundle
+    runner = OrtRunner(load_bundle(path))
+    one = runner.generate([7], seed=0).images
+    three = runner.generate([7, 2, 5], seed=0).images
+    assert one.shape == (1, 8, 8, 1) and three.shape == (3, 8, 8, 1)
+
+
+def test_cached_graph_holds_no_unit_weights(tiny_bundle):
+    _, _, path = tiny_bundle
+    bundle = load_bundle(path)
+    sizes = {f: (path / f).stat().st_size for f in bundle.manifest["files"]}
+    assert sizes["cached.onnx.data"] < 0.6 * sizes["full.onnx.data"]
+
+
+def _copy(path, tmp_path):
+    return shutil.copytree(path, tmp_path / "copy")
+
+
+@pytest.mark.parametrize("target", ["full.onnx", "cached.onnx.data", "profile.yaml", "full.onnx.data"])
+def test_an_altered_file_is_refused(tiny_bundle, tmp_path, target):
+    copy = _copy(tiny_bundle[2], tmp_path)
+    data = bytearray((copy / target).read_bytes())
+    data[len(data) // 2] ^= 0x01
+    (copy / target).write_bytes(bytes(data))
+    with pytest.raises(BundleError, match=f"{target}: sha256 does not match"):
+        load_bundle(copy)
+
+
+def test_missing_and_extra_files_are_refused(tiny_bundle, tmp_path):
+    copy = _copy(tiny_bundle[2], tmp_path)
+    (copy / "cached.onnx").unlink()
+    with pytest.raises(BundleError, match="cached.onnx is listed in manifest.json but missing"):
+        load_bundle(copy)
+    shutil.rmtree(copy)
+    copy = _copy(tiny_bundle[2], tmp_path)
+    (copy / "evil.onnx").write_bytes(b"x")
+    with pytest.raises(BundleError, match="evil.onnx is not part of the bundle"):
+        load_bundle(copy)
+
+
+def test_an_edited_manifest_is_refused(tiny_bundle, tmp_path):
+    copy = _copy(tiny_bundle[2], tmp_path)
+    manifest = json.loads((copy / "manifest.json").read_text())
+    manifest["schedule"]["pattern"] = "C" * len(SCHEDULE)
+    (copy / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(BundleError, match="content_sha256 does not match"):
+        load_bundle(copy)
+    (copy / "manifest.json").write_text("{not json")
+    with pytest.raises(BundleError, match="not valid JSON"):
+        load_bundle(copy)
+    (copy / "manifest.json").unlink()
+    with pytest.raises(BundleError, match="manifest.json: missing"):
+        load_bundle(copy)
+
+
+def test_another_step_count_or_shape_is_refused(tiny_bundle):
+    _, _, path = tiny_bundle
+    runner = OrtRunner(load_bundle(path))
+    with pytest.raises(BundleError, match="bundle is for 12 steps, asked for 20"):
+        runner.generate(LABELS, num_inference_steps=20)
+    with pytest.raises(BundleError, match="guidance"):
+        runner.generate(LABELS, guidance_scale=1.0)
+    steps = runner.steps(2)
+    bad = {"hidden_states": np.zeros((3, 1, 8, 8), np.float32)}
+    with pytest.raises(BundleError, match="batch"):
+        steps(bad)
+    inputs = {
+        "hidden_states": np.zeros((2, 1, 8, 8), np.float32),
+        "timestep": np.zeros(2, np.int64),
+        "class_labels": np.zeros(2, np.int64),
+    }
+    for _ in SCHEDULE:
+        steps(inputs)
+    with pytest.raises(BundleError, match="step 13 was asked for"):
+        steps(inputs)
+
+
+def test_export_refuses_a_profile_for_another_model_or_setup(tmp_path):
+    pipe = make_tiny_digits_pipeline()
+    wrong_resolution = make_profile(pipe, SCHEDULE, resolution=(1, 16, 16))
+    with pytest.raises(rfcache.RfcacheError, match="resolution"):
+        export(pipe, wrong_resolution, tmp_path / "b")
+    with pytest.raises(rfcache.RfcacheError, match="guidance"):
+        export(pipe, make_profile(pipe, SCHEDULE), tmp_path / "b", guidance_scale=1.0)
+    other = make_tiny_digits_pipeline(seed=0)
+    other.transformer.register_to_config(num_layers=3)
+    with pytest.raises(rfcache.RfcacheError, match="config_hash"):
+        export(other, make_profile(pipe, SCHEDULE), tmp_path / "b")
+    assert not (tmp_path / "b").exists()
+    assert not list(tmp_path.iterdir())  # nothing half-written
+
+
+def test_effective_pattern_computes_until_the_predictor_can_predict():
+    assert effective_pattern("CPPCP", 2) == "CCPCP"
+    assert effective_pattern("CPPCP", 1) == "CPPCP"
+    assert effective_pattern("PPCC", 1) == "CPCC"
+
+
+def test_pattern_coefficients_follow_the_available_order():
+    coeffs = pattern_coefficients("CPCPP", keep=2)
+    assert coeffs[0] is None and coeffs[2] is None
+    assert coeffs[1] == [1.0, 0.0, 0.0]  # one full step so far: D_0 only
+    assert coeffs[3] == [1.0, 1.0, 0.0]  # two: order 1
+    assert coeffs[4] == [1.0, 2.0, 0.0]
+
+
+def _tensorrt_available() -> bool:
+    try:
+        import tensorrt  # noqa: F401
+    except Exception:
+        return False
+    return torch.cuda.is_available()
+
+
+def test_tensorrt_backend_names_the_extra_when_missing(tmp_path):
+    if _tensorrt_available():
+        pytest.skip("tensorrt and a GPU are present; the missing-extra path cannot be seen here")
+    pipe = make_tiny_digits_pipeline()
+    with pytest.raises(rfcache.RfcacheError, match=r"rfcache\[tensorrt\]|CUDA"):
+        export(pipe, make_profile(pipe, SCHEDULE), tmp_path / "b", backend="tensorrt")
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.tensorrt
+@pytest.mark.gpu
+def test_tensorrt_bundle_matches_the_pytorch_runtime(tmp_path):
+    if not _tensorrt_available():
+        pytest.skip("needs the tensorrt extra and a CUDA GPU")
+    from rfcache.export.runner import open_runner
+
+    pipe = make_tiny_digits_pipeline()
+    profile = make_profile(pipe, SCHEDULE)
+    bundle = load_bundle(export(pipe, profile, tmp_path / "b", backend="tensorrt"))
+    result = open_runner(bundle, device="cuda").generate(LABELS, seed=0)
+    reference, pattern = _torch_images(pipe, profile)
+    assert result.pattern == pattern
+    assert np.abs(result.images - reference).max() < 1e-3
