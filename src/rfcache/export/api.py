@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, TensorSpec, write_bundle
+from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, TensorSpec, encode_config, write_bundle
 from rfcache.export.graphs import MODEL_OUTPUT, PredictorSpec, StepGraphs
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime.api import profile_config
@@ -151,7 +151,10 @@ def _sampling(pipe: Any, profile: Profile, guidance_scale: float | None) -> dict
         "sample_size": int(cfg.sample_size),
         "guidance_scale": float(guidance_scale),
         "num_steps": profile.sampling.num_steps,
-        "scheduler": {"class": type(scheduler).__name__, "config": _plain(dict(scheduler.config))},
+        "scheduler": {
+            "class": type(scheduler).__name__,
+            "config": encode_config({k: v for k, v in scheduler.config.items() if not k.startswith("_")}),
+        },
         "decode": "pixels",
         "vae_scaling_factor": float(vae.config.scaling_factor) if vae is not None else None,
     }
@@ -190,6 +193,7 @@ def _export_graph(graphs: StepGraphs, inputs: dict[str, torch.Tensor], path: Pat
     with torch.no_grad():
         reference = module(*args)
     program.save(str(path), external_data=True)
+    _drop_noop_squeezes(path)
     return {
         "file": path.name,
         "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
@@ -232,6 +236,39 @@ def _onnx_export(module: torch.nn.Module, args: tuple, **kwargs: Any) -> Any:
         )
     logger.debug("%s", chatter.getvalue())
     return program
+
+
+def _drop_noop_squeezes(path: Path) -> None:
+    """Turn ``Squeeze`` nodes on an axis whose size is known and not 1 into ``Identity``.
+
+    ``aten.squeeze(x, d)`` is a no-op when ``x.shape[d] != 1`` (PixArt calls ``squeeze(1)`` on its
+    token axis), but the exporter writes an ONNX ``Squeeze``, which ONNX Runtime then refuses.
+    """
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path), load_external_data=False)
+    inferred = onnx.shape_inference.infer_shapes(model)
+    shapes = {
+        v.name: [d.dim_value if d.HasField("dim_value") else None for d in v.type.tensor_type.shape.dim]
+        for v in (*inferred.graph.value_info, *inferred.graph.input, *inferred.graph.output)
+    }
+    constants = {i.name: numpy_helper.to_array(i) for i in model.graph.initializer if not i.external_data}
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            constants[node.output[0]] = numpy_helper.to_array(node.attribute[0].t)
+    changed = False
+    for node in model.graph.node:
+        if node.op_type != "Squeeze" or len(node.input) < 2 or node.input[1] not in constants:
+            continue
+        shape = shapes.get(node.input[0])
+        axes = [int(a) for a in constants[node.input[1]].reshape(-1)]
+        if shape and all(shape[a] is not None and shape[a] != 1 for a in axes):
+            node.op_type = "Identity"
+            del node.input[1:]
+            changed = True
+    if changed:
+        onnx.save(model, str(path))
 
 
 def _batch_axis(t: torch.Tensor, batch: Any) -> dict[int, Any] | None:
@@ -292,14 +329,3 @@ def _manifest(
         "graphs": specs,
         "sampling": sampling if sampling is not None else {"recipe": "transformer-only"},
     }
-
-
-def _plain(value: Any) -> Any:
-    """A scheduler config as JSON (tuples to lists, numpy scalars to Python numbers)."""
-    if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items() if not str(k).startswith("_") or k == "_class_name"}
-    if isinstance(value, (list, tuple)):
-        return [_plain(v) for v in value]
-    if hasattr(value, "item"):
-        return value.item()
-    return value

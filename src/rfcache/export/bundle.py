@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import shutil
 import tempfile
@@ -134,6 +135,30 @@ def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, A
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def encode_config(value: Any) -> Any:
+    """A config as strict JSON: tuples to lists, numpy scalars to numbers, inf/NaN to ``{"float": "-inf"}``."""
+    if isinstance(value, dict):
+        return {str(k): encode_config(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [encode_config(v) for v in value]
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return {"float": repr(value)}
+    return value
+
+
+def decode_config(value: Any) -> Any:
+    """The inverse of :func:`encode_config`."""
+    if isinstance(value, dict):
+        if set(value) == {"float"} and value["float"] in ("inf", "-inf", "nan"):
+            return float(value["float"])
+        return {k: decode_config(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [decode_config(v) for v in value]
+    return value
 
 
 def _read_manifest(root: Path) -> dict[str, Any]:

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError
+from rfcache.export.bundle import Bundle, BundleError, decode_config
 
 __all__ = ["BundleRunner", "GenerationResult", "OrtRunner", "StepRunner", "open_runner", "pattern_coefficients"]
 
@@ -142,6 +142,8 @@ class StepRunner:
 
     def __init__(self, runner: BundleRunner, batch: int) -> None:
         self.runner, self.batch = runner, batch
+        full = runner.bundle.graphs["full"]
+        self._batched = {t.name for t in full.inputs if t.shape[:1] == ("batch",)}
         self.step = 0
         self.last_full = -1
         self.executed = ""
@@ -154,7 +156,7 @@ class StepRunner:
                 f"{self.runner.bundle.path}: bundle is for {len(pattern)} steps; step {self.step + 1} was asked for"
             )
         for name, value in inputs.items():
-            if value.shape[:1] != (self.batch,):
+            if name in self._batched and value.shape[:1] != (self.batch,):
                 raise BundleError(f"input {name!r} has batch {value.shape[:1]}, this generation runs {self.batch}")
         coeffs = self.runner.coefficients[self.step]
         if coeffs is None:
@@ -284,4 +286,4 @@ def _scheduler(spec: dict[str, Any]) -> Any:
     cls = getattr(diffusers, str(spec.get("class")), None)
     if not (isinstance(cls, type) and issubclass(cls, diffusers.SchedulerMixin)):
         raise BundleError(f"sampling.scheduler.class {spec.get('class')!r} is not a diffusers scheduler")
-    return cls.from_config(spec["config"])
+    return cls.from_config(decode_config(spec["config"]))

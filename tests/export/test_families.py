@@ -1,0 +1,73 @@
+"""Every family's transformer exports and replays a profile step by step as the PyTorch runtime does."""
+
+import numpy as np
+import pytest
+import torch
+
+import rfcache
+from rfcache.export import OrtRunner, export, load_bundle
+from rfcache.models.tiny import FAMILIES, build_tiny_pipeline, tiny_pipeline_call_kwargs, tiny_transformer
+from rfcache.runtime.identity import input_resolution, model_identity
+from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+
+SCHEDULE = "CCPPCPPC"
+
+
+def _profile(model, example, schedule=SCHEDULE, scheduler="none", guidance="none") -> Profile:
+    adapter = rfcache.get_adapter(model)
+    return Profile(
+        name="tiny",
+        model=model_identity(model, adapter),
+        sampling=SamplingSetup(scheduler, len(schedule), guidance, input_resolution(example["hidden_states"])),
+        method=MethodSpec("relational", 2, "interval"),
+        schedule=schedule,
+        budget=Budget(0.5, 0.4),
+        provenance=Provenance("x", 0, 1, "now"),
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", FAMILIES)
+def test_transformer_bundle_replays_the_runtime_step_by_step(family, tmp_path):
+    model = tiny_transformer(family).eval()
+    example = rfcache.get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
+    profile = _profile(model, example)
+    bundle = load_bundle(export(model, profile, tmp_path / "b"))
+    assert bundle.sampling == {"recipe": "transformer-only"}
+    steps = OrtRunner(bundle).steps(2)
+    names = [t.name for t in bundle.graphs["cached"].inputs if t.name in example]
+    rfcache.enable(model, profile)
+    try:
+        for i in range(len(SCHEDULE)):  # a falling timestep and a moving latent, as in sampling
+            inputs = dict(example)
+            t = example["timestep"]
+            inputs["timestep"] = (t.float().max() * (1 - 0.1 * i)).expand_as(t).to(t.dtype)
+            inputs["hidden_states"] = example["hidden_states"] * (1 - 0.05 * i)
+            with torch.no_grad():
+                reference = model(**inputs, return_dict=False)[0]
+            out = steps({n: inputs[n].numpy() for n in names})
+            assert np.abs(out - reference.numpy()).max() < 1e-4, f"step {i}"
+        assert steps.executed == rfcache.summary(model).pattern == SCHEDULE
+    finally:
+        rfcache.disable(model)
+
+
+@pytest.mark.slow
+def test_dit_pipeline_bundle_samples_with_its_scheduler_and_vae(tmp_path):
+    pipe = build_tiny_pipeline("dit")
+    kwargs = tiny_pipeline_call_kwargs("dit")
+    steps = 6
+    latent = pipe.transformer.config
+    example = {"hidden_states": torch.zeros(1, latent.in_channels, latent.sample_size, latent.sample_size)}
+    guidance = "cfg" if kwargs.get("guidance_scale", 4.0) > 1 else "none"
+    profile = _profile(pipe.transformer, example, "CCPCPC", type(pipe.scheduler).__name__, guidance)
+    bundle = load_bundle(export(pipe, profile, tmp_path / "b", guidance_scale=kwargs.get("guidance_scale")))
+    assert "decoder" in bundle.graphs
+    labels = kwargs["class_labels"]
+    result = OrtRunner(bundle).generate(labels, seed=0)
+    rfcache.enable(pipe, profile)
+    reference = pipe(
+        **{**kwargs, "num_inference_steps": steps, "generator": torch.Generator().manual_seed(0)}, output_type="np"
+    ).images
+    assert result.pattern == rfcache.summary(pipe).pattern
+    assert np.abs(result.images - reference).max() < 1e-4
