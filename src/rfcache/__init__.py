@@ -10,6 +10,7 @@ import logging
 
 from rfcache.calibrate import calibrate
 from rfcache.errors import RfcacheError
+from rfcache.export import Bundle, BundleError, export, load_bundle
 from rfcache.models import UnsupportedModelError, get_adapter, supported_families
 from rfcache.pipelines import load_pipeline
 from rfcache.runtime import CacheConfig, CacheSummary, disable, enable, summary
@@ -18,6 +19,8 @@ from rfcache.schedules import Profile, ProfileError, load_profile
 __version__ = "0.1.0.dev0"
 
 __all__ = [
+    "Bundle",
+    "BundleError",
     "CacheConfig",
     "CacheSummary",
     "Profile",
@@ -28,7 +31,9 @@ __all__ = [
     "calibrate",
     "disable",
     "enable",
+    "export",
     "get_adapter",
+    "load_bundle",
     "load_pipeline",
     "load_profile",
     "summary",

@@ -229,11 +229,17 @@ def _onnx_export(module: torch.nn.Module, args: tuple, **kwargs: Any) -> Any:
     import warnings
 
     chatter = io.StringIO()
-    with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            module, args, opset_version=OPSET, dynamo=True, external_data=True, verbose=False, **kwargs
-        )
+    registration = logging.getLogger("torch.onnx._internal.exporter._registration")  # "torchvision missing"
+    level = registration.level
+    registration.setLevel(logging.ERROR)
+    try:
+        with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module, args, opset_version=OPSET, dynamo=True, external_data=True, verbose=False, **kwargs
+            )
+    finally:
+        registration.setLevel(level)
     logger.debug("%s", chatter.getvalue())
     return program
 

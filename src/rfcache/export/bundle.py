@@ -182,12 +182,60 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     for key, kind in _REQUIRED.items():
         if not isinstance(data.get(key), kind):
             raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
-    for name, graph in data["graphs"].items():
-        _graph_spec(graph, name)  # validates
-    schedule = data["schedule"]
-    if not isinstance(schedule.get("pattern"), str) or not isinstance(schedule.get("mask"), str):
-        raise BundleError(f"{path}: schedule.pattern and schedule.mask must be strings")
+    _validate(data, path)
     return data
+
+
+def _validate(data: dict[str, Any], path: Path) -> None:
+    """Everything a runner reads, checked once, so a bad manifest fails here with one line."""
+    graphs = data["graphs"]
+    for name in ("full", "cached"):
+        if name not in graphs:
+            raise BundleError(f"{path}: graphs.{name} missing")
+    for name, graph in graphs.items():
+        _graph_spec(graph, name)
+    for i, state in enumerate(data["state"]):
+        try:
+            spec = _tensor_spec(state)
+        except (KeyError, TypeError, ValueError, AttributeError) as exc:
+            raise BundleError(f"{path}: state[{i}] malformed ({_first_line(exc)})") from None
+        if spec.shape[:1] != ("batch",) or spec.dtype not in _DTYPES:
+            raise BundleError(f"{path}: state[{i}] must have a leading 'batch' axis and a float dtype")
+    predictor = data["predictor"]
+    if predictor.get("kind") not in ("reuse", "taylor", "relational") or predictor.get("order") not in (0, 1, 2):
+        raise BundleError(f"{path}: predictor must have kind reuse|taylor|relational and order 0, 1 or 2")
+    schedule = data["schedule"]
+    pattern, mask = schedule.get("pattern"), schedule.get("mask")
+    if not (isinstance(pattern, str) and isinstance(mask, str) and pattern and len(pattern) == len(mask)):
+        raise BundleError(f"{path}: schedule.pattern and schedule.mask must be strings of equal length")
+    if set(pattern) - {"C", "P"} or not pattern.startswith("C"):
+        raise BundleError(f"{path}: schedule.pattern must be C/P letters starting with C")
+    fraction = schedule.get("flops_fraction")
+    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
+        raise BundleError(f"{path}: schedule.flops_fraction must be a number in (0, 1]")
+    sampling = data["sampling"]
+    recipe = sampling.get("recipe")
+    if recipe == "class-conditional":
+        for key, kind in _CLASS_CONDITIONAL.items():
+            value = sampling.get(key)
+            if isinstance(value, bool) or not isinstance(value, kind):
+                raise BundleError(f"{path}: sampling.{key} missing or not {kind}")
+        if sampling["num_steps"] != len(pattern):
+            raise BundleError(f"{path}: sampling.num_steps {sampling['num_steps']} != {len(pattern)} schedule steps")
+    elif recipe != "transformer-only":
+        raise BundleError(f"{path}: sampling.recipe {recipe!r} is not class-conditional or transformer-only")
+
+
+_DTYPES = ("float32", "float16", "bfloat16")
+_CLASS_CONDITIONAL: dict[str, Any] = {
+    "null_class": int,
+    "num_classes": int,
+    "in_channels": int,
+    "sample_size": int,
+    "num_steps": int,
+    "guidance_scale": (int, float),
+    "scheduler": dict,
+}
 
 
 _REQUIRED: dict[str, type] = {
@@ -229,11 +277,13 @@ def _graph_spec(data: Any, name: str) -> GraphSpec:
             tuple(_tensor_spec(t) for t in data["inputs"]),
             tuple(_tensor_spec(t) for t in data["outputs"]),
         )
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise BundleError(f"{where}: malformed input/output list ({_first_line(exc)})") from None
 
 
 def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
+    if not isinstance(data, dict) or not isinstance(data.get("shape"), list):
+        raise TypeError("expected an object with name, shape (a list) and dtype")
     shape = tuple(data["shape"])
     if not isinstance(data["name"], str) or not isinstance(data["dtype"], str):
         raise TypeError("name and dtype must be strings")

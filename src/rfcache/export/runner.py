@@ -209,7 +209,11 @@ class OrtRunner(BundleRunner):
         providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
         self.sessions: dict[str, Any] = {}
         for name, spec in bundle.graphs.items():
-            session = ort.InferenceSession(str(bundle.file(spec.file)), options, providers=providers)
+            try:
+                session = ort.InferenceSession(str(bundle.file(spec.file)), options, providers=providers)
+            except Exception as exc:  # onnxruntime raises its own exception types
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                raise BundleError(f"{bundle.file(spec.file)}: ONNX Runtime cannot load it ({first})") from None
             found = [i.name for i in session.get_inputs()]
             if found != [t.name for t in spec.inputs]:
                 raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")

@@ -1,0 +1,150 @@
+"""Engine bundle speed: ONNX Runtime bundle vs PyTorch, full and cached, in one process.
+
+    python benchmarks/export.py                  # DiT hidden 384 x 12 layers, 50 DDIM steps, budget 0.4
+    python benchmarks/export.py --repeats 5 --threads 2
+
+The model is a random-weight DiT of the moderate size (hidden 384, 12 layers, 16x16x4 latent,
+64 tokens, CFG batch 2) in the embedded model's class-conditional pipeline. Speed does not depend
+on the weights, only on the pattern; the profile is the uniform-interval RFE (m=1) schedule with
+the most full steps whose measured FLOP fraction (predictor cost included) is within the budget.
+
+Four ways to run the same generation, interleaved after a warm-up, median of ``--repeats``:
+PyTorch full compute, PyTorch with the profile (rfcache.enable), the ONNX Runtime full-compute
+graph (a bundle of the all-compute schedule) and the ONNX Runtime bundle of the profile. Also
+reports export time and bundle size, and the max abs difference between the bundle's images and
+the PyTorch runtime's with the same profile.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from diffusers import DDIMScheduler, DiTTransformer2DModel
+
+import rfcache
+from rfcache.export import OrtRunner, export, load_bundle
+from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
+from rfcache.runtime.identity import model_identity
+from rfcache.runtime.policies import interval_for_nfc, interval_mask
+from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+
+STEPS = 50
+LABELS = [3]
+
+
+def moderate_pipeline() -> DigitsDiTPipeline:
+    torch.manual_seed(0)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=4, num_layers=12, sample_size=16
+    ).eval()
+    pipe = DigitsDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(**toy_scheduler_config()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
+
+
+def _profile(pipe, schedule: str, achieved: float, budget: float) -> Profile:
+    adapter = rfcache.get_adapter(pipe)
+    return Profile(
+        name=f"moderate-dit-b{budget}",
+        model=model_identity(pipe.transformer, adapter),
+        sampling=SamplingSetup("DDIMScheduler", STEPS, "cfg", (4, 16, 16)),
+        method=MethodSpec("relational", 1, "interval"),
+        schedule=schedule,
+        budget=Budget(budget, achieved),
+        provenance=Provenance("benchmark: uniform interval, not calibrated", 0, 0, "now"),
+    )
+
+
+def _torch(pipe, seed: int = 0) -> np.ndarray:
+    return pipe(class_labels=LABELS, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed)).images
+
+
+def profile_within(pipe, budget: float) -> Profile:
+    """The uniform RFE m=1 schedule with the most full steps whose measured FLOP fraction fits."""
+    for nfc in range(int(budget * STEPS), 2, -1):
+        interval, warmup, _ = interval_for_nfc(STEPS, nfc)
+        schedule = "".join("C" if c else "P" for c in interval_mask(STEPS, interval, warmup))
+        probe = _profile(pipe, schedule, 1.0, budget)
+        rfcache.enable(pipe, probe)
+        _torch(pipe)
+        fraction = rfcache.summary(pipe).flops_fraction
+        rfcache.disable(pipe)
+        if fraction <= budget:
+            return _profile(pipe, schedule, fraction, budget)
+    raise SystemExit(f"no uniform schedule fits budget {budget}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--budget", type=float, default=0.4)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(), help="torch and ORT threads")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    pipe = moderate_pipeline()
+    profile = profile_within(pipe, args.budget)
+    full_profile = _profile(pipe, "C" * STEPS, 1.0, 1.0)
+    with tempfile.TemporaryDirectory() as tmp:
+        started = time.perf_counter()
+        path = export(pipe, profile, Path(tmp) / "bundle")
+        export_seconds = time.perf_counter() - started
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        files = {f: (path / f).stat().st_size for f in load_bundle(path).manifest["files"]}
+        full_path = export(pipe, full_profile, Path(tmp) / "full")
+        ort_cached = OrtRunner(load_bundle(path), threads=args.threads)
+        ort_full = OrtRunner(load_bundle(full_path), threads=args.threads)
+
+        def torch_full() -> np.ndarray:
+            return _torch(pipe)
+
+        def torch_cached() -> np.ndarray:
+            rfcache.enable(pipe, profile)
+            try:
+                return _torch(pipe)
+            finally:
+                rfcache.disable(pipe)
+
+        runs = {
+            "pytorch full": torch_full,
+            "pytorch cached": torch_cached,
+            "ort full graph": lambda: ort_full.generate(LABELS, seed=0).images,
+            "ort bundle": lambda: ort_cached.generate(LABELS, seed=0).images,
+        }
+        outputs = {name: run() for name, run in runs.items()}  # warm-up, and the outputs compared below
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        for _ in range(args.repeats):
+            for name, run in runs.items():
+                t = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - t)
+
+    median = {name: statistics.median(ts) for name, ts in times.items()}
+    fraction = profile.budget.achieved
+    print(f"DiT hidden 384 x 12 layers, 16x16x4 latent, CFG batch 2, {STEPS} DDIM steps, CPU, {args.threads} threads")
+    print(f"profile: RFE m=1 uniform, NFC {profile.nfc}, FLOP fraction {fraction:.3f} (budget {args.budget})")
+    print(f"pattern: {profile.schedule}\n")
+    print(f"{'run':<16} {'seconds':>8} {'vs pytorch full':>16}")
+    for name, seconds in median.items():
+        print(f"{name:<16} {seconds:>8.3f} {median['pytorch full'] / seconds:>15.2f}x")
+    print()
+    print(f"ort bundle vs pytorch full      {median['pytorch full'] / median['ort bundle']:.2f}x  (goal >= 4)")
+    ideal = 1 / fraction
+    got = median["ort full graph"] / median["ort bundle"]
+    print(f"ort bundle vs ort full graph    {got:.2f}x  (goal >= {0.9 * ideal:.2f} = 0.9 x 1/flops_fraction)")
+    print(f"pytorch cached vs pytorch full  {median['pytorch full'] / median['pytorch cached']:.2f}x")
+    diff = float(np.abs(outputs["ort bundle"] - outputs["pytorch cached"]).max())
+    print(f"bundle vs pytorch cached        max abs difference {diff:.2e} (images in [0, 1])")
+    print(f"export                          {export_seconds:.1f} s, bundle {size / 1e6:.1f} MB")
+    for name, nbytes in sorted(files.items()):
+        print(f"  {name:<22} {nbytes / 1e6:>7.2f} MB")
+
+
+if __name__ == "__main__":
+    main()
