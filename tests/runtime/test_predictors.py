@@ -87,3 +87,16 @@ def test_ratio_is_zero_when_the_input_did_not_move():
 def test_relational_needs_two_full_steps():
     with pytest.raises(ValueError, match="two full steps"):
         relational_forecast([torch.zeros(1, 2)], 1, torch.ones(1), torch.zeros(1, 2), torch.zeros(1, 2))
+
+
+def test_gram_form_of_rfe_matches_the_direct_one():
+    from rfcache.runtime.predictors import difference_gram, gram_relational_forecast, taylor_coefficients
+
+    g = torch.Generator().manual_seed(0)
+    diffs = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
+    x, x_full = torch.randn(2, 5, 4, generator=g), torch.randn(2, 5, 4, generator=g)
+    ratio = torch.tensor([0.7, 1.3])
+    for k in (1, 2, 5):
+        direct = relational_forecast(diffs, k, ratio, x, x_full)
+        gram = gram_relational_forecast(diffs, taylor_coefficients(k, 3), difference_gram(diffs), ratio, x, x_full)
+        torch.testing.assert_close(gram, direct, rtol=1e-5, atol=1e-6)

@@ -14,8 +14,9 @@ mechanism), so the graphs hold exactly what the PyTorch runtime computes:
   model output. The units' weights are not in this graph.
 
 State tensors are named ``u{unit}.o{output}.d{i}`` (difference ``D_i``), ``u{unit}.in`` (input at
-the last full step) and ``u{unit}.o{output}.s`` (run-time ratio); their order is the units' call
-order.
+the last full step), ``u{unit}.o{output}.s`` (run-time ratio) and ``u{unit}.o{output}.g{i}{j}``
+(per-sample ``<D_i, D_j>``, so a cached step needs no pass to get the norm of the change term;
+predictors.gram_relational_forecast); their order is the units' call order.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ import torch
 
 from rfcache.models import BlockAdapter, CacheUnit, Granularity
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
-from rfcache.runtime.predictors import relation_ratio, rescaled_forecast, update_differences, weighted_sum
+from rfcache.runtime.predictors import (
+    difference_gram,
+    gram_relational_forecast,
+    relation_ratio,
+    update_differences,
+    weighted_sum,
+)
 
 __all__ = ["MODEL_OUTPUT", "PredictorSpec", "StateTensor", "StepGraphs"]
 
@@ -110,7 +117,7 @@ class StepGraphs:
     def _is_full_input(self, name: str) -> bool:
         if name.endswith(".in"):
             return self.spec.runtime_ratio  # read only to refresh the run-time ratio
-        if name.endswith(".s"):
+        if name.endswith(".s") or ".g" in name:
             return False
         return int(name.rsplit(".d", 1)[1]) < self.spec.keep
 
@@ -141,8 +148,12 @@ class StepGraphs:
         u, spec = unit.index, self.spec
         for j, o in enumerate(tensors):
             prev = [ctx.state_in.get(f"u{u}.o{j}.d{i}", torch.zeros_like(o)) for i in range(spec.keep)]
-            for i, d in enumerate(update_differences(prev, o, ctx.distance, spec.keep)):
+            differences = update_differences(prev, o, ctx.distance, spec.keep)
+            for i, d in enumerate(differences):
                 ctx.out(f"u{u}.o{j}.d{i}", d)
+            if spec.predictor == "relational":
+                for (a, b), g in difference_gram(differences).items():
+                    ctx.out(f"u{u}.o{j}.g{a}{b}", g)
             if spec.runtime_ratio:
                 before = ctx.state_in.get(f"u{u}.in", torch.zeros_like(x))
                 ctx.out(f"u{u}.o{j}.s", relation_ratio(o, prev[0], x, before))
@@ -163,12 +174,16 @@ class StepGraphs:
                 preds.append(weighted_sum(diffs, ctx.coeffs))
             else:
                 x = self.adapter.unit_input(self.model, unit, args, kwargs)
-                direction = weighted_sum(diffs, ctx.coeffs, start=1)
                 if spec.ratios is not None:
                     ratio = torch.full((x.shape[0],), spec.ratios[u], dtype=torch.float32, device=x.device)
                 else:
                     ratio = ctx.state_in[f"u{u}.o{j}.s"]
-                preds.append(rescaled_forecast(diffs[0], direction, ratio, x, ctx.state_in[f"u{u}.in"]))
+                gram = {
+                    (a, b): ctx.state_in[f"u{u}.o{j}.g{a}{b}"]
+                    for a in range(1, spec.keep + 1)
+                    for b in range(a, spec.keep + 1)
+                }
+                preds.append(gram_relational_forecast(diffs, ctx.coeffs, gram, ratio, x, ctx.state_in[f"u{u}.in"]))
         return _unflatten(preds, layout)
 
 
