@@ -135,9 +135,10 @@ def test_another_step_count_or_shape_is_refused(tiny_bundle):
     with pytest.raises(BundleError, match="guidance"):
         runner.generate(LABELS, guidance_scale=1.0)
     steps = runner.steps(2)
-    bad = {"hidden_states": np.zeros((3, 1, 8, 8), np.float32)}
-    with pytest.raises(BundleError, match="batch"):
-        steps(bad)
+    with pytest.raises(BundleError, match=r"shape \(3, 1, 8, 8\); this bundle runs \(2, 1, 8, 8\)"):
+        steps({"hidden_states": np.zeros((3, 1, 8, 8), np.float32)})
+    with pytest.raises(BundleError, match=r"shape \(2, 1, 16, 16\)"):
+        steps({"hidden_states": np.zeros((2, 1, 16, 16), np.float32)})
     inputs = {
         "hidden_states": np.zeros((2, 1, 8, 8), np.float32),
         "timestep": np.zeros(2, np.int64),

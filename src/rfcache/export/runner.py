@@ -143,7 +143,7 @@ class StepRunner:
     def __init__(self, runner: BundleRunner, batch: int) -> None:
         self.runner, self.batch = runner, batch
         full = runner.bundle.graphs["full"]
-        self._batched = {t.name for t in full.inputs if t.shape[:1] == ("batch",)}
+        self._shapes = {t.name: t.shape for t in full.inputs}
         self.step = 0
         self.last_full = -1
         self.executed = ""
@@ -156,8 +156,12 @@ class StepRunner:
                 f"{self.runner.bundle.path}: bundle is for {len(pattern)} steps; step {self.step + 1} was asked for"
             )
         for name, value in inputs.items():
-            if name in self._batched and value.shape[:1] != (self.batch,):
-                raise BundleError(f"input {name!r} has batch {value.shape[:1]}, this generation runs {self.batch}")
+            expected = self._shapes.get(name)
+            if expected is None:
+                raise BundleError(f"input {name!r} is not an input of this bundle's graphs")
+            wanted = tuple(self.batch if d == "batch" else d for d in expected)
+            if tuple(value.shape) != wanted:
+                raise BundleError(f"input {name!r} has shape {tuple(value.shape)}; this bundle runs {wanted}")
         coeffs = self.runner.coefficients[self.step]
         if coeffs is None:
             out = self._full_step(inputs)
