@@ -219,7 +219,8 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         for key, kind in _CLASS_CONDITIONAL.items():
             value = sampling.get(key)
             if isinstance(value, bool) or not isinstance(value, kind):
-                raise BundleError(f"{path}: sampling.{key} missing or not {kind}")
+                expected = "a number" if isinstance(kind, tuple) else f"a {kind.__name__}"
+                raise BundleError(f"{path}: sampling.{key} missing or not {expected}")
         if sampling["num_steps"] != len(pattern):
             raise BundleError(f"{path}: sampling.num_steps {sampling['num_steps']} != {len(pattern)} schedule steps")
     elif recipe != "transformer-only":
