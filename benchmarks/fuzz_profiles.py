@@ -83,7 +83,7 @@ def _tags(sentinel: Path) -> list[str]:
         "!!str [1, 2]",
         "!custom 1",
         "&anchor [*anchor]",
-        "[" * 3000 + "]" * 3000,
+        "[" * 1500 + "]" * 1500,
     ]
 
 
