@@ -66,6 +66,10 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
     if shard is not None and cfg.trace_dir is None:
         raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
+    if shard is not None and cfg.record_batch < 1:
+        raise RfcacheError(f"--record-batch must be >= 1, got {cfg.record_batch}")
+    # merged traces are checked before the storage is opened (which may create a database file)
+    trace = load_shards(cfg.trace_dir) if shard is None and cfg.trace_dir is not None else None
     if shard is None and cfg.storage is None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or f"sqlite:///{cfg.out.with_suffix('.optuna.db')}"
@@ -98,7 +102,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         storage=storage,
         study_name=cfg.study,
         name=cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name,
-        trace=load_shards(cfg.trace_dir) if cfg.trace_dir is not None else None,
+        trace=trace,
         **inputs,
     )
     path = result.profile.save(cfg.out)
