@@ -12,7 +12,7 @@ import rfcache
 from rfcache.calibrate.storage import StorageError, open_storage
 from tests.calibrate.conftest import TINY_RUN, calibrate_command, study_trials, worker_env
 
-TRIALS = 6
+TRIALS = 10  # enough that a worker starting a few seconds late still gets trials
 
 
 def _storage(kind: str, tmp_path, request) -> str:
