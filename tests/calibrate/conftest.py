@@ -120,7 +120,7 @@ def postgres_url() -> Iterator[str]:
             ],
         ]
         for command in steps:
-            done = subprocess.run(command, capture_output=True, text=True, timeout=120)
+            done = subprocess.run(command, capture_output=True, text=True, timeout=120, cwd=home)  # a cwd it may read
             if done.returncode != 0:
                 log = (home / "server.log").read_text() if (home / "server.log").exists() else ""
                 lines = (done.stderr + log).strip().splitlines() or ["no output"]
@@ -129,5 +129,6 @@ def postgres_url() -> Iterator[str]:
         yield f"postgresql+psycopg://rfcache@/postgres?host={home}"
     finally:
         if started:
-            subprocess.run([*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"], capture_output=True)
+            stop = [*prefix, str(pg_ctl), "-D", str(data), "-m", "immediate", "stop"]
+            subprocess.run(stop, capture_output=True, cwd=home)
         shutil.rmtree(home, ignore_errors=True)
