@@ -31,7 +31,12 @@ def run(storage: str, study: str, workers: int, args: argparse.Namespace, out: P
     command += ["--heldout", str(args.heldout), "--budget", str(args.budget), "--no-json"]
     start = time.perf_counter()
     procs = [
-        subprocess.Popen([*command, "--out", str(out / f"{study}-{i}.yaml")], env=env, stderr=subprocess.DEVNULL)
+        subprocess.Popen(
+            [*command, "--out", str(out / f"{study}-{i}.yaml")],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
         for i in range(workers)
     ]
     for proc in procs:
