@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import subprocess
+import threading
 from collections import Counter
 
 import optuna
@@ -66,3 +67,37 @@ def test_bad_storages_are_one_line_errors(tmp_path):
     with pytest.raises(StorageError, match=r"user:\*\*\*@") as info:
         open_storage("postgresql+psycopg://user:secret@127.0.0.1:1/db")  # nothing listens on port 1
     assert "secret" not in str(info.value) and "\n" not in str(info.value)
+
+
+def _fresh_database(url: str, name: str) -> str:
+    """A new, empty database on the server ``url`` points at; its URL."""
+    import psycopg
+    from sqlalchemy.engine import make_url
+
+    u = make_url(url)
+    where = {"host": u.query.get("host") or u.host, "port": u.port, "user": u.username, "password": u.password}
+    with psycopg.connect(dbname=u.database or "postgres", autocommit=True, **where) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}"')
+        conn.execute(f'CREATE DATABASE "{name}"')
+    return u.set(database=name).render_as_string(hide_password=False)
+
+
+def test_workers_starting_together_on_a_fresh_database_all_open_it(postgres_url):
+    """Each worker creates Optuna's tables if missing; on a fresh database they race, all must win."""
+    url = _fresh_database(postgres_url, "race")
+    barrier = threading.Barrier(6, timeout=60)
+    errors: list[str] = []
+
+    def worker() -> None:
+        barrier.wait()  # all at once, each on its own connection
+        try:
+            optuna.create_study(study_name="race", storage=open_storage(url), load_if_exists=True)
+        except Exception as exc:
+            errors.append(f"{type(exc).__name__}: {exc}")
+
+    threads = [threading.Thread(target=worker) for _ in range(6)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors, errors[0]

@@ -13,7 +13,9 @@
 from __future__ import annotations
 
 import os
+import random
 import socket
+import time
 import warnings
 from pathlib import Path
 
@@ -44,21 +46,39 @@ def open_storage(
             path = Path(url).expanduser()
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
-        engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
-        with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them knowingly
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            return optuna.storages.RDBStorage(
-                url,
-                engine_kwargs=engine_kwargs,
-                heartbeat_interval=heartbeat_interval,
-                grace_period=grace_period,
-                **_retry_callback(max_retry),
-            )
+        return _open_rdb(url, heartbeat_interval, grace_period, max_retry)
     except Exception as exc:  # any driver or URL error: one line, password hidden
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, ImportError) and url.startswith("postgresql"):
             first = "no PostgreSQL driver: pip install 'psycopg[binary]'"
         raise StorageError(f"storage {_safe(url)}: cannot open ({first})") from exc
+
+
+def _open_rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> optuna.storages.RDBStorage:
+    """``RDBStorage``, retried a few times: workers starting together on a fresh database race to
+    create Optuna's tables, and all but one see a duplicate-key or duplicate-table error once."""
+    import sqlalchemy.exc
+
+    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    for attempt in range(_CREATE_ATTEMPTS):
+        try:
+            with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them knowingly
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                return optuna.storages.RDBStorage(
+                    url,
+                    engine_kwargs=engine_kwargs,
+                    heartbeat_interval=heartbeat_interval,
+                    grace_period=grace_period,
+                    **_retry_callback(max_retry),
+                )
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
+            if attempt == _CREATE_ATTEMPTS - 1:
+                raise
+            time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
+    raise AssertionError("unreachable")
+
+
+_CREATE_ATTEMPTS = 5
 
 
 def worker_name() -> str:
