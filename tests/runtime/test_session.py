@@ -195,29 +195,3 @@ def test_interval_for_nfc_matches_exactly_where_possible():
         interval, warmup, n = interval_for_nfc(50, nfc)
         assert n == nfc == sum(interval_mask(50, interval, warmup))
     assert interval_for_nfc(50, 14)[:2] == (4, 2)  # TaylorSeer's own setting
-
-
-def test_two_pipelines_in_two_threads_keep_their_own_state():
-    import threading
-
-    from tests.conftest import make_tiny_digits_pipeline
-
-    pipes = [make_tiny_digits_pipeline(seed=0), make_tiny_digits_pipeline(seed=1)]
-    expected = []
-    for pipe in pipes:
-        rfcache.enable(pipe, method="rfc", tau=0.2)
-        expected.append((generate(pipe, steps=STEPS, labels=(2,)), rfcache.summary(pipe)))
-    results: dict[int, list] = {0: [], 1: []}
-
-    def work(i):
-        for _ in range(3):
-            results[i].append((generate(pipes[i], steps=STEPS, labels=(2,)), rfcache.summary(pipes[i])))
-
-    threads = [threading.Thread(target=work, args=(i,)) for i in (0, 1)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    for i in (0, 1):
-        for out, summary in results[i]:
-            assert torch.equal(out, expected[i][0]) and summary == expected[i][1]

@@ -6,6 +6,7 @@ import contextlib
 import datetime as _dt
 import hashlib
 import logging
+import re
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -200,39 +201,57 @@ def record_shard(
     prompts: list[str] | None = None,
     samples: int = 8,
     seed: int = 0,
+    group_size: int = 4,
 ) -> Path:
     """Record shard ``shard`` of ``num_shards`` of the calibration inputs into ``out_dir``.
 
     Shards split the same inputs :func:`calibrate` uses (every ``num_shards``-th one), so several
-    processes or machines can record in parallel; each writes ``trace-{i}-of-{n}.npz`` atomically
-    and a complete shard is never recorded again, so an interrupted recording resumes.
+    processes or machines can record in parallel. A shard is recorded ``group_size`` inputs per
+    pipeline call and each finished group is written at once (``trace-{i}-of-{n}.part-{g}-of-{G}.npz``,
+    atomically), so a recording killed part-way resumes at the first group not yet written; the
+    complete shard is ``trace-{i}-of-{n}.npz`` and is never recorded again. A group's noise is
+    seeded by its first input's index, so a resumed shard equals an uninterrupted one.
     """
     if not 0 <= shard < num_shards:
         raise RfcacheError(f"shard must be i/n with 0 <= i < n, got {shard}/{num_shards}")
+    if group_size < 1:
+        raise RfcacheError(f"group_size must be >= 1, got {group_size}")
     out_dir = Path(out_dir)
     path = out_dir / f"trace-{shard}-of-{num_shards}.npz"
     if path.exists():
         logger.info("%s is complete; not recorded again", path)
         return path
     key, values = next(iter(_inputs(pipe, prompts, samples, offset=0).items()))
-    part = values[shard::num_shards]
-    if not part:
+    indices = list(range(len(values)))[shard::num_shards]
+    if not indices:
         raise RfcacheError(f"shard {shard}/{num_shards} has no inputs: use at most {samples} shards")
+    groups = [indices[g : g + group_size] for g in range(0, len(indices), group_size)]
     common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
-    with _progress(pipe, True, f"recording shard {shard}/{num_shards}"):
-        trace, _ = record_trace(pipe, {key: part, **common, "generator": _gen(seed + shard)})
     out_dir.mkdir(parents=True, exist_ok=True)
-    trace.save(path)
+    parts = [out_dir / f"{path.stem}.part-{g}-of-{len(groups)}.npz" for g in range(len(groups))]
+    recorded = sum(part.exists() for part in parts)
+    if recorded:
+        logger.info("resuming %s: %d of %d groups already recorded", path.name, recorded, len(parts))
+    for g, (group, part) in enumerate(zip(groups, parts, strict=True)):
+        if part.exists():
+            continue
+        call = {key: [values[i] for i in group], **common, "generator": _gen(seed + group[0])}
+        with _progress(pipe, True, f"recording shard {shard}/{num_shards}, group {g + 1}/{len(groups)}"):
+            trace, _ = record_trace(pipe, call)
+        trace.save(part)
+    Trace.merge([Trace.load(part) for part in parts]).save(path)
+    for stale in out_dir.glob(f"{path.stem}.part-*.npz"):
+        stale.unlink()
     return path
 
 
 def load_shards(trace_dir: str | Path) -> Trace:
     """Merge the complete set of ``trace-*-of-n.npz`` shards in ``trace_dir``; an error names the missing."""
     trace_dir = Path(trace_dir)
-    paths = sorted(trace_dir.glob("trace-*-of-*.npz"))
-    if not paths:
+    found = [m for p in sorted(trace_dir.glob("trace-*-of-*.npz")) if (m := _SHARD_NAME.fullmatch(p.name))]
+    if not found:
         raise RfcacheError(f"{trace_dir}: no trace shards (record them with --shard i/n)")
-    counts = {p.stem.rsplit("-of-", 1)[1] for p in paths}
+    counts = {m.group(2) for m in found}
     if len(counts) != 1:
         raise RfcacheError(f"{trace_dir}: shards of different splits ({', '.join(sorted(counts))} shards) are mixed")
     n = int(counts.pop())
@@ -243,6 +262,9 @@ def load_shards(trace_dir: str | Path) -> Trace:
         return Trace.merge([Trace.load(trace_dir / f"trace-{i}-of-{n}.npz") for i in range(n)])
     except (OSError, ValueError, KeyError) as exc:
         raise RfcacheError(f"{trace_dir}: cannot merge trace shards ({exc})") from exc
+
+
+_SHARD_NAME = re.compile(r"trace-(\d+)-of-(\d+)\.npz")  # complete shards, not parts or temporary files
 
 
 @contextlib.contextmanager

@@ -14,12 +14,18 @@ full-compute output as the objective and ``flops_fraction - budget`` as the cons
 
 Predictors searched: ``relational`` (RFE, run-time or calibrated ratio) and ``taylor``. The study
 is seeded with the uniform schedules that fit the budget (``enqueue_trial``).
+
+Several workers may share one study (storage.py): each stops when the study as a whole has
+``trials`` complete trials, records its ``host:pid`` on the trials it runs, and samples with its
+own seed (the worker that created the study uses ``seed`` itself, so a single worker is
+reproducible).
 """
 
 from __future__ import annotations
 
 import logging
 import math
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +33,7 @@ from typing import Any
 import numpy as np
 import optuna
 
+from rfcache.calibrate.storage import open_storage, worker_name
 from rfcache.errors import RfcacheError
 from rfcache.runtime.policies import interval_mask
 
@@ -104,22 +111,26 @@ def search_schedules(
     budget: float,
     num_steps: int,
     trials: int,
-    storage: str | None,
+    storage: str | optuna.storages.BaseStorage | None,
     study_name: str,
     seed: int = 0,
     identity: dict[str, str] | None = None,
     progress: bool = True,
 ) -> tuple[optuna.Study, list[Candidate]]:
-    """Run (or resume) the study; returns it and the feasible candidates, best first."""
-    sampler = optuna.samplers.TPESampler(seed=seed)
+    """Run (or resume, or join) the study; returns it and the feasible candidates, best first."""
+    worker = worker_name()
     study = optuna.create_study(
-        study_name=study_name, storage=storage, sampler=sampler, direction="minimize", load_if_exists=True
+        study_name=study_name,
+        storage=open_storage(storage) if isinstance(storage, str) else storage,
+        direction="minimize",
+        load_if_exists=True,
     )
     _check_identity(study, identity or {})
     done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not study.trials:
         for params in uniform_seeds(num_steps, budget):
-            study.enqueue_trial(params)
+            study.enqueue_trial(params, user_attrs={"enqueued_by": worker}, skip_if_exists=True)
+    study.sampler = optuna.samplers.TPESampler(seed=_worker_seed(study, seed, worker))
     remaining = max(0, trials - len(done))
 
     def objective(trial: optuna.Trial) -> float:
@@ -141,6 +152,7 @@ def search_schedules(
         else:
             params["tau"] = trial.suggest_float("tau", 1e-3, 4.0, log=True)
             params["max_cached"] = trial.suggest_int("max_cached", 1, 12)
+        trial.set_user_attr("worker", worker)
         pattern, fraction, error = evaluate(params)
         trial.set_user_attr("pattern", pattern)
         trial.set_user_attr("flops_fraction", fraction)
@@ -148,7 +160,10 @@ def search_schedules(
         return error if math.isfinite(error) else 1e9
 
     if remaining:
-        study.optimize(objective, n_trials=remaining, show_progress_bar=progress, gc_after_trial=False)
+        stop = optuna.study.MaxTrialsCallback(trials, states=(optuna.trial.TrialState.COMPLETE,))
+        study.optimize(
+            objective, n_trials=remaining, callbacks=[stop], show_progress_bar=progress, gc_after_trial=False
+        )
     candidates = [
         Candidate(
             params=dict(t.params),
@@ -162,6 +177,17 @@ def search_schedules(
     ]
     candidates.sort(key=lambda c: c.error)
     return study, candidates
+
+
+def _worker_seed(study: optuna.Study, seed: int, worker: str) -> int:
+    """``seed`` for the worker that seeded the study; a distinct one for every other worker.
+
+    Workers sharing a seed would draw the same random start-up trials and duplicate each other.
+    """
+    first = min(study.trials, key=lambda t: t.number, default=None)
+    if first is not None and first.user_attrs.get("enqueued_by") == worker:
+        return seed
+    return (seed + zlib.crc32(f"{worker}:{len(study.trials)}".encode())) % 2**32
 
 
 def _check_identity(study: optuna.Study, identity: dict[str, str]) -> None:

@@ -23,7 +23,9 @@ EXAMPLES = """examples:
   rfc-calibrate --shard 0/2 --trace-dir traces/   # and --shard 1/2 elsewhere
   rfc-calibrate --trace-dir traces/ --budget 0.4
   # several workers sharing one study (run the same command on each machine):
-  rfc-calibrate --storage postgresql://user@db/rfcache --study pixart-b0.4 --trials 200
+  rfc-calibrate --storage postgresql+psycopg://user@db/rfcache --study pixart-b0.4 --trials 200
+  # several workers on one machine, no database server (a journal file):
+  rfc-calibrate --storage study.journal --study toy-b0.4 --trials 48 --out worker1.yaml
 """
 
 
@@ -34,7 +36,9 @@ class CalibrateConfig:
     steps: int = option(50, "number of inference steps the profile is for")
     prompts: Path | None = option(None, "text file, one prompt per line (text-conditioned models)")
     trials: int = option(24, "Optuna trials (a resumed study counts its finished ones)")
-    storage: str | None = option(None, "Optuna storage URL (default: sqlite file beside --out)")
+    storage: str | None = option(
+        None, "Optuna storage: a database URL, or a journal file path (default: sqlite file beside --out)"
+    )
     study: str | None = option(None, "Optuna study name (default: derived from model, steps, budget)")
     out: Path = option(Path("profile.yaml"), "profile to write")
     samples: int = option(8, "calibration inputs (class labels or prompts)")
@@ -44,6 +48,9 @@ class CalibrateConfig:
     seed: int = option(0, "seed of noise and sampler")
     shard: str | None = option(None, "record only shard i/n of the calibration inputs into --trace-dir, then stop")
     trace_dir: Path | None = option(None, "folder of trace shards: written with --shard, merged without it")
+    record_batch: int = option(
+        4, "inputs per pipeline call while recording a shard; each finished group is saved, so a killed run resumes"
+    )
     json: bool = option(False, "print one JSON object as the last line")
 
 
@@ -59,6 +66,10 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
     if shard is not None and cfg.trace_dir is None:
         raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
+    if shard is not None and cfg.record_batch < 1:
+        raise RfcacheError(f"--record-batch must be >= 1, got {cfg.record_batch}")
+    # merged traces are checked before the storage is opened (which may create a database file)
+    trace = load_shards(cfg.trace_dir) if shard is None and cfg.trace_dir is not None else None
     if shard is None and cfg.storage is None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
     storage = cfg.storage or f"sqlite:///{cfg.out.with_suffix('.optuna.db')}"
@@ -79,7 +90,9 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         "seed": cfg.seed,
     }
     if shard is not None:
-        path = record_shard(pipe, shard=shard[0], num_shards=shard[1], out_dir=cfg.trace_dir, **inputs)
+        path = record_shard(
+            pipe, shard=shard[0], num_shards=shard[1], out_dir=cfg.trace_dir, group_size=cfg.record_batch, **inputs
+        )
         return {"trace": str(path), "json": cfg.json}
     result = calibrate(
         pipe,
@@ -89,7 +102,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         storage=storage,
         study_name=cfg.study,
         name=cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name,
-        trace=load_shards(cfg.trace_dir) if cfg.trace_dir is not None else None,
+        trace=trace,
         **inputs,
     )
     path = result.profile.save(cfg.out)
@@ -155,15 +168,12 @@ def _read_prompts(path: Path) -> list[str]:
 
 
 def _check_storage(url: str) -> None:
-    import optuna
-
-    from rfcache.errors import RfcacheError
+    from rfcache.calibrate.storage import StorageError, open_storage
 
     try:
-        optuna.storages.get_storage(url)
-    except Exception as exc:  # any driver error: report it on one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RfcacheError(f"--storage {url}: cannot open ({first})") from exc
+        open_storage(url)
+    except StorageError as exc:
+        raise StorageError(f"--{exc}") from exc.__cause__
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

@@ -9,6 +9,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, get_adapter, get_transformer
+from rfcache.models.hooks import has_unit_hooks
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.session import CacheSession, CacheSummary
@@ -26,7 +27,9 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     with its predictor and coefficients; one made for another model, scheduler, step count or
     input resolution is refused. The pipeline call itself is unchanged. Parameters
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
-    ``check_finite``) are those of :class:`CacheConfig`.
+    ``check_finite``, ``max_cache_bytes``) are those of :class:`CacheConfig`. Enabling twice on one
+    model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
+    a profile enabled part-way through a generation.
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
@@ -38,6 +41,8 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     adapter = get_adapter(model)
     if getattr(model, _SESSION_ATTR, None) is not None:
         raise RfcacheError(f"caching is already enabled on this {type(model).__name__}; call rfcache.disable first")
+    if has_unit_hooks(model):
+        raise RfcacheError(f"this {type(model).__name__} is hooked by another rfcache feature (a trace recording?)")
     names = {f.name for f in dataclasses.fields(CacheConfig)} - {"method"}
     unknown = sorted(set(params) - names)
     if unknown:
@@ -51,6 +56,15 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
         config = profile_config(model, adapter, profile, scheduler, **params)
     session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler)
     session.attach()
+    if config.max_cache_bytes is not None:  # the smallest generation the model can run must fit
+        try:
+            param = next(model.parameters(), None)
+            where = {"device": param.device, "dtype": param.dtype} if param is not None else {}
+            example = adapter.example_inputs(model, batch=1, **where)
+            session.check_memory((), example, branches=1, context="one sample at the model's configured size")
+        except BaseException:
+            session.detach()
+            raise
     setattr(model, _SESSION_ATTR, session)
     return session
 

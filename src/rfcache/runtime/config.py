@@ -42,7 +42,10 @@ class CacheConfig:
         granularity: ``"module"`` (attention and feed-forward separately) or ``"block"``.
         mask: per-step compute mask (True = full) for ``static``.
         ratios: calibrated relation ratio ``s`` per unit index, replacing the run-time ratio.
-        check_finite: recompute a unit whose prediction holds NaN or inf.
+        check_finite: recompute a unit whose prediction holds NaN or inf (counted in the summary).
+        max_cache_bytes: refuse to cache when the cached tensors would exceed this many bytes
+            (estimated at enable time for one sample at the model's configured size, then for each
+            generation's real batch before it starts; memory.py says what is counted).
     """
 
     method: str = "rfc"
@@ -56,6 +59,7 @@ class CacheConfig:
     ratios: tuple[float, ...] | None = None
     predictor: str = field(default="")
     check_finite: bool = True
+    max_cache_bytes: int | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -78,6 +82,8 @@ class CacheConfig:
             raise RfcacheError(f"max_cached must be >= 0 or None; got {self.max_cached}")
         if self.granularity not in ("module", "block"):
             raise RfcacheError(f"granularity must be 'module' or 'block'; got {self.granularity!r}")
+        if self.max_cache_bytes is not None and not self.max_cache_bytes > 0:
+            raise RfcacheError(f"max_cache_bytes must be a positive number of bytes; got {self.max_cache_bytes}")
         if self.policy == "static" and not self.mask:
             raise RfcacheError("method 'static' needs a mask (from a profile)")
 

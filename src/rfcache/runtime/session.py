@@ -12,6 +12,13 @@ At the first unit call of each step and branch the policy decides, from the firs
 where it needs it, whether the step is full (every unit computed, cache refreshed) or cached
 (every unit predicted). The block skeleton always runs. A non-finite prediction is replaced by
 a real computation of that unit and counted.
+
+Guards: with ``max_cache_bytes`` set, each generation's cache size is estimated at its first
+transformer call (and again when a sequential-CFG branch appears) from a shape-only forward of
+that call (memory.py) and the generation is refused before anything is cached if the estimate is
+over the limit. A fixed schedule (a profile's mask) must start at the scheduler's first step: a
+session that first sees a generation part-way through (enabled, or re-enabled with another
+profile, mid-generation) refuses to run rather than apply the schedule to the wrong steps.
 """
 
 from __future__ import annotations
@@ -27,6 +34,14 @@ from rfcache.models import BlockAdapter, CacheUnit, StepShape
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import input_resolution
+from rfcache.runtime.memory import (
+    CacheMemoryError,
+    UnitFootprint,
+    estimate_cache_bytes,
+    format_bytes,
+    shape_only_forward,
+    tensor_shapes,
+)
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
 from rfcache.runtime.predictors import (
     estimate_predictor_flops,
@@ -123,6 +138,8 @@ class CacheSession:
         self._pre_hook: Any = None
         self._policy_template = self._make_policy()
         self._flop_cache: dict[tuple, int] = {}
+        self._probe: list[UnitFootprint] | None = None  # set while a shape-only forward runs
+        self._bytes_cache: dict[str, int] = {}
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -152,6 +169,8 @@ class CacheSession:
     # -- step identification ----------------------------------------------------------------------
 
     def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        if self._probe is not None:
+            return
         inputs = dict(kwargs)
         if args:
             inputs.setdefault("hidden_states", args[0])
@@ -165,20 +184,49 @@ class CacheSession:
         if self._timestep is None or t > self._timestep:
             self.reset()
             self._step, self._branch_index = 0, 0
+            if self.config.policy == "static":
+                self._check_generation_start(t)
             if self.profile is not None:
                 self._check_profile(inputs)
         elif t == self._timestep:
             self._branch_index += 1
         else:
             self._step, self._branch_index = self._step + 1, 0
+        shape = self.adapter.step_shape(self.model, inputs)
+        if len(self._branches) <= self._branch_index and self.config.max_cache_bytes is not None:
+            n = self._branch_index + 1
+            try:
+                self.check_memory(args, kwargs, branches=n, context=f"batch {shape.batch}, {n} CFG branch(es)")
+            except CacheMemoryError:
+                self.reset()  # the generation is abandoned; the next call starts a new one
+                raise
         self._timestep = t
         while len(self._branches) <= self._branch_index:
             self._branches.append(_Branch(policy=self._policy_template.new_state()))
-        shape = self.adapter.step_shape(self.model, inputs)
         self._shape = shape
         self._shape_key = (shape.batch, shape.image_tokens, shape.text_tokens, tuple(sorted(shape.extra.items())))
         self._counters.calls += 1
         self._counters.skeleton += self._cached_flops(("skeleton", self._shape_key), None)
+
+    def _check_generation_start(self, t: float) -> None:
+        """Refuse a fixed schedule whose first call is not the scheduler's first step (it would be misaligned)."""
+        sched = self.scheduler
+        if sched is None:
+            return
+        timesteps = getattr(sched, "timesteps", None)
+        total = len(timesteps) if timesteps is not None else "?"
+        if hasattr(sched, "step_index"):  # schedulers that count their steps: None until the first step
+            done = sched.step_index
+        elif timesteps is not None:  # the others are called with their own timestep values
+            values = [float(v) for v in torch.as_tensor(timesteps).flatten()]
+            done = values.index(t) if t in values else None
+        else:
+            return
+        if done:
+            raise RfcacheError(
+                f"caching with a fixed schedule began in the middle of a generation (at step {done + 1} of "
+                f"{total}); enable a profile, or switch to another one, between pipeline calls"
+            )
 
     def _check_profile(self, inputs: dict[str, Any]) -> None:
         assert self.profile is not None
@@ -191,6 +239,12 @@ class CacheSession:
     # -- the unit wrapper -------------------------------------------------------------------------
 
     def _call_unit(self, unit: CacheUnit, original: Any, args: tuple, kwargs: dict) -> Any:
+        if self._probe is not None:  # a shape-only forward: note the unit's tensor sizes
+            out = original(*args, **kwargs)
+            x = self.adapter.unit_input(self.model, unit, args, kwargs)
+            tensors, _, _ = _flatten(out)
+            self._probe.append(UnitFootprint(_nbytes(x), sum(_nbytes(o) for o in tensors)))
+            return out
         if self._step < 0:  # called outside a transformer forward (e.g. a block run on its own)
             return original(*args, **kwargs)
         branch = self._branches[self._branch_index]
@@ -269,6 +323,39 @@ class CacheSession:
             return torch.full((state.differences[position][0].shape[0],), float(calibrated[unit.index]))
         return state.ratios[position]
 
+    # -- memory ---------------------------------------------------------------------------------
+
+    def cache_bytes(self, args: tuple, kwargs: dict) -> int:
+        """Estimated bytes the cache holds per CFG branch for transformer calls with these arguments."""
+        key = tensor_shapes((args, kwargs))
+        if key not in self._bytes_cache:
+            self._probe = []
+            try:
+                shape_only_forward(self.model, args, kwargs)
+            except Exception as exc:  # an op fake tensors do not support: say so, on one line
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                raise CacheMemoryError(
+                    f"cannot estimate the cache size of {type(self.model).__name__} (shape-only forward failed: "
+                    f"{first}); unset max_cache_bytes"
+                ) from exc
+            finally:
+                footprints, self._probe = self._probe, None
+            c = self.config
+            estimate = estimate_cache_bytes(footprints, predictor=c.predictor, order=c.order, policy=c.policy)
+            self._bytes_cache[key] = estimate
+        return self._bytes_cache[key]
+
+    def check_memory(self, args: tuple, kwargs: dict, *, branches: int, context: str) -> int:
+        """The estimate for ``branches`` CFG branches; a :class:`CacheMemoryError` if over ``max_cache_bytes``."""
+        total = self.cache_bytes(args, kwargs) * branches
+        limit = self.config.max_cache_bytes
+        if limit is not None and total > limit:
+            raise CacheMemoryError(
+                f"caching {type(self.model).__name__} would hold about {format_bytes(total)} of tensors "
+                f"({len(self.units)} units, {context}), over max_cache_bytes={limit} ({format_bytes(limit)})"
+            )
+        return total
+
     # -- accounting -------------------------------------------------------------------------------
 
     def _cached_flops(self, key: tuple, unit: CacheUnit | None) -> int:
@@ -315,6 +402,10 @@ class CacheSession:
             nonfinite_fallbacks=c.fallbacks,
             num_calls=c.calls,
         )
+
+
+def _nbytes(t: torch.Tensor) -> int:
+    return t.numel() * t.element_size()
 
 
 def _flatten(out: Any) -> tuple[list[torch.Tensor], tuple[bool, ...], bool]:

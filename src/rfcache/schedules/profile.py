@@ -12,6 +12,8 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import reprlib
+import sys
 import tempfile
 import types
 import typing
@@ -155,10 +157,10 @@ class Profile:
             if not isinstance(data, dict):
                 raise ProfileError(f"expected a mapping at the top level, got {type(data).__name__}")
             if data.get("schema_version") != SCHEMA_VERSION:
-                raise ProfileError(f"schema_version must be {SCHEMA_VERSION}, got {data.get('schema_version')!r}")
+                raise ProfileError(f"schema_version must be {SCHEMA_VERSION}, got {_show(data.get('schema_version'))}")
             return _from_plain(cls, data, "")
         except ProfileError as exc:
-            raise ProfileError(f"{source}: {exc}") from None
+            raise ProfileError(_one_line(f"{source}: {exc}")) from None
 
     @classmethod
     def from_yaml(cls, text: str, *, source: str = "<profile>") -> Profile:
@@ -167,7 +169,12 @@ class Profile:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-            raise ProfileError(f"{source}: not valid YAML ({first})") from None
+            raise ProfileError(_one_line(f"{source}: not valid YAML ({first})")) from None
+        except RecursionError:  # the YAML composer recurses once per nesting level
+            raise ProfileError(_one_line(f"{source}: not valid YAML (nested too deeply)")) from None
+        except Exception as exc:  # a safe constructor fed a bad explicit tag, e.g. "!!float 1e-07'"
+            first = (str(exc).splitlines() or [""])[0][:120]
+            raise ProfileError(_one_line(f"{source}: not valid YAML ({type(exc).__name__}: {first})")) from None
         return cls.from_dict(data, source=source)
 
     # -- matching ------------------------------------------------------------------------------
@@ -216,7 +223,7 @@ def load_profile(name_or_path: str | Path) -> Profile:
 
 def _validate(p: Profile) -> None:
     if not p.schedule or set(p.schedule) - {"C", "P"}:
-        raise ProfileError(f"schedule must be a non-empty string of C and P, got {p.schedule!r}")
+        raise ProfileError(f"schedule must be a non-empty string of C and P, got {_show(p.schedule)}")
     if len(p.schedule) != p.sampling.num_steps:
         raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {p.sampling.num_steps}")
     if p.ratios and len(p.ratios) != p.model.num_units:
@@ -230,7 +237,7 @@ def _validate(p: Profile) -> None:
     if p.method.order not in (0, 1, 2):
         raise ProfileError(f"method.order must be 0, 1 or 2, got {p.method.order}")
     if p.model.granularity not in ("module", "block"):
-        raise ProfileError(f"model.granularity must be module or block, got {p.model.granularity!r}")
+        raise ProfileError(f"model.granularity must be module or block, got {_show(p.model.granularity)}")
     if p.sampling.num_steps < 1 or p.model.num_units < 1:
         raise ProfileError("sampling.num_steps and model.num_units must be >= 1")
 
@@ -289,19 +296,35 @@ def _convert(kind: Any, value: Any, path: str) -> Any:
         return {str(k): _convert(item, v, f"{path}.{k}") for k, v in value.items()}
     if kind is float:
         if isinstance(value, bool) or not isinstance(value, (int, float)):
-            raise ProfileError(f"{path} must be a number, got {value!r}")
-        if not math.isfinite(value):
-            raise ProfileError(f"{path} must be finite, got {value!r}")
+            raise ProfileError(f"{path} must be a number, got {_show(value)}")
+        if (isinstance(value, int) and abs(value) > sys.float_info.max) or not math.isfinite(value):
+            raise ProfileError(f"{path} must be finite, got {_show(value)}")
         return float(value)
     if kind is int:
         if isinstance(value, bool) or not isinstance(value, int):
-            raise ProfileError(f"{path} must be an integer, got {value!r}")
+            raise ProfileError(f"{path} must be an integer, got {_show(value)}")
         return value
     if kind is str:
         if not isinstance(value, str):
-            raise ProfileError(f"{path} must be a string, got {value!r}")
+            raise ProfileError(f"{path} must be a string, got {_show(value)}")
         return value
     raise TypeError(f"unsupported field type {kind!r} at {path}")  # a bug in this module, not bad input
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """A short repr of a bad value for a message (huge or self-referencing values stay one short line)."""
+    short = reprlib.Repr()
+    short.maxlevel, short.maxstring, short.maxother, short.maxlong = 3, limit, limit, limit
+    try:
+        text = short.repr(value)
+    except (RecursionError, ValueError):  # ValueError: ints past Python's str conversion limit
+        text = f"<{type(value).__name__}>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def _one_line(message: str) -> str:
+    """Escape line breaks and other control characters (names in a message come from the file)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
 
 
 def _check_equal(expected: Any, found: Any, where: str, name: str) -> None:
