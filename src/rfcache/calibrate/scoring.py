@@ -1,0 +1,109 @@
+"""Turn the search's schedule parameters into a static mask, and cost and score it without a model run.
+
+A :class:`Scorer` holds a recorded trace and (once fitted) an :class:`ErrorModel`. For the
+parameters of one search trial it builds the mask of the schedule family
+(:func:`schedule_mask`), the pattern the session would really run (the predictor's forced first
+full steps added), its analytic FLOP fraction, and the error model's estimate of its final error.
+Forecast-error tables and the dynamic-programming masks are memoised, so thousands of trials
+cost seconds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from rfcache.calibrate.errormodel import (
+    ErrorModel,
+    ForecastErrors,
+    flops_fraction,
+    optimal_masks,
+    rcs_mask,
+)
+from rfcache.calibrate.search import warped_mask
+from rfcache.calibrate.trace import Trace
+from rfcache.runtime.policies import interval_mask
+
+__all__ = ["Scorer", "pattern_text"]
+
+
+def pattern_text(pattern: Sequence[bool]) -> str:
+    """``C`` for a full step, ``P`` for a predicted one (the summary's and the profile's notation)."""
+    return "".join("C" if p else "P" for p in pattern)
+
+
+class Scorer:
+    """Masks, FLOP fractions and error estimates of schedule parameters on one trace."""
+
+    def __init__(self, trace: Trace, *, ratios: Sequence[float] | None, max_nfc: int, max_gap: int = 10) -> None:
+        self.trace, self.ratios, self.max_nfc, self.max_gap = trace, ratios, max_nfc, max_gap
+        self.num_steps = trace.num_steps
+        self.model: ErrorModel | None = None
+        self._errors: dict[tuple[str, int, bool], ForecastErrors] = {}
+        self._optimal: dict[tuple[str, int, bool, int], dict[int, tuple[bool, ...]]] = {}
+
+    def set_model(self, model: ErrorModel) -> None:
+        """Use ``model`` for estimates (the error model's favourite masks are recomputed)."""
+        self.model = model
+        self._optimal.clear()
+
+    def errors(self, params: dict[str, Any]) -> ForecastErrors:
+        """The forecast-error table of the candidate's predictor, order and ratio choice."""
+        calibrated = params["predictor"] == "relational" and bool(params.get("calibrated"))
+        key = (params["predictor"], int(params["order"]), calibrated)
+        if key not in self._errors:
+            self._errors[key] = ForecastErrors(self.trace, key[0], key[1], self.ratios if calibrated else None)
+        return self._errors[key]
+
+    def mask(self, params: dict[str, Any]) -> tuple[bool, ...]:
+        """The schedule family's mask for ``params`` (before the predictor's forced full steps)."""
+        n, family, warmup = self.num_steps, params["family"], int(params["warmup"])
+        if family == "interval":
+            return tuple(interval_mask(n, int(params["interval"]), warmup))
+        if family == "warped":
+            return warped_mask(n, int(params["nfc"]), warmup, float(params["alpha"]))
+        if family == "rcs":
+            return rcs_mask(
+                self.trace,
+                tau=float(params["tau"]),
+                order=int(params["order"]),
+                warmup=warmup,
+                max_cached=int(params["max_cached"]),
+                min_full=self.errors(params).min_full,
+            )
+        if family == "optimal":
+            return self.optimal(params)
+        raise ValueError(f"unknown schedule family {family!r}")
+
+    def optimal(self, params: dict[str, Any]) -> tuple[bool, ...]:
+        """The error model's best mask with ``nfc`` full steps (falls back to the nearest count it reaches)."""
+        if self.model is None:
+            raise RuntimeError("the 'optimal' family needs a fitted error model")
+        fe = self.errors(params)
+        warmup, nfc = int(params["warmup"]), int(params["nfc"])
+        key = (fe.predictor, fe.order, fe.ratios is not None, warmup)
+        if key not in self._optimal:
+            self._optimal[key] = optimal_masks(
+                fe, self.model, warmup=warmup, max_nfc=self.max_nfc, max_gap=self.max_gap
+            )
+        masks = self._optimal[key]
+        return masks[min(masks, key=lambda k: abs(k - nfc))]
+
+    def pattern_and_fraction(self, params: dict[str, Any]) -> tuple[tuple[bool, ...], float]:
+        """The pattern the session runs and its FLOP fraction (analytic, predictor cost included)."""
+        pattern = self.errors(params).pattern(self.mask(params))
+        return pattern, flops_fraction(self.trace, pattern, params["predictor"], int(params["order"]))
+
+    def step_errors(self, params: dict[str, Any], pattern: Sequence[bool]) -> np.ndarray:
+        return self.errors(params).step_errors(pattern)[0]
+
+    def estimate(self, params: dict[str, Any]) -> tuple[str, float, float]:
+        """(pattern, FLOP fraction, estimated final rel-L2): the search's objective."""
+        if self.model is None:
+            raise RuntimeError("fit the error model before estimating")
+        pattern, fraction = self.pattern_and_fraction(params)
+        error = self.model.estimate(self.step_errors(params, pattern), pattern)
+        return pattern_text(pattern), fraction, error if math.isfinite(error) else float("inf")
