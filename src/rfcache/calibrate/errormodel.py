@@ -335,9 +335,7 @@ def rcs_mask(
     last, accumulated, num_full, out = -1, 0.0, 0, []
     for step in range(x.shape[0]):
         since = step - last if last >= 0 else step + 1
-        if step < warmup or not diffs:
-            full = True
-        elif max_cached is not None and since > max_cached:
+        if step < warmup or not diffs or (max_cached is not None and since > max_cached):
             full = True
         else:
             k = step - last
@@ -365,12 +363,9 @@ def flops_fraction(trace: Trace, pattern: Sequence[bool], predictor: str, order:
         raise RfcacheError("the trace has no unit costs (recorded by an older rfcache); record it again")
     flops, numel_in, numel_out = (trace.unit_costs[:, i] for i in range(3))
     module = float(flops.sum())
-    full_cost = module + sum(
-        estimate_predictor_flops(predictor, order, int(o), int(i), full=True) for i, o in zip(numel_in, numel_out)
-    )
-    cached_cost = sum(
-        estimate_predictor_flops(predictor, order, int(o), int(i), full=False) for i, o in zip(numel_in, numel_out)
-    )
+    units = list(zip(numel_in.astype(int), numel_out.astype(int), strict=True))
+    full_cost = module + sum(estimate_predictor_flops(predictor, order, o, i, full=True) for i, o in units)
+    cached_cost = sum(estimate_predictor_flops(predictor, order, o, i, full=False) for i, o in units)
     n_full = sum(bool(p) for p in pattern)
     return (n_full * full_cost + (len(pattern) - n_full) * cached_cost) / (len(pattern) * module)
 
