@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfcache.calibrate.errormodel import ErrorModel, fit_error_model, fit_input_proxy
-from rfcache.calibrate.scoring import Scorer, pattern_text
+from rfcache.calibrate.errormodel import ErrorModel, fit_input_proxy
+from rfcache.calibrate.scoring import Scorer, fit_scorer, run_key
 from rfcache.calibrate.search import Candidate, completed_trials, error_model_runs, max_nfc, search_schedules
 from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
@@ -97,8 +97,8 @@ def calibrate(
     """
     if not 0 < budget <= 1:
         raise RfcacheError(f"budget must be in (0, 1], got {budget}")
-    if samples < 1 or heldout < 1 or trials < 1 or num_inference_steps < 2:
-        raise RfcacheError("samples, heldout and trials must be >= 1 and steps >= 2")
+    if samples < 1 or heldout < 1 or trials < 1 or confirm < 0 or num_inference_steps < 2:
+        raise RfcacheError("samples, heldout and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
     model = get_transformer(pipe)
     adapter = get_adapter(model)
@@ -144,16 +144,9 @@ def calibrate(
 
     # the error model: forecast errors replayed on the trace, their propagation fitted on a few real runs
     scorer = Scorer(trace, ratios=fit.ratios, max_nfc=max_nfc(budget, num_inference_steps))
-    measured: dict[tuple, float] = {}
-    fit_patterns: list[tuple[bool, ...]] = []
-    fit_errors: list[np.ndarray] = []
-    for params in error_model_runs(num_inference_steps, budget):
-        pattern, _ = scorer.pattern_and_fraction(params)
-        measured[_key(params, pattern_text(pattern))] = real_error(params, pattern_text(pattern))
-        fit_patterns.append(pattern)
-        fit_errors.append(scorer.step_errors(params, pattern))
-    error_model = fit_error_model(fit_errors, fit_patterns, list(measured.values()))
-    scorer.set_model(error_model)
+    measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget), real_error)
+    error_model = scorer.model
+    assert error_model is not None
 
     identity = model_identity(model, adapter)
     study_identity = {
@@ -182,8 +175,8 @@ def calibrate(
     confirmed: list[Candidate] = []
     fresh: list[Candidate] = []  # confirmed by a run made for it: out of the error model's sample
     for cand in candidates:  # best estimate first
-        key = _key(cand.params, cand.pattern)
-        if any(_key(c.params, c.pattern) == key for c in confirmed):
+        key = run_key(cand.params, cand.pattern)
+        if any(run_key(c.params, c.pattern) == key for c in confirmed):
             continue
         if key not in measured:
             if len(fresh) >= confirm:
@@ -202,7 +195,7 @@ def calibrate(
         len(confirmed),
         ranking["errmodel_spearman"],
     )
-    proxy = fit_input_proxy(trace, scorer.errors(error_model_runs(num_inference_steps, budget)[0]), fit_patterns)
+    proxy = fit_input_proxy(trace, scorer.errors(error_model_runs(num_inference_steps, budget)[0]), scorer.fit_patterns)
     diagnostics = {
         "errmodel_r2": error_model.r2,
         "errmodel_spread": error_model.spread,
@@ -385,12 +378,6 @@ def _call_params(pipe: Any) -> set[str]:
     import inspect
 
     return set(inspect.signature(type(pipe).__call__).parameters)
-
-
-def _key(params: dict[str, Any], pattern: str) -> tuple:
-    """What a real run of a candidate depends on: the pattern and the predictor's settings."""
-    calibrated = params["predictor"] == "relational" and bool(params.get("calibrated"))
-    return (pattern, params["predictor"], int(params["order"]), calibrated)
 
 
 def _spearman(candidates: list[Candidate]) -> float:

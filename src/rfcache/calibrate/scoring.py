@@ -11,7 +11,7 @@ cost seconds.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,6 +19,7 @@ import numpy as np
 from rfcache.calibrate.errormodel import (
     ErrorModel,
     ForecastErrors,
+    fit_error_model,
     flops_fraction,
     optimal_masks,
     rcs_mask,
@@ -27,7 +28,7 @@ from rfcache.calibrate.search import warped_mask
 from rfcache.calibrate.trace import Trace
 from rfcache.runtime.policies import interval_mask
 
-__all__ = ["Scorer", "pattern_text"]
+__all__ = ["Scorer", "fit_scorer", "pattern_text"]
 
 
 def pattern_text(pattern: Sequence[bool]) -> str:
@@ -42,6 +43,7 @@ class Scorer:
         self.trace, self.ratios, self.max_nfc, self.max_gap = trace, ratios, max_nfc, max_gap
         self.num_steps = trace.num_steps
         self.model: ErrorModel | None = None
+        self.fit_patterns: list[tuple[bool, ...]] = []  # the patterns of the real runs the model was fitted on
         self._errors: dict[tuple[str, int, bool], ForecastErrors] = {}
         self._optimal: dict[tuple[str, int, bool, int], dict[int, tuple[bool, ...]]] = {}
 
@@ -107,3 +109,28 @@ class Scorer:
         pattern, fraction = self.pattern_and_fraction(params)
         error = self.model.estimate(self.step_errors(params, pattern), pattern)
         return pattern_text(pattern), fraction, error if math.isfinite(error) else float("inf")
+
+
+def fit_scorer(
+    scorer: Scorer, runs: Sequence[dict[str, Any]], real_error: Callable[[dict[str, Any], str], float]
+) -> dict[tuple, float]:
+    """Fit the scorer's error model on real runs of ``runs`` (``real_error(params, pattern)``).
+
+    Returns the measured errors keyed by :func:`run_key`, so those runs need not be repeated.
+    """
+    measured: dict[tuple, float] = {}
+    errors, patterns = [], []
+    for params in runs:
+        pattern, _ = scorer.pattern_and_fraction(params)
+        measured[run_key(params, pattern_text(pattern))] = real_error(params, pattern_text(pattern))
+        errors.append(scorer.step_errors(params, pattern))
+        patterns.append(pattern)
+    scorer.set_model(fit_error_model(errors, patterns, list(measured.values())))
+    scorer.fit_patterns = patterns
+    return measured
+
+
+def run_key(params: dict[str, Any], pattern: str) -> tuple:
+    """What a real run of a candidate depends on: the pattern and the predictor's settings."""
+    calibrated = params["predictor"] == "relational" and bool(params.get("calibrated"))
+    return (pattern, params["predictor"], int(params["order"]), calibrated)
