@@ -122,10 +122,12 @@ class ForecastErrors:
         """``e(a + k)`` for ``k = 1..length`` after full steps ``fulls`` (latest first); shape (length,)."""
         a = fulls[0]
         ks = min(length, self.num_steps - 1 - a)
+        if ks <= 0:
+            return np.zeros(0)
         key = fulls[: self.keep + 1]
         block = self._memo.get(key)
         if block is None or block.shape[0] < ks:
-            block = self._memo[key] = self._segment(key, max(ks, 1))
+            block = self._memo[key] = self._segment(key, ks)
         return block[:ks].sum(axis=1) / np.maximum(self.output_size[a + 1 : a + 1 + ks], _EPS)
 
     def _segment(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
@@ -300,7 +302,7 @@ def optimal_masks(
         for state, (cost, path) in layer.items():
             a = state[0]
             fulls = tuple(reversed(path[-3:]))
-            seg = errors.segment(fulls, max_gap) * w[a + 1 : a + 1 + max_gap] if a < s_total - 1 else np.zeros(0)
+            seg = errors.segment(fulls, max_gap) * w[a + 1 : a + 1 + max_gap]
             run = np.concatenate([[0.0], np.cumsum(seg)])  # run[j]: error of steps a+1 .. a+j
             if s_total - 1 - a <= len(seg):  # finish here: cache every remaining step
                 total = cost + run[s_total - 1 - a] ** 2
@@ -387,7 +389,6 @@ def fit_input_proxy(trace: Trace, errors: ForecastErrors, masks: Sequence[Sequen
     if trace.first_input is None:
         raise RfcacheError("the trace has no first-unit inputs (recorded by an older rfcache); record it again")
     x = trace.first_input.astype(np.float64)  # (S, B', D)
-    kept = x.shape[1]
     proxies, unit_rows, step_rows = [], [], []
     for mask in masks:
         unit_err, pattern = errors.unit_errors(mask)
@@ -405,7 +406,7 @@ def fit_input_proxy(trace: Trace, errors: ForecastErrors, masks: Sequence[Sequen
             forecast = sum(d * ((c - last) ** i / math.factorial(i)) for i, d in enumerate(diffs))
             accumulated += float(np.max(np.abs(x[c] - forecast).sum(-1) / np.maximum(np.abs(x[c]).sum(-1), _EPS)))
             proxies.append(accumulated)
-            unit_rows.append(unit_err[c] / max(kept, 1))
+            unit_rows.append(unit_err[c])
             step_rows.append(step_err[c])
     if not proxies:
         return InputProxyFit(tuple(0.0 for _ in errors.outputs[0]), 0.0)
