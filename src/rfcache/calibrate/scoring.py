@@ -62,7 +62,7 @@ class Scorer:
 
     def mask(self, params: dict[str, Any]) -> tuple[bool, ...]:
         """The schedule family's mask for ``params`` (before the predictor's forced full steps)."""
-        n, family, warmup = self.num_steps, params["family"], int(params["warmup"])
+        n, family, warmup = self.num_steps, params["family"], int(params.get("warmup", 0))
         if family == "interval":
             return tuple(interval_mask(n, int(params["interval"]), warmup))
         if family == "warped":
@@ -85,7 +85,7 @@ class Scorer:
         if self.model is None:
             raise RuntimeError("the 'optimal' family needs a fitted error model")
         fe = self.errors(params)
-        warmup, nfc = int(params["warmup"]), int(params["nfc"])
+        warmup, nfc = int(params.get("warmup", 0)), int(params["nfc"])
         key = (fe.predictor, fe.order, fe.ratios is not None, warmup)
         if key not in self._optimal:
             self._optimal[key] = optimal_masks(

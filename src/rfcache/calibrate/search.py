@@ -90,17 +90,8 @@ def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (
                 )
                 break
     nfc = max(3, int(budget * num_steps * 0.95))
-    for warmup in (2, 3):
-        seeds.append(
-            {
-                "family": "optimal",
-                "predictor": "relational",
-                "order": 1,
-                "calibrated": False,
-                "warmup": warmup,
-                "nfc": nfc,
-            }
-        )
+    for predictor, order in (("relational", 1), ("relational", 2), ("taylor", 2)):
+        seeds.append({"family": "optimal", "predictor": predictor, "order": order, "calibrated": False, "nfc": nfc})
     for alpha in (0.5, 1.0):
         seeds.append(
             {
@@ -181,13 +172,15 @@ def search_schedules(
             "predictor": predictor,
             "order": trial.suggest_int("order", 1, 2),
             "calibrated": trial.suggest_categorical("calibrated", [False, True]),
-            "warmup": trial.suggest_int("warmup", 1, 6),
         }
+        if family != "optimal":  # the error model's mask places its early full steps itself
+            params["warmup"] = trial.suggest_int("warmup", 1, 6)
         if family == "interval":
             params["interval"] = trial.suggest_int("interval", 2, 12)
         elif family in ("warped", "optimal"):
-            most = max(params["warmup"] + 1, max_nfc(budget, num_steps))
-            params["nfc"] = trial.suggest_int("nfc", min(params["warmup"] + 1, most), most)
+            least = params.get("warmup", 1) + 1
+            most = max(least, max_nfc(budget, num_steps))
+            params["nfc"] = trial.suggest_int("nfc", min(least, most), most)
             if family == "warped":
                 params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
         else:
