@@ -105,7 +105,7 @@ def record_trace(
     call_kwargs: dict[str, Any],
     *,
     max_lag: int = 8,
-    sketch_width: int = 256,
+    sketch_width: int = 128,
     first_input_bytes: int = 256 * 2**20,
 ) -> tuple[Trace, Any]:
     """Run ``pipe(**call_kwargs)`` at full compute, recording unit I/O changes; returns (trace, output).
