@@ -64,14 +64,14 @@ def test_taylor_errors_vanish_on_linear_trajectories_and_reuse_errors_grow():
     trace = _synthetic(outputs)
     mask = [True, True, False, False, True, False, False, False]
     taylor, _ = ForecastErrors(trace, "taylor", 1).unit_errors(mask)
-    assert np.abs(taylor).max() < 1e-9  # first-order forecast of a straight line is exact
+    assert np.abs(taylor).max() < 1e-5  # first-order forecast of a straight line is exact (float32 replay)
     reuse, pattern = ForecastErrors(trace, "reuse", 0).unit_errors(mask)
     per_step = np.linalg.norm(slope, axis=-1).sum(axis=-1)[0]  # (units,): ||b|| summed over samples
     assert reuse[2] == pytest.approx(per_step) and reuse[3] == pytest.approx(2 * per_step)
     assert reuse[7] == pytest.approx(3 * per_step) and pattern == tuple(mask)
     # relational with the input moving exactly like the output: also exact
     relational, _ = ForecastErrors(_synthetic(outputs, 3 * outputs), "relational", 1).unit_errors(mask)
-    assert np.abs(relational).max() < 1e-9
+    assert np.abs(relational).max() < 1e-5
 
 
 def test_error_model_fit_recovers_known_sensitivity():
