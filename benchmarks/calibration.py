@@ -49,13 +49,14 @@ def _run(pipe, inputs, enable_args: tuple, enable_kwargs: dict) -> tuple[torch.T
     return torch.cat(outs), statistics.mean(fracs), statistics.mean(nfcs)
 
 
-def compare_profiles(pipe, samples: int) -> None:
+def compare_profiles(pipe, samples: int, profiles: list[str]) -> None:
     inputs = [(i % 10, 5000 + i) for i in range(samples)]
     reference = torch.cat([_generate(pipe, label, seed) for label, seed in inputs])
     print(f"\nToy DiT, 50 DDIM steps, {samples} held-out samples one at a time, guidance 2")
     print(f"{'profile':<11} {'method':<24} {'NFC':>6} {'FLOP frac':>9} {'rel-L2':>8} {'PSNR dB':>8} {'vs TS':>6}")
-    for name in PROFILES:
+    for name in profiles:
         profile = rfcache.load_profile(name)
+        name = profile.name
         rows = []
         out, frac, nfc = _run(pipe, inputs, (profile,), {})
         rows.append(("static profile", nfc, frac, out))
@@ -144,12 +145,13 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=10, help="held-out samples for the profile comparison (0: skip)")
     parser.add_argument("--rank", type=int, default=0, help="random candidates for the error model's rank check")
+    parser.add_argument("--profiles", nargs="+", default=PROFILES, help="profile names or files to compare")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
     if args.samples:
-        compare_profiles(pipe, args.samples)
+        compare_profiles(pipe, args.samples, args.profiles)
     if args.rank:
         rank_check(pipe, args.rank)
 
