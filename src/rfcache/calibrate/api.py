@@ -15,8 +15,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfcache.calibrate.errormodel import ErrorModel, fit_input_proxy
-from rfcache.calibrate.scoring import Scorer, fit_scorer, run_key
+from rfcache.calibrate.errormodel import ErrorModel
+from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer
 from rfcache.calibrate.search import Candidate, completed_trials, error_model_runs, max_nfc, search_schedules
 from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
@@ -170,42 +170,7 @@ def calibrate(
     if not candidates:
         raise RfcacheError(f"no schedule within budget {budget} was found in {completed_trials(study)} trials")
 
-    # confirm the best distinct candidates with real runs on the calibration inputs; every candidate
-    # already run (for the error model's fit) stays in the pool at no cost
-    confirmed: list[Candidate] = []
-    fresh: list[Candidate] = []  # confirmed by a run made for it: out of the error model's sample
-    for cand in candidates:  # best estimate first
-        key = run_key(cand.params, cand.pattern)
-        if any(run_key(c.params, c.pattern) == key for c in confirmed):
-            continue
-        if key not in measured:
-            if len(fresh) >= confirm:
-                continue
-            measured[key] = real_error(cand.params, cand.pattern)
-            fresh.append(replace(cand, error=measured[key], estimate=cand.error))
-        confirmed.append(replace(cand, error=measured[key], estimate=cand.error))
-    confirmed.sort(key=lambda c: c.error)
-    ranking = {
-        "errmodel_spearman": _spearman(confirmed),
-        "errmodel_spearman_confirm": _spearman(fresh),
-        "errmodel_confirmed": float(len(confirmed)),
-    }
-    logger.info(
-        "estimate vs real error over %d confirmed candidates: Spearman %.2f",
-        len(confirmed),
-        ranking["errmodel_spearman"],
-    )
-    proxy = fit_input_proxy(trace, scorer.errors(error_model_runs(num_inference_steps, budget)[0]), scorer.fit_patterns)
-    diagnostics = {
-        "errmodel_r2": error_model.r2,
-        "errmodel_spread": error_model.spread,
-        "errmodel_runs": float(error_model.runs),
-        **{f"errmodel_sensitivity_{i}": w for i, w in enumerate(error_model.knots)},
-        **ranking,
-        "input_proxy_r2_median": float(np.median(proxy.unit_r2)),
-        "input_proxy_step_r2": proxy.step_r2,
-    }
-    diagnostics = {k: float(v) for k, v in diagnostics.items() if np.isfinite(v)}  # a profile holds finite numbers
+    confirmed, diagnostics = confirm_candidates(scorer, candidates, measured, real_error, count=confirm)
 
     held_reference = run(held_kwargs, seed + 1)
     sampling = SamplingSetup(
@@ -378,15 +343,6 @@ def _call_params(pipe: Any) -> set[str]:
     import inspect
 
     return set(inspect.signature(type(pipe).__call__).parameters)
-
-
-def _spearman(candidates: list[Candidate]) -> float:
-    """Rank correlation of the error model's estimates with the measured errors (nan below 3)."""
-    if len(candidates) < 3:
-        return float("nan")
-    from scipy.stats import spearmanr
-
-    return float(spearmanr([c.estimate for c in candidates], [c.error for c in candidates])[0])
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -1,4 +1,4 @@
-"""Turn the search's schedule parameters into a static mask, and cost and score it without a model run.
+"""Turn the search's schedule parameters into a static mask, cost and score it without a model run, confirm the best.
 
 A :class:`Scorer` holds a recorded trace and (once fitted) an :class:`ErrorModel`. For the
 parameters of one search trial it builds the mask of the schedule family
@@ -10,8 +10,10 @@ cost seconds.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable, Sequence
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -20,15 +22,18 @@ from rfcache.calibrate.errormodel import (
     ErrorModel,
     ForecastErrors,
     fit_error_model,
+    fit_input_proxy,
     flops_fraction,
     optimal_masks,
     rcs_mask,
 )
-from rfcache.calibrate.search import warped_mask
+from rfcache.calibrate.search import Candidate, warped_mask
 from rfcache.calibrate.trace import Trace
 from rfcache.runtime.policies import interval_mask
 
-__all__ = ["Scorer", "fit_scorer", "pattern_text"]
+__all__ = ["Scorer", "confirm_candidates", "fit_scorer", "pattern_text", "run_key"]
+
+logger = logging.getLogger(__name__)
 
 
 def pattern_text(pattern: Sequence[bool]) -> str:
@@ -134,3 +139,62 @@ def run_key(params: dict[str, Any], pattern: str) -> tuple:
     """What a real run of a candidate depends on: the pattern and the predictor's settings."""
     calibrated = params["predictor"] == "relational" and bool(params.get("calibrated"))
     return (pattern, params["predictor"], int(params["order"]), calibrated)
+
+
+def confirm_candidates(
+    scorer: Scorer,
+    candidates: Sequence[Candidate],
+    measured: dict[tuple, float],
+    real_error: Callable[[dict[str, Any], str], float],
+    *,
+    count: int,
+) -> tuple[list[Candidate], dict[str, float]]:
+    """Real runs of the ``count`` best distinct candidates by estimate; returns them best first, and diagnostics.
+
+    Candidates already run (``measured``: the error model's own runs) join the pool at no cost.
+    The diagnostics are the error model's fit and how its estimates ranked the confirmed
+    candidates (Spearman over all of them, and over the fresh runs alone: out of the fit's sample),
+    plus how well RCS's input-error signal tracks the module errors (:func:`fit_input_proxy`).
+    """
+    confirmed: list[Candidate] = []
+    fresh: list[Candidate] = []
+    for cand in candidates:  # best estimate first
+        key = run_key(cand.params, cand.pattern)
+        if any(run_key(c.params, c.pattern) == key for c in confirmed):
+            continue
+        if key not in measured:
+            if len(fresh) >= count:
+                continue
+            measured[key] = real_error(cand.params, cand.pattern)
+            fresh.append(replace(cand, error=measured[key], estimate=cand.error))
+        confirmed.append(replace(cand, error=measured[key], estimate=cand.error))
+    confirmed.sort(key=lambda c: c.error)
+    model = scorer.model
+    assert model is not None
+    proxy = fit_input_proxy(scorer.trace, scorer.errors({"predictor": "relational", "order": 1}), scorer.fit_patterns)
+    diagnostics = {
+        "errmodel_r2": model.r2,
+        "errmodel_spread": model.spread,
+        "errmodel_runs": float(model.runs),
+        **{f"errmodel_sensitivity_{i}": w for i, w in enumerate(model.knots)},
+        "errmodel_spearman": _spearman(confirmed),
+        "errmodel_spearman_fresh": _spearman(fresh),
+        "errmodel_confirmed": float(len(confirmed)),
+        "input_proxy_r2_median": float(np.median(proxy.unit_r2)),
+        "input_proxy_step_r2": proxy.step_r2,
+    }
+    logger.info(
+        "estimate vs real error over %d confirmed candidates: Spearman %.2f",
+        len(confirmed),
+        diagnostics["errmodel_spearman"],
+    )
+    return confirmed, {k: float(v) for k, v in diagnostics.items() if np.isfinite(v)}  # a profile holds finite numbers
+
+
+def _spearman(candidates: Sequence[Candidate]) -> float:
+    """Rank correlation of the error model's estimates with the measured errors (nan below 3)."""
+    if len(candidates) < 3:
+        return float("nan")
+    from scipy.stats import spearmanr
+
+    return float(spearmanr([c.estimate for c in candidates], [c.error for c in candidates])[0])
