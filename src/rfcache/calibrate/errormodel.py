@@ -22,8 +22,9 @@ built in two stages (method.md, "What this project adds", step 3):
 
    ``w`` is fitted by least squares on log errors over the real runs; R² (of log errors) and the
    spread (median |estimate / measured - 1|) are the fit's diagnostics, and a poor fit warns.
-   On the embedded model this form ranked 38 schedules with Spearman 0.98 (leave-one-out);
-   a plain sum of errors reached 0.96 but was off by 60 % on dense schedules.
+   On the embedded model (50 steps, 55 real runs) this form ranked 38 candidate schedules with a
+   leave-one-out Spearman correlation of 0.98 and a median deviation of 12 %; a plain weighted
+   sum of the errors ranked them at 0.96 but deviated by 60 %.
 
 Because the squared estimate is a sum over runs of cached steps, the schedule it rates best for
 ``n`` full steps can be found exactly by dynamic programming over the positions of the full
