@@ -218,11 +218,20 @@ def _run_sums(weighted: np.ndarray, pattern: Sequence[bool]) -> np.ndarray:
 
 
 def fit_error_model(
-    errors: Sequence[np.ndarray], patterns: Sequence[Sequence[bool]], measured: Sequence[float], *, knots: int = 3
+    errors: Sequence[np.ndarray],
+    patterns: Sequence[Sequence[bool]],
+    measured: Sequence[float],
+    *,
+    knots: int = 3,
+    smoothness: float = 0.1,
 ) -> ErrorModel:
     """Fit the sensitivity curve to real runs: per-step errors, patterns and measured final rel-L2.
 
-    Uses at most ``runs - 1`` knots so the fit is never exactly determined; warns when it is poor.
+    Uses at most ``runs - 1`` knots so the fit is never exactly determined, and penalises
+    differences between neighbouring log-knots (``smoothness`` per unit of log ratio, against
+    residuals of log errors): a few similar runs cannot identify the curve's shape, and an
+    unpenalised fit then drives some knot to zero, which the search exploits by leaving that
+    part of the trajectory uncomputed. Warns when the fit is poor.
     """
     from scipy.optimize import least_squares
 
@@ -242,7 +251,11 @@ def fit_error_model(
         return np.array([np.sqrt(np.sum((b @ w) ** 2)) for b in blocks])
 
     start = np.full(k, float(np.mean(log_y - np.log([np.sqrt(np.sum(b.sum(1) ** 2)) for b in blocks]))))
-    theta = least_squares(lambda t: np.log(np.maximum(estimates(t), 1e-300)) - log_y, start).x
+
+    def residuals(t: np.ndarray) -> np.ndarray:
+        return np.concatenate([np.log(np.maximum(estimates(t), 1e-300)) - log_y, smoothness * np.diff(t)])
+
+    theta = least_squares(residuals, start).x
     est = estimates(theta)
     ss_tot = float(((log_y - log_y.mean()) ** 2).sum())
     r2 = 1 - float(((np.log(est) - log_y) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
