@@ -52,6 +52,10 @@ def test_calibrate_end_to_end_and_resume(tiny_pipe, tmp_path):
     p = result.profile
     assert len(p.schedule) == STEPS and p.budget.achieved <= 0.5 and p.provenance.trials == 5
     assert p.quality["heldout_rel_l2"] == result.heldout_rel_l2 >= 0  # tiny random models saturate
+    # the error model was fitted on real runs and its estimates were checked against real runs
+    assert result.error_model.runs >= 3 and {"errmodel_r2", "errmodel_spread", "errmodel_runs"} <= set(p.diagnostics)
+    assert result.confirmed and all(c.estimate is not None and np.isfinite(c.estimate) for c in result.confirmed)
+    assert all(c.flops_fraction <= 0.5 for c in result.confirmed)
     path = p.save(tmp_path / "tiny.yaml")
     rfcache.enable(tiny_pipe, path)
     tiny_pipe(class_labels=[1], num_inference_steps=STEPS, generator=torch.Generator().manual_seed(0))

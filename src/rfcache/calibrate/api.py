@@ -16,7 +16,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rfcache.calibrate.search import Candidate, search_schedules, warped_mask
+from rfcache.calibrate.errormodel import ErrorModel
+from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer
+from rfcache.calibrate.search import Candidate, completed_trials, error_model_runs, max_nfc, search_schedules
 from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
@@ -40,6 +42,8 @@ class CalibrationResult:
     seconds: float
     candidates: tuple[Candidate, ...]
     fit: RatioFit
+    error_model: ErrorModel
+    confirmed: tuple[Candidate, ...]
 
 
 def default_prompts() -> list[str]:
@@ -69,7 +73,8 @@ def calibrate(
     prompts: list[str] | None = None,
     samples: int = 8,
     heldout: int = 8,
-    trials: int = 24,
+    trials: int = 200,
+    confirm: int = 4,
     storage: str | None = None,
     study_name: str | None = None,
     seed: int = 0,
@@ -85,11 +90,16 @@ def calibrate(
         >>> result.profile.save("toy.yaml")
 
     ``trace`` (merged shards from :func:`record_shard`) replaces the in-process recording.
+
+    The search scores candidates with the error model (:mod:`rfcache.calibrate.errormodel`),
+    fitted on a few real runs of the seed schedules; the ``confirm`` best distinct candidates are
+    then run for real on the calibration inputs and the best three by measured error on held-out
+    inputs; the best of those is frozen.
     """
     if not 0 < budget <= 1:
         raise RfcacheError(f"budget must be in (0, 1], got {budget}")
-    if samples < 1 or heldout < 1 or trials < 1 or num_inference_steps < 2:
-        raise RfcacheError("samples, heldout and trials must be >= 1 and steps >= 2")
+    if samples < 1 or heldout < 1 or trials < 1 or confirm < 0 or num_inference_steps < 2:
+        raise RfcacheError("samples, heldout and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
     model = get_transformer(pipe)
     adapter = get_adapter(model)
@@ -118,19 +128,6 @@ def calibrate(
     if fit.poor():
         logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
 
-    def cache_kwargs(params: dict[str, Any]) -> dict[str, Any]:
-        kw: dict[str, Any] = {"predictor": params["predictor"], "order": params["order"], "warmup": params["warmup"]}
-        if params["predictor"] == "relational" and params.get("calibrated"):
-            kw["ratios"] = fit.ratios
-        if params["family"] == "interval":
-            method = "rfe" if params["predictor"] == "relational" else "taylorseer"
-            return {"method": method, "interval": params["interval"], **kw}
-        if params["family"] == "warped":
-            mask = warped_mask(num_inference_steps, params["nfc"], params["warmup"], params["alpha"])
-            return {"method": "static", "mask": mask, **kw}
-        method = "rfc" if params["predictor"] == "relational" else "rcs"
-        return {"method": method, "tau": params["tau"], "max_cached": params["max_cached"], **kw}
-
     def run_cached(kwargs: dict[str, Any], run_seed: int, *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
         enable(pipe, *args, **cache)
         try:
@@ -138,9 +135,19 @@ def calibrate(
         finally:
             disable(pipe)
 
-    def evaluate(params: dict[str, Any]) -> tuple[str, float, float]:
-        out, s = run_cached(calib_kwargs, seed, **cache_kwargs(params))
-        return _freeze(s.patterns), s.flops_fraction, _rel_l2(out, reference)
+    def real_error(params: dict[str, Any], pattern: str) -> float:
+        """A real run of the static ``pattern`` with the candidate's predictor on the calibration inputs."""
+        cache: dict[str, Any] = {"predictor": params["predictor"], "order": int(params["order"])}
+        if params["predictor"] == "relational" and params.get("calibrated"):
+            cache["ratios"] = fit.ratios
+        out, _ = run_cached(calib_kwargs, seed, method="static", mask=tuple(c == "C" for c in pattern), **cache)
+        return _rel_l2(out, reference)
+
+    # the error model: forecast errors replayed on the trace, their propagation fitted on a few real runs
+    scorer = Scorer(trace, ratios=fit.ratios, max_nfc=max_nfc(budget, num_inference_steps))
+    measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget), real_error)
+    error_model = scorer.model
+    assert error_model is not None
 
     identity = model_identity(model, adapter)
     study_identity = {
@@ -148,9 +155,10 @@ def calibrate(
         "steps": str(num_inference_steps),
         "budget": repr(budget),
         "inputs": _hash(calib_kwargs, guidance_scale, seed),
+        "objective": "error-model estimate v1",
     }
     study, candidates = search_schedules(
-        evaluate,
+        scorer.estimate,
         budget=budget,
         num_steps=num_inference_steps,
         trials=trials,
@@ -161,7 +169,9 @@ def calibrate(
         progress=progress,
     )
     if not candidates:
-        raise RfcacheError(f"no schedule within budget {budget} was found in {len(study.trials)} trials")
+        raise RfcacheError(f"no schedule within budget {budget} was found in {completed_trials(study)} trials")
+
+    confirmed, diagnostics = confirm_candidates(scorer, candidates, measured, real_error, count=confirm)
 
     held_reference = run(held_kwargs, seed + 1)
     sampling = SamplingSetup(
@@ -172,8 +182,9 @@ def calibrate(
         scheduler_config_hash=config_hash(pipe.scheduler.config),
     )
     best: tuple[float, Profile] | None = None
-    for cand in candidates[:3]:  # confirm the best few on held-out inputs
-        profile = _profile(name, identity, sampling, cand, fit, budget, seed, len(study.trials), calib_kwargs)
+    for cand in confirmed[:3]:  # the best few on held-out inputs
+        profile = _profile(name, identity, sampling, cand, fit, budget, seed, completed_trials(study), calib_kwargs)
+        profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
         out, s = run_cached(held_kwargs, seed + 1, profile)
         err = _rel_l2(out, held_reference)
         if best is None or err < best[0]:
@@ -187,7 +198,10 @@ def calibrate(
     ts_err = _rel_l2(out, held_reference)
     baseline = {"taylorseer_rel_l2": ts_err, "taylorseer_nfc": float(ts_nfc)}
     profile = replace(profile, quality={**profile.quality, **baseline})
-    return CalibrationResult(profile, heldout_err, ts_err, time.perf_counter() - start, tuple(candidates), fit)
+    seconds = time.perf_counter() - start
+    return CalibrationResult(
+        profile, heldout_err, ts_err, seconds, tuple(candidates), fit, error_model, tuple(confirmed)
+    )
 
 
 def record_shard(
@@ -325,7 +339,10 @@ def _profile(
             },
         ),
         ratios=fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
-        quality={"calibration_rel_l2": cand.error},
+        quality={
+            "calibration_rel_l2": cand.error,
+            "estimated_rel_l2": cand.estimate if cand.estimate is not None else cand.error,
+        },
         diagnostics={
             "ratio_r2_min": float(r2.min()),
             "ratio_r2_median": float(np.median(r2)),
@@ -348,11 +365,6 @@ def _call_params(pipe: Any) -> set[str]:
     import inspect
 
     return set(inspect.signature(type(pipe).__call__).parameters)
-
-
-def _freeze(patterns: tuple[str, ...]) -> str:
-    """One static pattern: a step is full where any CFG branch computed it (conservative)."""
-    return "".join("C" if "C" in column else "P" for column in zip(*patterns, strict=True))
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:

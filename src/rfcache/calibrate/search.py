@@ -1,19 +1,23 @@
 """Optuna search over schedule families for the lowest error to full compute within a FLOP budget.
 
-Each trial picks a schedule family and its parameters, runs the pipeline on the calibration inputs
-with that schedule (all inputs in one batch, so a dynamic RCS run yields one pattern, which is
-exactly the static mask it freezes into), and reports the relative L2 error of the output to the
-full-compute output as the objective and ``flops_fraction - budget`` as the constraint
-(feasible when <= 0). Families:
+Each trial picks a schedule family and its parameters; ``evaluate`` turns them into a static
+pattern, its FLOP fraction and its error to full compute on the calibration inputs (in
+:func:`rfcache.calibrate.calibrate` the error model's estimate, so a trial costs milliseconds, not
+a model run). The error is the objective and ``flops_fraction - budget`` the constraint
+(``trial.set_constraint``, feasible when <= 0). Families:
 
 - ``interval``: full step every ``interval`` steps after ``warmup`` full steps (uniform);
-- ``rcs``: the pattern that RCS with ``tau``, ``warmup`` and ``max_cached`` produces;
+- ``rcs``: the pattern that RCS with ``tau``, ``warmup`` and ``max_cached`` produces on the
+  calibration inputs (all in one batch, so it is one pattern: the static mask it freezes into);
 - ``warped``: ``nfc`` full steps after the warm-up placed by a spacing that blends uniform
   (``alpha = 0``) with cosine spacing (``alpha = 1``: denser at both ends, where trajectories
-  bend most), see :func:`warped_mask`.
+  bend most), see :func:`warped_mask`;
+- ``optimal``: the free-form mask with ``nfc`` full steps that the error model rates best
+  (dynamic programming, :func:`rfcache.calibrate.errormodel.optimal_masks`).
 
 Predictors searched: ``relational`` (RFE, run-time or calibrated ratio) and ``taylor``. The study
-is seeded with the uniform schedules that fit the budget (``enqueue_trial``).
+is seeded with the uniform schedules that fit the budget and the error model's favourite mask
+(``enqueue_trial``).
 
 Several workers may share one study (storage.py): each stops when the study as a whole has
 ``trials`` complete trials, records its ``host:pid`` on the trials it runs, and samples with its
@@ -37,20 +41,37 @@ from rfcache.calibrate.storage import open_storage, worker_name
 from rfcache.errors import RfcacheError
 from rfcache.runtime.policies import interval_mask
 
-__all__ = ["Candidate", "StudyMismatchError", "search_schedules", "uniform_seeds", "warped_mask"]
+__all__ = [
+    "FAMILIES",
+    "Candidate",
+    "StudyMismatchError",
+    "completed_trials",
+    "error_model_runs",
+    "max_nfc",
+    "search_schedules",
+    "uniform_seeds",
+    "warped_mask",
+]
+
+FAMILIES = ("interval", "rcs", "warped", "optimal")
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class Candidate:
-    """A schedule the search evaluated: its parameters, frozen pattern, cost and error."""
+    """A schedule the search evaluated: its parameters, frozen pattern, cost and error.
+
+    ``error`` is the search's objective (the error model's estimate) until a real run confirms
+    the candidate; then it is the measured error and ``estimate`` keeps the objective.
+    """
 
     params: dict[str, Any]
     pattern: str
     flops_fraction: float
     error: float
     trial: int
+    estimate: float | None = None
 
 
 # (params) -> (pattern, flops_fraction, error) on the calibration inputs
@@ -76,6 +97,8 @@ def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (
                 )
                 break
     nfc = max(3, int(budget * num_steps * 0.95))
+    for predictor, order in (("relational", 1), ("relational", 2), ("taylor", 2)):
+        seeds.append({"family": "optimal", "predictor": predictor, "order": order, "calibrated": False, "nfc": nfc})
     for alpha in (0.5, 1.0):
         seeds.append(
             {
@@ -89,6 +112,21 @@ def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (
             }
         )
     return seeds
+
+
+def error_model_runs(num_steps: int, budget: float) -> list[dict[str, Any]]:
+    """The schedules run for real to fit the error model: the seeds, and a sparser uniform one for range."""
+    seeds = [s for s in uniform_seeds(num_steps, budget) if s["family"] != "optimal"]  # optimal needs the model
+    intervals = [s for s in seeds if s["family"] == "interval"]
+    if intervals:
+        densest = min(intervals, key=lambda s: s["interval"])
+        seeds.append({**densest, "interval": 2 * densest["interval"], "predictor": "taylor", "order": 2})
+    return seeds
+
+
+def max_nfc(budget: float, num_steps: int) -> int:
+    """The most full steps a candidate can have within ``budget`` (predictions cost something too)."""
+    return max(1, math.floor(budget * num_steps))
 
 
 def warped_mask(num_steps: int, nfc: int, warmup: int, alpha: float) -> tuple[bool, ...]:
@@ -116,8 +154,14 @@ def search_schedules(
     seed: int = 0,
     identity: dict[str, str] | None = None,
     progress: bool = True,
+    sampler: optuna.samplers.BaseSampler | None = None,
 ) -> tuple[optuna.Study, list[Candidate]]:
-    """Run (or resume, or join) the study; returns it and the feasible candidates, best first."""
+    """Run (or resume, or join) the study; returns it and the feasible candidates, best first.
+
+    ``sampler`` defaults to TPE seeded per worker (:func:`_worker_seed`); a random sampler gives an
+    unbiased sample of the search space, as the calibration benchmark uses to measure the error
+    model's ranking.
+    """
     worker = worker_name()
     study = optuna.create_study(
         study_name=study_name,
@@ -126,29 +170,31 @@ def search_schedules(
         load_if_exists=True,
     )
     _check_identity(study, identity or {})
-    done = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     if not study.trials:
         for params in uniform_seeds(num_steps, budget):
             study.enqueue_trial(params, user_attrs={"enqueued_by": worker}, skip_if_exists=True)
-    study.sampler = optuna.samplers.TPESampler(seed=_worker_seed(study, seed, worker))
-    remaining = max(0, trials - len(done))
+    study.sampler = sampler or optuna.samplers.TPESampler(seed=_worker_seed(study, seed, worker))
+    remaining = max(0, trials - completed_trials(study))
 
     def objective(trial: optuna.Trial) -> float:
-        family = trial.suggest_categorical("family", ["interval", "rcs", "warped"])
+        family = trial.suggest_categorical("family", list(FAMILIES))
         predictor = trial.suggest_categorical("predictor", ["relational", "taylor"])
         params: dict[str, Any] = {
             "family": family,
             "predictor": predictor,
             "order": trial.suggest_int("order", 1, 2),
             "calibrated": trial.suggest_categorical("calibrated", [False, True]),
-            "warmup": trial.suggest_int("warmup", 1, 6),
         }
+        if family != "optimal":  # the error model's mask places its early full steps itself
+            params["warmup"] = trial.suggest_int("warmup", 1, 6)
         if family == "interval":
             params["interval"] = trial.suggest_int("interval", 2, 12)
-        elif family == "warped":
-            most = max(params["warmup"] + 1, int(budget * num_steps))
-            params["nfc"] = trial.suggest_int("nfc", min(params["warmup"] + 1, most), most)
-            params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
+        elif family in ("warped", "optimal"):
+            least = params.get("warmup", 1) + 1
+            most = max(least, max_nfc(budget, num_steps))
+            params["nfc"] = trial.suggest_int("nfc", min(least, most), most)
+            if family == "warped":
+                params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
         else:
             params["tau"] = trial.suggest_float("tau", 1e-3, 4.0, log=True)
             params["max_cached"] = trial.suggest_int("max_cached", 1, 12)
@@ -177,6 +223,11 @@ def search_schedules(
     ]
     candidates.sort(key=lambda c: c.error)
     return study, candidates
+
+
+def completed_trials(study: optuna.Study) -> int:
+    """Finished trials (enqueued seeds not run yet do not count)."""
+    return sum(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
 
 
 def _worker_seed(study: optuna.Study, seed: int, worker: str) -> int:

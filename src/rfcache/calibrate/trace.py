@@ -4,6 +4,14 @@ For every unit, step and lag ``N`` (1..``max_lag``) the recorder keeps, per samp
 ``(||I(t) - I(t-N)||, ||O(t) - O(t-N)||)``: how far the unit's input moved and how far its output
 moved. That is all RFE's ratio needs: ``s = ||ΔO|| / ||ΔI||`` (method.md). The fit regresses
 ``||ΔO||`` on ``||ΔI||`` through the origin per unit and reports R² and the ratio's spread.
+
+For the error model (:mod:`rfcache.calibrate.errormodel`) it also keeps a count sketch of every
+unit's input and output per step and sample (:mod:`rfcache.calibrate.sketch`: enough to measure
+any predictor's forecast error for any schedule), and the first unit's input tensor itself, which
+RCS's relative-L1 decision needs, for as many samples as ``first_input_bytes`` allows.
+
+Steps are denoising steps: a pipeline that calls the transformer once per CFG branch (the same
+timestep twice) has its calls of one step stacked along the sample axis.
 """
 
 from __future__ import annotations
@@ -16,6 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rfcache.calibrate.sketch import count_sketch
 from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.predictors import per_sample_norm
@@ -25,13 +34,28 @@ __all__ = ["RatioFit", "Trace", "fit_ratios", "record_trace"]
 logger = logging.getLogger(__name__)
 
 
+_OPTIONAL = ("input_sketch", "output_sketch", "first_input", "unit_costs")
+
+
 @dataclass
 class Trace:
-    """Input/output change norms of full-compute runs: arrays of shape (steps, units, lags, samples)."""
+    """What full-compute runs showed, per step, unit and sample.
+
+    ``input_delta``/``output_delta``: change norms, shape (steps, units, lags, samples).
+    ``input_sketch``/``output_sketch``: count sketches, shape (steps, units, samples, width).
+    ``first_input``: the first unit's input, shape (steps, kept samples, numel); the kept samples
+    are the first ones of the sample axis. ``unit_costs``: per unit and sample, the analytic FLOPs
+    of one call and the element counts of its input and output, shape (units, 3). The last four
+    are None in traces recorded without them.
+    """
 
     units: list[str]
     input_delta: np.ndarray
     output_delta: np.ndarray
+    input_sketch: np.ndarray | None = None
+    output_sketch: np.ndarray | None = None
+    first_input: np.ndarray | None = None
+    unit_costs: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
@@ -41,13 +65,15 @@ class Trace:
         """Write as ``.npz`` (numbers only, no pickled objects); atomically."""
         path = Path(path)
         tmp = path.with_name(path.name + ".tmp.npz")
-        np.savez(tmp, units=np.array(self.units), input_delta=self.input_delta, output_delta=self.output_delta)
+        extra = {k: getattr(self, k) for k in _OPTIONAL if getattr(self, k) is not None}
+        np.savez(tmp, units=np.array(self.units), input_delta=self.input_delta, output_delta=self.output_delta, **extra)
         tmp.replace(path)
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:
         with np.load(path, allow_pickle=False) as data:
-            return cls(list(map(str, data["units"])), data["input_delta"], data["output_delta"])
+            extra = {k: data[k] for k in _OPTIONAL if k in data.files}
+            return cls(list(map(str, data["units"])), data["input_delta"], data["output_delta"], **extra)
 
     @classmethod
     def merge(cls, traces: list[Trace]) -> Trace:
@@ -56,30 +82,62 @@ class Trace:
         for t in traces[1:]:
             if t.units != first.units or t.input_delta.shape[:3] != first.input_delta.shape[:3]:
                 raise ValueError("trace shards come from different models, step counts or lags")
+        extra: dict[str, np.ndarray] = {}
+        for name, axis in (("input_sketch", 2), ("output_sketch", 2), ("first_input", 1)):
+            parts = [getattr(t, name) for t in traces]
+            if all(p is not None for p in parts):
+                extra[name] = np.concatenate(parts, axis=axis)
+        # the first-unit inputs of later shards follow those of the first shard only if it kept all of its samples
+        if "first_input" in extra and first.first_input.shape[1] < first.input_delta.shape[-1]:  # type: ignore[union-attr]
+            extra["first_input"] = first.first_input  # type: ignore[assignment]
+        if first.unit_costs is not None:
+            extra["unit_costs"] = first.unit_costs  # per sample: the same in every shard
         return cls(
             first.units,
             np.concatenate([t.input_delta for t in traces], axis=-1),
             np.concatenate([t.output_delta for t in traces], axis=-1),
+            **extra,
         )
 
 
-def record_trace(pipe: Any, call_kwargs: dict[str, Any], *, max_lag: int = 8) -> tuple[Trace, Any]:
-    """Run ``pipe(**call_kwargs)`` at full compute, recording unit I/O changes; returns (trace, output)."""
+def record_trace(
+    pipe: Any,
+    call_kwargs: dict[str, Any],
+    *,
+    max_lag: int = 8,
+    sketch_width: int = 128,
+    first_input_bytes: int = 256 * 2**20,
+) -> tuple[Trace, Any]:
+    """Run ``pipe(**call_kwargs)`` at full compute, recording unit I/O changes; returns (trace, output).
+
+    ``sketch_width`` is the count-sketch length per unit and sample (0 records none);
+    ``first_input_bytes`` caps the memory kept for the first unit's input tensors.
+    """
     model = get_transformer(pipe)
     adapter: BlockAdapter = get_adapter(model)
-    history: dict[int, list[tuple[torch.Tensor, list[torch.Tensor]]]] = {}
-    rows: list[dict[int, np.ndarray]] = []  # per call: unit -> (lags, 2, samples)
-    calls = {"n": 0}
+    steps_hint = int(call_kwargs.get("num_inference_steps", 50))
+    history: dict[tuple[int, int], list[tuple[torch.Tensor, list[torch.Tensor]]]] = {}
+    rows: list[dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]] = []  # per call, per unit
+    firsts: list[tuple[int, np.ndarray]] = []  # per call: batch size, the kept samples' first-unit input
+    timesteps: list[float] = []
+    shapes: list[Any] = []
+    costs: dict[int, tuple[float, float, float]] = {}  # unit -> per sample (flops, input numel, output numel)
 
     def on_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        calls["n"] += 1
+        inputs = dict(kwargs)
+        if args:
+            inputs.setdefault("hidden_states", args[0])
+        t = inputs.get(adapter.timestep_arg)
+        timesteps.append(float(torch.as_tensor(t).flatten()[0]) if t is not None else float("nan"))
+        shapes.append(adapter.step_shape(model, inputs) if not shapes else shapes[0])
         rows.append({})
 
     def call(unit, original, args, kwargs):
         out = original(*args, **kwargs)
-        x = adapter.unit_input(model, unit, args, kwargs).detach()
+        x = adapter.unit_input(model, unit, args, kwargs).detach()  # (B, ...)
         outs = [o.detach() for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
-        past = history.setdefault(unit.index, [])
+        branch = _branch_index(timesteps)
+        past = history.setdefault((unit.index, branch), [])
         stats = np.full((max_lag, 2, x.shape[0]), np.nan, dtype=np.float64)
         for lag in range(1, min(max_lag, len(past)) + 1):
             px, pouts = past[-lag]
@@ -88,7 +146,19 @@ def record_trace(pipe: Any, call_kwargs: dict[str, Any], *, max_lag: int = 8) ->
             stats[lag - 1, 1] = delta.cpu().numpy()
         past.append((x, outs))
         del past[:-max_lag]
-        rows[-1][unit.index] = stats
+        sketches: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if sketch_width:
+            flat_out = torch.cat([o.flatten(1) for o in outs], dim=1)  # (B, sum of numels)
+            sketches = (count_sketch(x, sketch_width).cpu().numpy(), count_sketch(flat_out, sketch_width).cpu().numpy())
+        rows[-1][unit.index] = (stats, *sketches)
+        if unit.index not in costs:
+            b = x.shape[0]
+            flops = adapter.unit_flops(model, unit, shapes[0])
+            costs[unit.index] = (flops / b, x.numel() / b, sum(o.numel() for o in outs) / b)
+        if unit.index == 0:
+            per_sample = x[0].numel() * 4 * steps_hint
+            keep = min(x.shape[0], first_input_bytes // max(per_sample, 1))
+            firsts.append((x.shape[0], x[:keep].flatten(1).float().cpu().numpy()))
         return out
 
     units = attach_unit_hooks(model, adapter, call, name="rfcache-trace")
@@ -98,15 +168,55 @@ def record_trace(pipe: Any, call_kwargs: dict[str, Any], *, max_lag: int = 8) ->
     finally:
         handle.remove()
         detach_unit_hooks(model, name="rfcache-trace")
-    steps = len(rows)
-    samples = next(iter(rows[0].values())).shape[-1]
-    data = np.full((steps, len(units), max_lag, 2, samples), np.nan)
-    for s, row in enumerate(rows):
-        for u, stats in row.items():
-            data[s, u] = stats
-    trace = Trace([u.path for u in units], data[:, :, :, 0], data[:, :, :, 1])
-    logger.info("recorded %d transformer calls x %d units", steps, len(units))
+    groups = _step_groups(timesteps)  # calls of one denoising step (one per CFG branch, or one)
+    samples = sum(next(iter(rows[g].values()))[0].shape[-1] for g in groups[0])
+    data = np.full((len(groups), len(units), max_lag, 2, samples), np.nan)
+    width = sketch_width or 1
+    in_sk = np.zeros((len(groups), len(units), samples, width), dtype=np.float32)
+    out_sk = np.zeros_like(in_sk)
+    for s, group in enumerate(groups):
+        for u in range(len(units)):
+            parts = [rows[c][u] for c in group]
+            data[s, u] = np.concatenate([p[0] for p in parts], axis=-1)
+            if sketch_width:
+                in_sk[s, u] = np.concatenate([p[1] for p in parts], axis=0)
+                out_sk[s, u] = np.concatenate([p[2] for p in parts], axis=0)
+    first = None
+    if all(kept.shape[0] for _, kept in firsts):
+        if all(kept.shape[0] == batch for batch, kept in firsts):  # every sample kept
+            first = np.stack([np.concatenate([firsts[c][1] for c in group]) for group in groups])
+        else:  # a prefix of the sample axis: the first branch's kept samples
+            n = min(kept.shape[0] for _, kept in firsts)
+            first = np.stack([firsts[group[0]][1][:n] for group in groups])
+    trace = Trace(
+        [u.path for u in units],
+        data[:, :, :, 0],
+        data[:, :, :, 1],
+        in_sk if sketch_width else None,
+        out_sk if sketch_width else None,
+        first,
+        np.array([costs[u] for u in range(len(units))], dtype=np.float64),
+    )
+    logger.info("recorded %d steps (%d transformer calls) x %d units", len(groups), len(rows), len(units))
     return trace, output
+
+
+def _branch_index(timesteps: list[float]) -> int:
+    """How many calls before the current one had the same timestep (the CFG branch of the call)."""
+    i = len(timesteps) - 1
+    while i > 0 and timesteps[i - 1] == timesteps[-1]:
+        i -= 1
+    return len(timesteps) - 1 - i
+
+
+def _step_groups(timesteps: list[float]) -> list[list[int]]:
+    groups: list[list[int]] = []
+    for i, t in enumerate(timesteps):
+        if groups and timesteps[groups[-1][0]] == t:
+            groups[-1].append(i)
+        else:
+            groups.append([i])
+    return groups
 
 
 @dataclass(frozen=True)

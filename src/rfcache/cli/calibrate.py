@@ -17,7 +17,7 @@ logger = logging.getLogger(__name__)
 
 EXAMPLES = """examples:
   rfc-calibrate --budget 0.4                                  # embedded model -> profile.yaml
-  rfc-calibrate --budget 0.25 --trials 60 --out toy-b0.25.yaml
+  rfc-calibrate --budget 0.25 --trials 400 --out toy-b0.25.yaml
   rfc-calibrate --model ./my-pixart --prompts prompts.txt --steps 20 --device cuda
   # record on two machines, then calibrate from the merged traces:
   rfc-calibrate --shard 0/2 --trace-dir traces/   # and --shard 1/2 elsewhere
@@ -35,7 +35,8 @@ class CalibrateConfig:
     budget: float = option(0.4, "share of the module FLOPs the schedule may spend, in (0, 1]")
     steps: int = option(50, "number of inference steps the profile is for")
     prompts: Path | None = option(None, "text file, one prompt per line (text-conditioned models)")
-    trials: int = option(24, "Optuna trials (a resumed study counts its finished ones)")
+    trials: int = option(200, "Optuna trials, scored by the error model (a resumed study counts its finished ones)")
+    confirm: int = option(4, "best candidates by estimate confirmed by real runs on the calibration inputs")
     storage: str | None = option(
         None, "Optuna storage: a database URL, or a journal file path (default: sqlite file beside --out)"
     )
@@ -99,6 +100,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         budget=cfg.budget,
         heldout=cfg.heldout,
         trials=cfg.trials,
+        confirm=cfg.confirm,
         storage=storage,
         study_name=cfg.study,
         name=cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name,
@@ -120,6 +122,9 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         "taylorseer_nfc": int(p.quality["taylorseer_nfc"]),
         "seconds": round(result.seconds, 1),
         "trials": p.provenance.trials,
+        "errmodel_r2": p.diagnostics.get("errmodel_r2"),
+        "errmodel_spearman": p.diagnostics.get("errmodel_spearman"),
+        "confirmed": len(result.confirmed),
         "storage": storage,
         "json": cfg.json,
     }
@@ -135,11 +140,17 @@ def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
         f"schedule          {r['schedule']}  (NFC {r['nfc']} of {r['num_steps']}; {r['method']})",
         f"held-out rel-L2   {r['heldout_rel_l2']:.4f} profile vs {r['taylorseer_rel_l2']:.4f} TaylorSeer m=2 "
         f"at NFC {r['taylorseer_nfc']} ({ratio:.2f}x)",
+        f"error model       R² {_num(r['errmodel_r2'])} on its real runs; ranks {r['confirmed']} confirmed candidates "
+        f"with Spearman {_num(r['errmodel_spearman'])} against their real errors",
         f"time              {r['seconds']:.1f} s, {r['trials']} trials in {r['storage']}",
     ]
     if r.pop("json"):
         lines.append(json.dumps(r))
     return "\n".join(lines)
+
+
+def _num(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.2f}"
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
