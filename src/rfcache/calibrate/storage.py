@@ -71,8 +71,10 @@ def _open_rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: i
                     grace_period=grace_period,
                     **_retry_callback(max_retry),
                 )
-        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError):
-            if attempt == _CREATE_ATTEMPTS - 1:
+        except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
+            # SQLite reports the race as an OperationalError "table ... already exists"
+            racing = not isinstance(exc, sqlalchemy.exc.OperationalError) or "already exists" in str(exc)
+            if not racing or attempt == _CREATE_ATTEMPTS - 1:
                 raise
             time.sleep(0.2 * (attempt + 1) + random.random() * 0.3)
     raise AssertionError("unreachable")
