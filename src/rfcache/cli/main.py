@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rfcache.cli import calibrate, generate, show
+from rfcache.cli import bench, calibrate, generate, show
 from rfcache.cli._args import add_config_arguments, config_from_args
 
-__all__ = ["calibrate_main", "generate_main", "main", "show_main"]
+__all__ = ["bench_main", "calibrate_main", "generate_main", "main", "show_main"]
 
 
 @dataclass(frozen=True)
@@ -27,6 +27,7 @@ COMMANDS: dict[str, _Command] = {
     "show": _Command(show.ShowConfig, show.run_show, show.add_parser, show.report),
     "calibrate": _Command(calibrate.CalibrateConfig, calibrate.run_calibrate, calibrate.add_parser, calibrate.report),
     "generate": _Command(generate.GenerateConfig, generate.run_generate, generate.add_parser, generate.report),
+    "bench": _Command(bench.BenchCommandConfig, bench.run_bench_command, bench.add_parser, bench.report),
 }
 
 
@@ -77,6 +78,10 @@ def show_main() -> None:
 
 def generate_main() -> None:
     sys.exit(main(prog="rfc-generate", command="generate"))
+
+
+def bench_main() -> None:
+    sys.exit(main(prog="rfc-bench", command="bench"))
 
 
 if __name__ == "__main__":
