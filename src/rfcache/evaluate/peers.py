@@ -236,7 +236,7 @@ def _diffusers_magcache(pipe: Any, target: Target, threshold: float | None, ctx:
 
 
 def _cache_dit_adapter(pipe: Any) -> Any:
-    """cache-dit's registered adapter for the pipeline, or else for its transformer's class (e.g. a custom DiT pipeline)."""
+    """cache-dit's registered adapter for the pipeline, else for its transformer's class (a custom DiT pipeline)."""
     from cache_dit.caching.block_adapters.block_registers import BlockAdapterRegister
 
     adapter = BlockAdapterRegister.get_adapter(pipe)
