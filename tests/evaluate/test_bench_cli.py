@@ -39,6 +39,7 @@ def test_bench_writes_json_markdown_and_plots(tmp_path, capsys) -> None:
         (["--methods", "nope"], "unknown method 'nope'"),
         (["--budget", "1.5"], "--budget values must be in (0, 1]"),
         (["--model", "tiny:nope"], "unknown family"),
+        (["--methods", "fora,profile:nope"], "no profile file or shipped profile named 'nope'"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys) -> None:

@@ -29,7 +29,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.evaluate.cost import Measurement, measure_generation, step_fractions, time_interleaved
-from rfcache.evaluate.methods import Applied, BenchContext, MethodSpec, Target, ours_method
+from rfcache.evaluate.methods import OURS, Applied, BenchContext, MethodSpec, Target, ours_method
 from rfcache.evaluate.metrics import psnr, relative_l2, ssim
 from rfcache.evaluate.peers import PEERS
 from rfcache.evaluate.workload import TUNE_OFFSET, Workload, load_workload
@@ -128,12 +128,11 @@ def _resolve(names: tuple[str, ...]) -> list[MethodSpec]:
             continue
         if name in PEERS:
             specs.append(PEERS[name])
+        elif name in OURS or name.startswith("profile:"):
+            specs.append(ours_method(name))
         else:
-            try:
-                specs.append(ours_method(name))
-            except RfcacheError:
-                known = ", ".join(["full", *DEFAULT_METHODS, "profile:NAME"])
-                raise RfcacheError(f"--methods: unknown method {name!r}; expected some of {known}") from None
+            known = ", ".join(["full", *DEFAULT_METHODS, "profile:NAME"])
+            raise RfcacheError(f"--methods: unknown method {name!r}; expected some of {known}")
     return specs
 
 
@@ -261,7 +260,7 @@ class _Bench:
 
         labels = [self.work.label(i) for i in self.eval_idx]
         record.class_accuracy = class_agreement(images, labels)
-        record.frechet = digits_frechet_distance(images)
+        record.frechet = digits_frechet_distance(images) if len(images) > 1 else None  # needs a covariance
 
     def timings(self, runs: list[_Run]) -> dict[int, float]:
         """Seconds of one generation of sample 0 per run (and key -1 for full compute), interleaved."""

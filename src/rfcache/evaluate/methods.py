@@ -133,10 +133,12 @@ def _static(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) ->
 
 
 def _shipped(name: str) -> Callable[[Any, Target, float | None, BenchContext], Applied]:
-    def apply(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) -> Applied:
-        from rfcache.schedules import load_profile
+    from rfcache.schedules import load_profile
 
-        applied = _enable(pipe, {}, profile=load_profile(name))
+    profile = load_profile(name)  # a missing or malformed profile fails here, before any work
+
+    def apply(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) -> Applied:
+        applied = _enable(pipe, {}, profile=profile)
         applied.params = {"profile": name}
         return applied
 
