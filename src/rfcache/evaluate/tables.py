@@ -17,7 +17,7 @@ _COLUMNS = [
     ("NFC", "nfc", "{:.1f}"),
     ("FLOP frac", "flops_fraction", "{:.3f}"),
     ("speed-up", "speedup", "{:.2f}x"),
-    ("rel-L2", "rel_l2", "{:.4f}"),
+    ("rel-L2", "rel_l2", "{:.4g}"),
     ("PSNR dB", "psnr", "{:.2f}"),
     ("SSIM", "ssim", "{:.4f}"),
     ("state MiB", "state_mib", "{:.2f}"),
