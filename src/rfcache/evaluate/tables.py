@@ -25,8 +25,9 @@ _COLUMNS = [
 _DIGITS = [("class acc", "class_accuracy", "{:.3f}"), ("Fréchet", "frechet", "{:.2f}")]
 
 
-def _rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
+def _rows(result: BenchResult, *, params: bool = False) -> tuple[list[str], list[list[str]]]:
     columns = _COLUMNS + (_DIGITS if result.reference.get("class_accuracy") is not None else [])
+    columns += [("params", "params", "{}")] if params else []
     full = BenchRecord("full", "-", "-", result.steps, 1.0, 1.0, 0.0, math.inf, 1.0, speedup=1.0)
     full.class_accuracy, full.frechet = result.reference.get("class_accuracy"), result.reference.get("frechet")
     rows = []
@@ -34,6 +35,8 @@ def _rows(result: BenchResult) -> tuple[list[str], list[list[str]]]:
         row = []
         for _, attr, fmt in columns:
             value = getattr(record, attr)
+            if isinstance(value, dict):
+                value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
             ok = value is not None and not (isinstance(value, float) and math.isnan(value))
             row.append(fmt.format(value) if ok else "-")
         rows.append(row)
@@ -51,7 +54,7 @@ def format_table(result: BenchResult) -> str:
 
 
 def markdown_table(result: BenchResult) -> str:
-    header, rows = _rows(result)
+    header, rows = _rows(result, params=True)
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
     if result.skipped:
