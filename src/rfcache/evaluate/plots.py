@@ -27,7 +27,7 @@ def plot_quality(result: BenchResult, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r.method for r in result.records))
-    fig, ax = plt.subplots(figsize=(7.5, 4.8))
+    fig, ax = plt.subplots(figsize=(9, 4.8))
     for k, method in enumerate(methods):
         rows = sorted((r for r in result.records if r.method == method), key=lambda r: r.flops_fraction)
         source = rows[0].source
@@ -44,7 +44,7 @@ def plot_quality(result: BenchResult, path: Path) -> Path:
     ax.set_ylabel("relative L2 to full compute")
     ax.set_title(f"{result.model}: {result.steps} steps, {result.samples} samples")
     ax.grid(True, which="both", alpha=0.3)
-    ax.legend(fontsize=7, ncol=2)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     path = _save(fig, path)
     plt.close(fig)
     return path

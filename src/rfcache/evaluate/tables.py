@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
 
 from rfcache.evaluate.bench import BenchRecord, BenchResult
 
-__all__ = ["format_table", "markdown_table", "save_json", "save_text"]
+__all__ = ["format_table", "load_json", "markdown_table", "save_json", "save_text"]
 
 _COLUMNS = [
     ("setting", "setting", "{}"),
@@ -89,3 +90,17 @@ def save_json(result: BenchResult, path: Path) -> Path:
     }
     records = [reference] + [{**r.to_json(), "model": result.model, "samples": result.samples} for r in result.records]
     return save_text(json.dumps(records, indent=1) + "\n", path)
+
+
+def load_json(path: Path) -> BenchResult:
+    """A result back from :func:`save_json` (to re-plot or re-tabulate without re-running)."""
+    records = json.loads(Path(path).read_text())
+    head, rest = records[0], records[1:]
+    fields = {f.name for f in dataclasses.fields(BenchRecord)}
+    nan = {"speedup", "seconds", "psnr"}
+    rows = [
+        BenchRecord(**{k: (math.nan if v is None and k in nan else v) for k, v in r.items() if k in fields})
+        for r in rest
+    ]
+    reference = {k: head.get(k) for k in ("flops", "class_accuracy", "frechet", "seconds")}
+    return BenchResult(head["model"], int(head["nfc"]), head["samples"], rows, reference, {})
