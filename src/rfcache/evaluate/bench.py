@@ -250,17 +250,18 @@ class _Bench:
         )
         if not record.skips_work:
             logger.warning("%s at %s spent %.3f of full FLOPs: it did not skip work", spec.name, target.label, fraction)
-        self.digits_scores(record, out)
+        record.class_accuracy, record.frechet = self.digits_scores(out)
         return record
 
-    def digits_scores(self, record: Any, images: torch.Tensor) -> None:
+    def digits_scores(self, images: torch.Tensor) -> tuple[float | None, float | None]:
+        """Class accuracy and Fréchet distance to the real digits (embedded model only)."""
         if not self.work.is_digits:
-            return
+            return None, None
         from rfcache.evaluate.digits import class_agreement, digits_frechet_distance
 
         labels = [self.work.label(i) for i in self.eval_idx]
-        record.class_accuracy = class_agreement(images, labels)
-        record.frechet = digits_frechet_distance(images) if len(images) > 1 else None  # needs a covariance
+        frechet = digits_frechet_distance(images) if len(images) > 1 else None  # needs a covariance
+        return class_agreement(images, labels), frechet
 
     def timings(self, runs: list[_Run]) -> dict[int, float]:
         """Seconds of one generation of sample 0 per run (and key -1 for full compute), interleaved."""
@@ -323,11 +324,8 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
                 logger.exception("%s failed at %s", spec.name, target.label)
                 skipped[spec.name] = f"failed at {target.label}: {type(exc).__name__}: {exc}"
                 logger.warning("skipping %s: %s", spec.name, skipped[spec.name])
-        reference: dict[str, Any] = {"flops": bench.full_run(0).flops}
-        ref_images = torch.cat([bench.full_run(i).images for i in bench.eval_idx])
-        ref_scores = BenchRecord("full", "", "rfcache", cfg.steps, 1.0, 1.0, 0.0, math.inf, 1.0)
-        bench.digits_scores(ref_scores, ref_images)
-        reference.update(class_accuracy=ref_scores.class_accuracy, frechet=ref_scores.frechet)
+        accuracy, frechet = bench.digits_scores(torch.cat([bench.full_run(i).images for i in bench.eval_idx]))
+        reference: dict[str, Any] = {"flops": bench.full_run(0).flops, "class_accuracy": accuracy, "frechet": frechet}
         if cfg.repeats > 0:
             seconds = bench.timings(runs)
             reference["seconds"] = seconds[-1]
