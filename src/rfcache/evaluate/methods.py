@@ -31,7 +31,7 @@ class Target:
     """A cost to match: ``fraction`` of the full-compute transformer FLOPs (measured).
 
     ``nfc`` is the number of full steps of the interval schedules at this cost and ``budget`` the
-    analytic module-FLOP fraction a calibrated profile is given to land on it.
+    analytic module-FLOP fraction (predictors charged) a calibrated profile is given to land on it.
     """
 
     label: str
