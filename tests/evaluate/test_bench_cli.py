@@ -46,3 +46,15 @@ def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys) -> None:
     assert main([*argv, "--steps", "4", "--nfc", "2", "--samples", "1"], prog="rfc-bench", command="bench") == 2
     err = capsys.readouterr().err.strip()
     assert message in err and "\n" not in err
+
+
+def test_budget_targets_are_flop_fractions() -> None:
+    from rfcache.evaluate.bench import BenchConfig, run_bench
+
+    cfg = BenchConfig(model="tiny:dit", steps=8, budgets=(0.7,), methods=("fora", "rfc"), samples=1, repeats=0)
+    result = run_bench(BenchConfig(**{**cfg.__dict__, "progress": False}))
+    fora, rfc = result.records
+    assert fora.setting == rfc.setting == "budget 0.7"
+    assert fora.target_fraction == 0.7
+    assert 0.55 < fora.flops_fraction <= 0.7  # the interval NFC whose fraction is nearest below the budget
+    assert abs(rfc.flops_fraction - 0.7) < 0.15
