@@ -61,3 +61,16 @@ def test_time_interleaved_runs_every_method_each_round_and_drops_the_warmup() ->
     seconds = time_interleaved(runs, repeats=2)
     assert set(seconds) == {"a", "b"}
     assert calls == ["+a", "a", "+b", "b"] * 3
+
+
+def test_time_interleaved_reports_a_failing_method_and_times_the_rest() -> None:
+    def broken() -> None:
+        raise RuntimeError("boom")
+
+    failures: dict[str, str] = {}
+    runs = [("ok", lambda: None, lambda: None), ("bad", lambda: None, broken)]
+    seconds = time_interleaved(runs, repeats=1, failures=failures)
+    assert seconds["ok"] >= 0 and seconds["bad"] != seconds["bad"]  # nan
+    assert failures == {"bad": "RuntimeError: boom"}
+    with pytest.raises(RuntimeError, match="boom"):
+        time_interleaved(runs, repeats=1)

@@ -265,8 +265,10 @@ class _Bench:
         frechet = digits_frechet_distance(images) if len(images) > 1 else None  # needs a covariance
         return class_agreement(images, labels), frechet
 
-    def timings(self, runs: list[_Run]) -> dict[int, float]:
-        """Seconds of one generation of sample 0 per run (and key -1 for full compute), interleaved."""
+    def timings(self, runs: list[_Run], failures: dict[str, str]) -> dict[int, float]:
+        """Seconds of one generation of sample 0 per run (and key -1 for full compute), interleaved.
+
+        A run that fails here gets ``nan`` and its error goes to ``failures`` under its index."""
 
         def applier(run: _Run) -> Callable[[], Any]:
             def apply() -> Callable[[], None]:
@@ -280,7 +282,7 @@ class _Bench:
         entries = [("-1", lambda: None, generate)]
         entries += [(str(k), applier(run), generate) for k, run in enumerate(runs)]
         with torch.no_grad():
-            seconds = time_interleaved(entries, repeats=self.cfg.repeats)
+            seconds = time_interleaved(entries, repeats=self.cfg.repeats, failures=failures)
         return {int(k): v for k, v in seconds.items()}
 
 
@@ -329,9 +331,13 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
         accuracy, frechet = bench.digits_scores(torch.cat([bench.full_run(i).images for i in bench.eval_idx]))
         reference: dict[str, Any] = {"flops": bench.full_run(0).flops, "class_accuracy": accuracy, "frechet": frechet}
         if cfg.repeats > 0:
-            seconds = bench.timings(runs)
+            failures: dict[str, str] = {}
+            seconds = bench.timings(runs, failures)
             reference["seconds"] = seconds[-1]
             for k, record in enumerate(records):
                 record.seconds = seconds[k]
                 record.speedup = seconds[-1] / seconds[k]
+                if str(k) in failures:
+                    skipped[f"{record.method} timing"] = f"failed at {record.setting}: {failures[str(k)]}"
+                    logger.warning("timing %s at %s failed: %s", record.method, record.setting, failures[str(k)])
     return BenchResult(work.name, cfg.steps, cfg.samples, records, reference, skipped)

@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 import time
 import types
@@ -137,24 +138,36 @@ def tensor_bytes(roots: Iterable[Any]) -> int:
 
 
 def time_interleaved(
-    runs: Sequence[tuple[str, Callable[[], Any], Callable[[], None]]], *, repeats: int = 3
+    runs: Sequence[tuple[str, Callable[[], Any], Callable[[], None]]],
+    *,
+    repeats: int = 3,
+    failures: dict[str, str] | None = None,
 ) -> dict[str, float]:
     """Median seconds of each ``(name, apply, run)``: ``apply()`` (untimed, returns a remover), then ``run()`` timed.
 
     Round 0 is a warm-up and is discarded; every later round runs every method once, in order,
-    so drift of the machine's speed hits all methods alike.
+    so drift of the machine's speed hits all methods alike. With ``failures`` given, a method that
+    raises is dropped from later rounds, gets ``nan`` and its error is stored there; else it raises.
     """
     times: dict[str, list[float]] = {name: [] for name, _, _ in runs}
     for round_index in range(repeats + 1):
         for name, apply, run in runs:
-            remove = apply()
+            if failures is not None and name in failures:
+                continue
             try:
-                start = time.perf_counter()
-                run()
-                elapsed = time.perf_counter() - start
-            finally:
-                if callable(remove):
-                    remove()
+                remove = apply()
+                try:
+                    start = time.perf_counter()
+                    run()
+                    elapsed = time.perf_counter() - start
+                finally:
+                    if callable(remove):
+                        remove()
+            except Exception as exc:
+                if failures is None:
+                    raise
+                failures[name] = f"{type(exc).__name__}: {exc}"
+                continue
             if round_index:
                 times[name].append(elapsed)
-    return {name: statistics.median(t) for name, t in times.items()}
+    return {name: statistics.median(t) if t else math.nan for name, t in times.items()}
