@@ -9,10 +9,10 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from rfcache.cli import calibrate, export, generate, run, show
+from rfcache.cli import bench, calibrate, export, generate, run, show
 from rfcache.cli._args import add_config_arguments, config_from_args
 
-__all__ = ["calibrate_main", "export_main", "generate_main", "main", "run_main", "show_main"]
+__all__ = ["bench_main", "calibrate_main", "export_main", "generate_main", "main", "run_main", "show_main"]
 
 
 @dataclass(frozen=True)
@@ -29,6 +29,7 @@ COMMANDS: dict[str, _Command] = {
     "generate": _Command(generate.GenerateConfig, generate.run_generate, generate.add_parser, generate.report),
     "export": _Command(export.ExportConfig, export.run_export, export.add_parser, export.report),
     "run": _Command(run.RunConfig, run.run_bundle, run.add_parser, run.report),
+    "bench": _Command(bench.BenchCommandConfig, bench.run_bench_command, bench.add_parser, bench.report),
 }
 
 
@@ -87,6 +88,10 @@ def export_main() -> None:
 
 def run_main() -> None:
     sys.exit(main(prog="rfc-run", command="run"))
+
+
+def bench_main() -> None:
+    sys.exit(main(prog="rfc-bench", command="bench"))
 
 
 if __name__ == "__main__":

@@ -1,0 +1,97 @@
+"""``rfc-bench``: every caching method on one model at matched FLOPs — quality, cost, speed.
+
+Methods: rfcache's fora, taylorseer-m1/-m2, rfe-m1/-m2, rcs, rfc (dynamic), static (a profile
+calibrated at each target's budget) and profile:NAME (a profile at its own budget); diffusers'
+diffusers-taylorseer-m1/-m2, diffusers-fbc, diffusers-magcache; cache-dit's cache-dit-dbcache and
+cache-dit-dbcache-taylorseer (the bench extra). Peers whose package is missing are skipped with a
+message. FLOP fractions are measured by one FlopCounterMode for every method; wall time is measured
+in one process, methods interleaved after a warm-up.
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+from pathlib import Path
+
+from rfcache.cli._args import option
+
+__all__ = ["BenchCommandConfig", "run_bench_command"]
+
+EXAMPLES = """examples:
+  rfc-bench                                            # toy model, NFC 14,10,7 of 50 steps, all methods
+  rfc-bench --methods fora,taylorseer-m2,rfe-m2,rcs,rfc --samples 20 --markdown bench.md --plot bench.png
+  rfc-bench --budget 0.3,0.2 --methods rfc,static,diffusers-fbc --json bench.json
+  rfc-bench --model tiny:flux --steps 20 --nfc 8,5 --samples 2
+  rfc-bench --methods rfc,profile:toy-b0.4              # a shipped profile at its own cost
+"""
+
+
+@dataclass(frozen=True)
+class BenchCommandConfig:
+    model: str = option("toy", "'toy', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a pipeline folder or hub id")
+    steps: int = option(50, "number of inference steps")
+    nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules")
+    budget: tuple[float, ...] = option((), "target costs as measured FLOP fractions (replaces --nfc)")
+    methods: tuple[str, ...] = option((), "comma-separated methods (default: all; see the list above)")
+    samples: int = option(10, "evaluated samples per method (seeds 1000..)")
+    tune_samples: int = option(2, "samples used to match each swept method's FLOP fraction")
+    repeats: int = option(3, "timed rounds after one warm-up round (0: no timing)")
+    calibrate_trials: int = option(24, "Optuna trials per calibrated static profile")
+    device: str = option("cpu", "torch device")
+    dtype: str = option("float32", "float32, float16 or bfloat16")
+    json: Path | None = option(None, "write the records as a JSON list")
+    markdown: Path | None = option(None, "write the table as Markdown")
+    plot: Path | None = option(None, "write the quality-vs-FLOPs plot (PNG); the per-step pattern plot goes beside it")
+    progress: bool = option(True, "show progress bars")
+
+
+def run_bench_command(cfg: BenchCommandConfig):
+    """Run the benchmark and write the requested files; returns the result and the paths written."""
+    from rfcache.cli.generate import _dtype
+    from rfcache.evaluate.bench import DEFAULT_METHODS, BenchConfig, run_bench
+    from rfcache.evaluate.plots import pattern_plot_path, plot_patterns, plot_quality
+    from rfcache.evaluate.tables import markdown_table, save_json, save_text
+
+    result = run_bench(
+        BenchConfig(
+            model=cfg.model,
+            steps=cfg.steps,
+            nfc=cfg.nfc,
+            budgets=cfg.budget,
+            methods=cfg.methods or DEFAULT_METHODS,
+            samples=cfg.samples,
+            tune_samples=cfg.tune_samples,
+            repeats=cfg.repeats,
+            calibrate_trials=cfg.calibrate_trials,
+            device=cfg.device,
+            dtype=_dtype(cfg.dtype),
+            progress=cfg.progress,
+        )
+    )
+    written = []
+    if cfg.json is not None:
+        written.append(save_json(result, cfg.json))
+    if cfg.markdown is not None:
+        written.append(save_text(markdown_table(result), cfg.markdown))
+    if cfg.plot is not None and result.records:
+        written.append(plot_quality(result, cfg.plot))
+        written.append(plot_patterns(result, pattern_plot_path(cfg.plot)))
+    return result, written
+
+
+def report(cfg: BenchCommandConfig, outcome) -> str:
+    from rfcache.evaluate.tables import format_table
+
+    result, written = outcome
+    head = (
+        f"{result.model}: {result.steps} steps, {result.samples} samples; FLOP frac measured (FlopCounterMode, "
+        "transformer), speed-up measured (wall clock), quality against full compute of the same seeds"
+    )
+    return "\n".join([head, format_table(result), *(f"wrote {p}" for p in written)])
+
+
+def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    return sub.add_parser(
+        "bench", help="compare caching methods at matched FLOPs", description=__doc__, epilog=EXAMPLES
+    )
