@@ -4,7 +4,6 @@ Two kinds of mutation: plain edits (caught by the manifest's content hash) and e
 recomputed, as a deliberate editor would, which reach every structural check behind it.
 """
 
-import copy
 import json
 import shutil
 
@@ -15,7 +14,7 @@ from hypothesis import strategies as st
 from rfcache.export import Bundle, BundleError, export
 from rfcache.export.bundle import MANIFEST, _content_hash
 from tests.conftest import make_profile, make_tiny_digits_pipeline
-from tests.schedules.test_profile_fuzz import _delete, _paths, _set, weird_values
+from tests.schedules.test_profile_fuzz import _paths, apply_edits, weird_values
 
 
 @pytest.fixture(scope="module")
@@ -26,19 +25,7 @@ def bundle_dir(tmp_path_factory):
 
 def mutate(manifest: dict, edits) -> dict:
     paths = [p for p in _paths(manifest) if p]
-    data = copy.deepcopy(manifest)
-    for index, action, value in edits:
-        path = paths[index % len(paths)]
-        try:
-            if action == "set":
-                _set(data, path, value)
-            elif action == "delete":
-                _delete(data, path)
-            else:
-                _set(data, (*path[:-1], "extra_key"), value)
-        except (KeyError, IndexError, TypeError):
-            continue
-    return data
+    return apply_edits(manifest, [(paths[i % len(paths)], action, value, "extra_key") for i, action, value in edits])
 
 
 def check_outcome(folder) -> str:

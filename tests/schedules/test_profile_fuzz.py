@@ -80,7 +80,12 @@ def _outcome(text: str) -> None:
     )
 )
 def test_mutated_profiles_load_or_fail_cleanly(edits):
-    data = copy.deepcopy(VALID)
+    _outcome(yaml.safe_dump(apply_edits(VALID, edits), allow_unicode=True))
+
+
+def apply_edits(original, edits):
+    """A copy of ``original`` with each ``(path, action, value, key)`` edit applied where it still fits."""
+    data = copy.deepcopy(original)
     for path, action, value, key in edits:
         try:
             if action == "set":
@@ -91,7 +96,7 @@ def test_mutated_profiles_load_or_fail_cleanly(edits):
                 _set(data, (*path[:-1], key), value)
         except (KeyError, IndexError, TypeError):
             continue  # an earlier edit removed or replaced the parent
-    _outcome(yaml.safe_dump(data, allow_unicode=True))
+    return data
 
 
 @settings(max_examples=150, deadline=None)
