@@ -1,4 +1,4 @@
-"""Writing generated images: a grid of samples as one PNG, written atomically."""
+"""Generated images: which class labels to sample, and a grid of samples as one PNG, written atomically."""
 
 from __future__ import annotations
 
@@ -6,7 +6,13 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["save_grid"]
+__all__ = ["cycle_labels", "save_grid"]
+
+
+def cycle_labels(requested: tuple[int, ...], num_classes: int, num: int) -> list[int]:
+    """``num`` labels cycling through ``requested`` (default: every class, 0, 1, 2, ...)."""
+    labels = list(requested) or list(range(max(num_classes, 1)))
+    return [labels[i % len(labels)] for i in range(num)]
 
 
 def save_grid(images: np.ndarray, out: Path, *, scale: int = 1, cols: int = 10) -> Path:

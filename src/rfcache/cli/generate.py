@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfcache.cli._args import option
-from rfcache.cli._images import save_grid
+from rfcache.cli._images import cycle_labels, save_grid
 
 __all__ = ["GenerateConfig", "run_generate"]
 
@@ -62,8 +62,7 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     dtype = _dtype(cfg.dtype)
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=dtype)
     num_classes = int(pipe.transformer.config.num_embeds_ada_norm or 0)
-    labels = list(cfg.class_labels) or list(range(max(num_classes, 1)))
-    labels = [labels[i % len(labels)] for i in range(cfg.num)]
+    labels = cycle_labels(cfg.class_labels, num_classes, cfg.num)
     for label in labels:
         if not 0 <= label < num_classes:
             raise RfcacheError(f"--class {label} is outside the model's classes 0..{num_classes - 1}")

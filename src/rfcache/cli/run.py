@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from rfcache.cli._args import option
-from rfcache.cli._images import save_grid
+from rfcache.cli._images import cycle_labels, save_grid
 
 __all__ = ["RunConfig", "run_bundle"]
 
@@ -48,8 +48,7 @@ def run_bundle(cfg: RunConfig) -> dict[str, Any]:
     bundle = load_bundle(cfg.bundle)
     runner = open_runner(bundle, device=cfg.device, threads=cfg.threads or None)
     num_classes = int(bundle.sampling.get("num_classes", 0))
-    labels = list(cfg.class_labels) or list(range(max(num_classes, 1)))
-    labels = [labels[i % len(labels)] for i in range(cfg.num)]
+    labels = cycle_labels(cfg.class_labels, num_classes, cfg.num)
     result = runner.generate(labels, seed=cfg.seed, guidance_scale=cfg.guidance)
     save_grid(result.images, cfg.out, scale=cfg.scale)
     return {

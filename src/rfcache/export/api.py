@@ -20,7 +20,7 @@ from typing import Any
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, TensorSpec, encode_config, write_bundle
+from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, encode_config, write_bundle
 from rfcache.export.graphs import MODEL_OUTPUT, PredictorSpec, StepGraphs
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime.api import profile_config
@@ -285,7 +285,7 @@ def _spec(name: str, t: torch.Tensor, dynamic: bool) -> dict[str, Any]:
     shape: list[int | str] = list(t.shape)
     if dynamic and shape and shape[0] == _PROBE_BATCH:
         shape[0] = "batch"
-    return TensorSpec(name, tuple(shape), str(t.dtype).removeprefix("torch.")).__dict__ | {"shape": shape}
+    return {"name": name, "shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
 
 
 def _manifest(

@@ -30,7 +30,16 @@ from typing import Any
 from rfcache.errors import RfcacheError
 from rfcache.schedules import Profile, ProfileError
 
-__all__ = ["BUNDLE_FORMAT", "BUNDLE_VERSION", "MANIFEST", "Bundle", "BundleError", "GraphSpec", "TensorSpec"]
+__all__ = [
+    "BUNDLE_FORMAT",
+    "BUNDLE_VERSION",
+    "MANIFEST",
+    "Bundle",
+    "BundleError",
+    "GraphSpec",
+    "TensorSpec",
+    "first_line",
+]
 
 BUNDLE_FORMAT = "rfcache-bundle"
 BUNDLE_VERSION = 1
@@ -170,7 +179,7 @@ def _read_manifest(root: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_bytes().decode("utf-8"), parse_constant=_reject_constant)
     except (UnicodeDecodeError, json.JSONDecodeError, ValueError, RecursionError) as exc:
-        raise BundleError(f"{path}: not valid JSON ({_first_line(exc)})") from None
+        raise BundleError(f"{path}: not valid JSON ({first_line(exc)})") from None
     if not isinstance(data, dict):
         raise BundleError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != BUNDLE_FORMAT:
@@ -198,7 +207,7 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         try:
             spec = _tensor_spec(state)
         except (KeyError, TypeError, ValueError, AttributeError) as exc:
-            raise BundleError(f"{path}: state[{i}] malformed ({_first_line(exc)})") from None
+            raise BundleError(f"{path}: state[{i}] malformed ({first_line(exc)})") from None
         if spec.shape[:1] != ("batch",) or spec.dtype not in _DTYPES:
             raise BundleError(f"{path}: state[{i}] must have a leading 'batch' axis and a float dtype")
     predictor = data["predictor"]
@@ -279,7 +288,7 @@ def _graph_spec(data: Any, name: str) -> GraphSpec:
             tuple(_tensor_spec(t) for t in data["outputs"]),
         )
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
-        raise BundleError(f"{where}: malformed input/output list ({_first_line(exc)})") from None
+        raise BundleError(f"{where}: malformed input/output list ({first_line(exc)})") from None
 
 
 def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
@@ -314,6 +323,7 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not allowed")
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An exception's first message line (its type name when it has none), for one-line errors."""
     text = str(exc).strip().splitlines()
     return text[0] if text else type(exc).__name__

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, decode_config
+from rfcache.export.bundle import Bundle, BundleError, decode_config, first_line
 
 __all__ = ["BundleRunner", "GenerationResult", "OrtRunner", "StepRunner", "open_runner", "pattern_coefficients"]
 
@@ -216,8 +216,9 @@ class OrtRunner(BundleRunner):
             try:
                 session = ort.InferenceSession(str(bundle.file(spec.file)), options, providers=providers)
             except Exception as exc:  # onnxruntime raises its own exception types
-                first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                raise BundleError(f"{bundle.file(spec.file)}: ONNX Runtime cannot load it ({first})") from None
+                raise BundleError(
+                    f"{bundle.file(spec.file)}: ONNX Runtime cannot load it ({first_line(exc)})"
+                ) from None
             found = [i.name for i in session.get_inputs()]
             if found != [t.name for t in spec.inputs]:
                 raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError
+from rfcache.export.bundle import Bundle, BundleError, first_line
 from rfcache.export.runner import BundleRunner, StepRunner
 
 __all__ = ["TrtRunner", "build_engines", "require_tensorrt"]
@@ -34,7 +34,7 @@ def require_tensorrt() -> Any:
     except Exception as exc:  # ImportError, or the bindings present without their libraries
         raise RfcacheError(
             "the tensorrt backend needs TensorRT and a CUDA GPU: pip install 'rfcache[tensorrt]' "
-            f"({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else 'not importable'})"
+            f"({type(exc).__name__}: {first_line(exc)})"
         ) from None
     return tensorrt
 
