@@ -25,28 +25,16 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 import rfcache
 from rfcache.export import OrtRunner, export, load_bundle
-from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
+from rfcache.models.toy import random_dit_pipeline
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.policies import interval_for_nfc, interval_mask
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
 
 STEPS = 50
 LABELS = [3]
-
-
-def moderate_pipeline(size: int = 16) -> DigitsDiTPipeline:
-    """Hidden 384, 12 layers, 4-channel latent of ``size``^2 (16: 64 tokens; 32: DiT-S/2 at 256 px)."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=4, num_layers=12, sample_size=size
-    ).eval()
-    pipe = DigitsDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(**toy_scheduler_config()))
-    pipe.set_progress_bar_config(disable=True)
-    return pipe
 
 
 def _profile(pipe, schedule: str, achieved: float, budget: float, predictor: str = "relational") -> Profile:
@@ -91,7 +79,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    pipe = moderate_pipeline(args.size)
+    pipe = random_dit_pipeline(args.size)
     profile = profile_within(pipe, args.budget)
     full_profile = _profile(pipe, "C" * STEPS, 1.0, 1.0)
     # the same pattern with no predictor arithmetic: what a cached step costs beyond the skeleton

@@ -19,12 +19,11 @@ from __future__ import annotations
 import argparse
 
 import torch
-from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 from rfcache.evaluate.bench import BenchConfig, run_bench
 from rfcache.evaluate.tables import format_table
 from rfcache.evaluate.workload import Workload
-from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
+from rfcache.models.toy import random_dit_pipeline
 
 STEPS = 50
 METHODS = ("fora", "taylorseer-m1", "taylorseer-m2", "rfe-m1", "rfe-m2", "rcs", "rfc")
@@ -32,12 +31,7 @@ METHODS = ("fora", "taylorseer-m1", "taylorseer-m2", "rfe-m1", "rfe-m2", "rcs", 
 
 def speed_workload() -> Workload:
     """A DiT-S-sized random model in the toy pipeline: big enough for compute to dominate hook overhead."""
-    torch.manual_seed(0)
-    transformer = DiTTransformer2DModel(
-        num_attention_heads=6, attention_head_dim=64, in_channels=4, out_channels=4, num_layers=12, sample_size=16
-    ).eval()
-    pipe = DigitsDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(**toy_scheduler_config()))
-    pipe.set_progress_bar_config(disable=True)
+    pipe = random_dit_pipeline()
     return Workload("random DiT 384x12", pipe, STEPS, {"guidance_scale": 2.0}, "class", num_classes=10)
 
 

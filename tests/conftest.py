@@ -52,8 +52,9 @@ def make_profile(
     ratios: tuple[float, ...] = (),
     **sampling,
 ) -> Profile:
-    """A hand-made profile for ``pipe`` (the tiny digits pipeline: DDIM, CFG, 1x8x8 inputs)."""
-    from rfcache.models import get_adapter
+    """A hand-made profile for ``pipe`` or a bare transformer (defaults: the tiny digits pipeline's
+    DDIM, CFG and 1x8x8 inputs; ``sampling`` overrides them)."""
+    from rfcache.models import get_adapter, get_transformer
     from rfcache.runtime.identity import model_identity
 
     setup = {
@@ -65,7 +66,7 @@ def make_profile(
     }
     return Profile(
         name="tiny",
-        model=model_identity(pipe.transformer, get_adapter(pipe.transformer)),
+        model=model_identity(get_transformer(pipe), get_adapter(get_transformer(pipe))),
         sampling=SamplingSetup(**setup),
         method=MethodSpec(predictor, order, "interval", {"calibrated": 1.0} if ratios else {}),
         schedule=schedule,

@@ -7,23 +7,16 @@ import torch
 import rfcache
 from rfcache.export import OrtRunner, export, load_bundle
 from rfcache.models.tiny import FAMILIES, build_tiny_pipeline, tiny_pipeline_call_kwargs, tiny_transformer
-from rfcache.runtime.identity import input_resolution, model_identity
-from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.runtime.identity import input_resolution
+from rfcache.schedules import Profile
+from tests.conftest import make_profile
 
 SCHEDULE = "CCPPCPPC"
 
 
 def _profile(model, example, schedule=SCHEDULE, scheduler="none", guidance="none") -> Profile:
-    adapter = rfcache.get_adapter(model)
-    return Profile(
-        name="tiny",
-        model=model_identity(model, adapter),
-        sampling=SamplingSetup(scheduler, len(schedule), guidance, input_resolution(example["hidden_states"])),
-        method=MethodSpec("relational", 2, "interval"),
-        schedule=schedule,
-        budget=Budget(0.5, 0.4),
-        provenance=Provenance("x", 0, 1, "now"),
-    )
+    resolution = input_resolution(example["hidden_states"])
+    return make_profile(model, schedule, scheduler=scheduler, guidance=guidance, resolution=resolution)
 
 
 @pytest.mark.slow

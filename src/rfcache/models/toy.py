@@ -25,6 +25,7 @@ __all__ = [
     "DigitsDiTPipeline",
     "build_toy_transformer",
     "load_digits_images",
+    "random_dit_pipeline",
     "toy_scheduler_config",
 ]
 
@@ -137,6 +138,26 @@ class DigitsDiTPipeline(DiffusionPipeline):
         if not return_dict:
             return (out,)
         return ImagePipelineOutput(images=out)
+
+
+def random_dit_pipeline(sample_size: int = 16, seed: int = 0) -> DigitsDiTPipeline:
+    """The toy pipeline around a random DiT sized like DiT-S (hidden 384, 12 layers, 4-channel latent).
+
+    The speed model of the benchmarks: large enough for module compute to dominate hook overhead.
+    ``sample_size`` 16 gives 64 tokens, 32 gives DiT-S/2's 256 at 256 px. Seeds the global RNG.
+    """
+    torch.manual_seed(seed)
+    transformer = DiTTransformer2DModel(
+        num_attention_heads=6,
+        attention_head_dim=64,
+        in_channels=4,
+        out_channels=4,
+        num_layers=12,
+        sample_size=sample_size,
+    ).eval()
+    pipe = DigitsDiTPipeline(transformer=transformer, scheduler=DDIMScheduler(**toy_scheduler_config()))
+    pipe.set_progress_bar_config(disable=True)
+    return pipe
 
 
 def read_training_record(weights_dir: Path = TOY_WEIGHTS_DIR) -> dict[str, Any]:
