@@ -53,7 +53,9 @@ class DiTAdapter(BlockAdapter):
     def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
         # each block's timestep/class embedding and adaLN linear; the final layer's projection (the
         # forward feeds it block 0's embedding again)
-        paths = [f"transformer_blocks.{i}.norm1.{m}" for i in range(len(model.transformer_blocks)) for m in ("emb", "linear")]
+        paths = [
+            f"transformer_blocks.{i}.norm1.{m}" for i in range(len(model.transformer_blocks)) for m in ("emb", "linear")
+        ]
         return (*paths, "proj_out_1")
 
     def shared_conditioning(

@@ -41,7 +41,11 @@ def attach_unit_hooks(
 
 
 def attach_module_hooks(
-    model: torch.nn.Module, paths: tuple[str, ...], call: Callable[[str, Callable[..., Any], tuple, dict], Any], *, name: str
+    model: torch.nn.Module,
+    paths: tuple[str, ...],
+    call: Callable[[str, Callable[..., Any], tuple, dict], Any],
+    *,
+    name: str,
 ) -> None:
     """Route every call of the sub-modules at ``paths`` through ``call(path, original, args, kwargs)``."""
     for path in paths:

@@ -42,7 +42,8 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, CacheUnit, StepShape
-from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
+from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.conditioning import ConditioningStore, build_conditioning_store
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import input_resolution
 from rfcache.runtime.memory import (
@@ -54,8 +55,6 @@ from rfcache.runtime.memory import (
     tensor_shapes,
 )
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
-from rfcache.models.hooks import attach_module_hooks
-from rfcache.runtime.conditioning import ConditioningStore, build_conditioning_store
 from rfcache.runtime.predictors import (
     difference_gram,
     estimate_predictor_flops,
