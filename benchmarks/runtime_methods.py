@@ -113,8 +113,7 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
     import rfcache
     from rfcache.models.toy import random_dit_pipeline
 
-    side = round(tokens**0.5) * 2  # patch 2
-    pipe = random_dit_pipeline(sample_size=side)
+    pipe = random_dit_pipeline(sample_size=round(tokens**0.5) * 2)  # patch 2
     model = pipe.transformer
 
     def generate() -> None:
@@ -127,7 +126,9 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
     seconds: dict[str, list[float]] = {name: [] for name in runs}
     step_times: dict[str, list[tuple[str, float]]] = {name: [] for name in runs}
     fractions: dict[str, float] = {}
-    for round_index in range(repeats + 1):  # round 0 warms up
+    parts = StepParts(pipe, steps=steps)
+    part_times: dict[str, list[float]] = {}
+    for round_index in range(repeats + 1):  # round 0 warms up; parts are timed between the runs
         for name, params in runs.items():
             if params is not None:
                 rfcache.enable(pipe, **params, share_conditioning=True)
@@ -146,40 +147,120 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
             if round_index:
                 seconds[name].append(elapsed)
                 step_times[name] += list(zip(pattern, timer.times, strict=True))
-    parts = cached_step_parts(pipe, steps=steps, repeats=max(repeats, 1))
+                for part, value in parts.measure().items():
+                    part_times.setdefault(part, []).append(value)
 
     median = {name: statistics.median(v) for name, v in seconds.items()}
+    part = {name: statistics.median(v) for name, v in part_times.items()}
+    full_unmodified = _median_step(step_times["unmodified"], "C")
     full_shared = _median_step(step_times["shared conditioning"], "C")
     nfc = _nfc(steps)
     # the ceiling: full steps as they cost with shared conditioning, cached steps costing the skeleton alone
-    attainable_s = nfc * full_shared + (steps - nfc) * parts["skeleton alone (units free, conditioning shared)"]
-    attainable_s += parts["shared conditioning, one batched pass for all steps"]
+    attainable_s = nfc * full_shared + (steps - nfc) * part[SKELETON_SHARED] + part[BATCHED]
+    attainable = full_unmodified * steps / attainable_s
     base, shared = median["unmodified"], median["shared conditioning"]
     print(
         f"\nrandom DiT 384x12, {tokens} tokens, CFG batch 2, {steps} DDIM steps, NFC {nfc} (wall clock, CPU, "
-        f"median of {repeats})"
+        f"median of {repeats}; attainable: cached steps costing the skeleton alone)"
     )
     print(
         f"{'method':<20} {'seconds':>8} {'vs unmodified':>14} {'vs shared cond.':>16} "
         f"{'FLOP ideal':>11} {'attainable':>11}"
     )
     for name in runs:
-        ideal = f"{1 / fractions[name]:.2f}x" if name in fractions and name != "shared conditioning" else ""
-        limit = f"{base / attainable_s:.2f}x" if name in fractions and name != "shared conditioning" else ""
+        cached = name in fractions and name != "shared conditioning"
+        ideal = f"{1 / fractions[name]:.2f}x" if cached else ""
+        limit = f"{attainable:.2f}x" if cached else ""
         print(
             f"{name:<20} {median[name]:>8.2f} {base / median[name]:>13.2f}x {shared / median[name]:>15.2f}x "
             f"{ideal:>11} {limit:>11}"
         )
     print(f"\nparts of a step, {tokens} tokens (ms, median)")
-    print(f"{'full step, unmodified':<58} {_median_step(step_times['unmodified'], 'C') * 1e3:>7.2f}")
-    print(f"{'full step, shared conditioning':<58} {full_shared * 1e3:>7.2f}")
-    for name in methods:
-        print(f"{'cached step, ' + name:<58} {_median_step(step_times[name], 'P') * 1e3:>7.2f}")
+    rows = [("full step, unmodified", full_unmodified), ("full step, shared conditioning", full_shared)]
+    rows += [(f"cached step, {name}", _median_step(step_times[name], "P")) for name in methods]
+    rows += list(part.items())
     if "fora" in methods:  # hooks, step detection, FLOP counting: what the session adds to the bare skeleton
-        bookkeeping = _median_step(step_times["fora"], "P") - parts["skeleton alone (units free, conditioning shared)"]
-        print(f"{'session bookkeeping (cached fora step - skeleton alone)':<58} {bookkeeping * 1e3:>7.2f}")
-    for part, value in parts.items():
-        print(f"{part:<58} {value * 1e3:>7.2f}")
+        rows.append(("session bookkeeping (cached fora step - skeleton alone)", rows[2][1] - part[SKELETON_SHARED]))
+    for label, value in rows:
+        print(f"{label:<62} {value * 1e3:>7.2f}")
+
+
+SKELETON_SHARED = "skeleton alone (units free, conditioning shared)"
+BATCHED = "shared conditioning: one batched pass for all steps"
+
+
+class StepParts:
+    """The parts of a cached step, each timed on its own on one step's real inputs and cache state."""
+
+    def __init__(self, pipe: Any, *, steps: int) -> None:
+        import rfcache
+        from rfcache.runtime.api import get_session
+
+        self.pipe, self.steps = pipe, steps
+        model = pipe.transformer
+        self.adapter = rfcache.get_adapter(model)
+        captured: dict[str, Any] = {}
+
+        def capture(module: Any, args: tuple, kwargs: dict) -> None:
+            captured.setdefault("kwargs", {**dict(zip(("hidden_states",), args, strict=False)), **kwargs})
+
+        rfcache.enable(pipe, method="taylorseer", interval=4, order=2)
+        handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            pipe(
+                class_labels=[3],
+                num_inference_steps=steps,
+                guidance_scale=2.0,
+                generator=torch.Generator().manual_seed(0),
+            )
+        finally:
+            handle.remove()
+        self.session = get_session(pipe)  # its state is kept for the predictor timing
+        self.branch = self.session._branches[0]
+        rfcache.disable(pipe)
+        self.first = captured["kwargs"]
+        self.outputs = {u: s.differences[0][0] for u, s in self.branch.units.items()}
+
+    def measure(self, rounds: int = 5) -> dict[str, float]:
+        from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+        from rfcache.runtime.conditioning import build_conditioning_store
+
+        model, adapter, session = self.pipe.transformer, self.adapter, self.session
+        store = build_conditioning_store(model, adapter, self.first, self.pipe.scheduler)
+        assert store is not None
+        row = self.steps // 2
+        inputs = dict(self.first, timestep=self.pipe.scheduler.timesteps[row].expand(self.first["timestep"].shape[0]))
+        out: dict[str, float] = {}
+        out[BATCHED] = _timed(lambda: build_conditioning_store(model, adapter, self.first, self.pipe.scheduler), rounds)
+        out["shared conditioning: per step"] = out[BATCHED] / self.steps
+        attach_unit_hooks(model, adapter, lambda unit, o, a, k: self.outputs[unit.index], name="bench")
+        try:
+            out["skeleton alone (units free, conditioning per step)"] = _timed(lambda: model(**inputs), rounds)
+            paths = adapter.conditioning_paths(model)
+            attach_module_hooks(model, paths, lambda path, o, a, k: store.outputs[path][row], name="bench")
+            out[SKELETON_SHARED] = _timed(lambda: model(**inputs), rounds)
+            sample = model(**inputs).sample
+        finally:
+            detach_unit_hooks(model, name="bench")
+        out["conditioning per step (the difference)"] = out["skeleton alone (units free, conditioning per step)"]
+        out["conditioning per step (the difference)"] -= out[SKELETON_SHARED]
+        session._step = self.branch.last_full + 2
+        units = [(u, self.branch.units[u.index]) for u in session.units]
+        out["predictor arithmetic (taylor m=2, all units)"] = _timed(
+            lambda: [session._predict(u, s, s.differences[0][0]) for u, s in units], rounds
+        )
+        out["non-finite guard (once per step)"] = _timed(lambda: bool(torch.isfinite(sample).all()), rounds)
+        return out
+
+
+def _timed(fn: Callable[[], Any], rounds: int) -> float:
+    fn()
+    values = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        values.append(time.perf_counter() - start)
+    return statistics.median(values)
 
 
 def _nfc(steps: int, interval: int = 4, warmup: int = 2) -> int:
@@ -196,79 +277,6 @@ def _nfc(steps: int, interval: int = 4, warmup: int = 2) -> int:
 def _median_step(entries: list[tuple[str, float]], kind: str) -> float:
     values = [t for k, t in entries if k == kind]
     return statistics.median(values) if values else float("nan")
-
-
-def cached_step_parts(pipe: Any, *, steps: int, repeats: int) -> dict[str, float]:
-    """Seconds of the parts of a cached step, each timed on its own over the same inputs."""
-    import rfcache
-    from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
-    from rfcache.runtime.api import get_session
-    from rfcache.runtime.conditioning import build_conditioning_store
-
-    model = pipe.transformer
-    adapter = rfcache.get_adapter(model)
-    pipe.scheduler.set_timesteps(steps)
-    x = torch.randn(2, model.config.in_channels, model.config.sample_size, model.config.sample_size)
-    t = pipe.scheduler.timesteps[steps // 2].expand(2)
-    inputs = {"hidden_states": x, "timestep": t, "class_labels": torch.tensor([3, 10])}
-    outputs: dict[int, Any] = {}
-
-    def record(unit: Any, original: Callable, args: tuple, kwargs: dict) -> Any:
-        outputs[unit.index] = original(*args, **kwargs)
-        return outputs[unit.index]
-
-    attach_unit_hooks(model, adapter, record, name="bench")
-    model(**inputs)
-    detach_unit_hooks(model, name="bench")
-    first = dict(inputs, timestep=pipe.scheduler.timesteps[0].expand(2))
-
-    def timed(fn: Callable[[], Any]) -> float:
-        fn()
-        values = []
-        for _ in range(max(repeats, 1) * 5):
-            start = time.perf_counter()
-            fn()
-            values.append(time.perf_counter() - start)
-        return statistics.median(values)
-
-    parts: dict[str, float] = {}
-    store = build_conditioning_store(model, adapter, first, pipe.scheduler)
-    assert store is not None
-    batched = timed(lambda: build_conditioning_store(model, adapter, first, pipe.scheduler))
-    parts["shared conditioning, one batched pass for all steps"] = batched
-    parts["shared conditioning, per step"] = batched / steps
-    row = steps // 2
-    paths = adapter.conditioning_paths(model)
-    attach_unit_hooks(model, adapter, lambda unit, o, a, k: outputs[unit.index], name="bench")
-    try:
-        parts["skeleton alone (units free, conditioning per step)"] = timed(lambda: model(**inputs))
-        attach_module_hooks(model, paths, lambda path, o, a, k: store.outputs[path][row], name="bench")
-        parts["skeleton alone (units free, conditioning shared)"] = timed(lambda: model(**inputs))
-    finally:
-        detach_unit_hooks(model, name="bench")
-    parts["conditioning per step (difference of the two)"] = (
-        parts["skeleton alone (units free, conditioning per step)"]
-        - parts["skeleton alone (units free, conditioning shared)"]
-    )
-    # predictor arithmetic and the guard, on the session's own state after a real generation
-    rfcache.enable(pipe, method="taylorseer", interval=4, order=2)
-    try:
-        pipe(
-            class_labels=[3], num_inference_steps=steps, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)
-        )
-        session = get_session(pipe)
-        branch = session._branches[0]
-        unit_states = list(branch.units.values())
-        session._step = branch.last_full + 2
-        xs = [outputs[u] for u in range(len(unit_states))]
-        parts["predictor arithmetic (taylor m=2, all units)"] = timed(
-            lambda: [session._predict(u, s, xi) for u, s, xi in zip(session.units, unit_states, xs, strict=True)]
-        )
-        out = model(**inputs).sample
-        parts["non-finite guard (once per step)"] = timed(lambda: bool(torch.isfinite(out).all()))
-    finally:
-        rfcache.disable(pipe)
-    return parts
 
 
 if __name__ == "__main__":
