@@ -103,7 +103,8 @@ class _AotiSteps(StepRunner):
     def _tensors(self, inputs: dict[str, Any], constant: str, value: Any) -> list[torch.Tensor]:
         dev = self.aoti.torch_device
         names = [n for n in self._dtypes if n in inputs]
-        out = [torch.as_tensor(inputs[n]).to(dev, self._dtypes[n]) for n in names]
+        # packages assume the dense strides they were compiled with (an expanded timestep has stride 0)
+        out = [torch.as_tensor(inputs[n]).to(dev, self._dtypes[n]).contiguous() for n in names]
         out.append(torch.as_tensor(value, dtype=self._dtypes["distance"], device=dev))
         return out
 
