@@ -27,8 +27,8 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     with its predictor and coefficients; one made for another model, scheduler, step count or
     input resolution is refused. The pipeline call itself is unchanged. Parameters
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
-    ``check_finite``, ``max_cache_bytes``) are those of :class:`CacheConfig`. Enabling twice on one
-    model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
+    ``check_finite``, ``max_cache_bytes``, ``share_conditioning``) are those of :class:`CacheConfig`.
+    Enabling twice on one model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
     a profile enabled part-way through a generation.
 
     Example:
