@@ -105,6 +105,10 @@ class CacheSummary:
         return "\n".join(lines)
 
 
+# a cached step's forecast weights: per term (D_0's the constant 1), all as one tensor, RFE's Gram pair weights
+_Coefficients = tuple[list[Any], torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class _UnitState:
     differences: list[list[torch.Tensor]] = field(default_factory=list)  # per output tensor: D_0..D_m
@@ -161,9 +165,7 @@ class CacheSession:
         self._pre_hook: Any = None
         self._post_hook: Any = None
         self._retrying = False  # re-running a cached step in full
-        self._coefficients: dict[
-            tuple, tuple[list[Any], torch.Tensor, torch.Tensor]
-        ] = {}  # (k, count, device, dtype) -> k^i / i!
+        self._coefficients: dict[tuple, _Coefficients] = {}  # (k, count, device, dtype) -> k^i / i!
         self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device) -> s, (B,)
         self._policy_template = self._make_policy()
         self._flop_cache: dict[tuple, int] = {}
@@ -392,9 +394,7 @@ class CacheSession:
         self._counters.predictor += estimate_predictor_flops(kind, self.config.order, numel_out, x.numel(), full=False)
         return _unflatten(outs, state.layout, state.single)
 
-    def _step_coefficients(
-        self, k: int, count: int, like: torch.Tensor
-    ) -> tuple[list[Any], torch.Tensor, torch.Tensor]:
+    def _step_coefficients(self, k: int, count: int, like: torch.Tensor) -> _Coefficients:
         """The forecast weights at ``k``, made once per k (and device, dtype), as tensors on the device
         so no host value enters the arithmetic: ``[1, k/1!, k^2/2!, ...]`` (D_0's weight the constant 1,
         no pass to scale it), the same as one float32 tensor, and RFE's Gram pair weights."""
