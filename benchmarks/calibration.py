@@ -24,7 +24,7 @@ import torch
 
 import rfcache
 from rfcache.evaluate import psnr, relative_l2
-from rfcache.runtime.policies import interval_for_nfc
+from rfcache.schedules.masks import interval_for_nfc
 
 PROFILES = ["toy-b0.25", "toy-b0.4", "toy-b0.6"]
 

@@ -8,7 +8,7 @@ def test_generate_writes_a_png_and_prints_the_summary(tmp_path, capsys):
     code = main(["generate", "--num", "2", "--steps", "6", "--method", "rfe", "--interval", "2", "--out", str(out)])
     printed = capsys.readouterr().out
     assert code == 0 and out.is_file() and f"wrote {out}" in printed
-    assert "pattern           CCCPCP" in printed and "flops fraction" in printed
+    assert "pattern           CCPCPC" in printed and "flops fraction" in printed
     assert not list(tmp_path.glob("*.tmp"))
 
 

@@ -6,9 +6,9 @@ import torch
 
 import rfcache
 from rfcache.calibrate import StudyMismatchError, Trace, calibrate, fit_ratios, record_trace
-from rfcache.calibrate.search import uniform_seeds, warped_mask
+from rfcache.calibrate.search import uniform_seeds
 from rfcache.cli.main import main
-from rfcache.runtime.policies import interval_mask
+from rfcache.schedules.masks import interval_mask, warped_mask
 
 STEPS = 10
 

@@ -8,7 +8,7 @@ import torch
 import rfcache
 from rfcache.evaluate.cost import measure_generation, step_fractions, tensor_bytes, time_interleaved
 from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
-from rfcache.runtime.policies import interval_mask
+from rfcache.schedules.masks import interval_mask
 
 STEPS = 8
 

@@ -24,8 +24,8 @@ from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
 from rfcache.runtime.identity import config_hash, input_resolution, model_identity
-from rfcache.runtime.policies import interval_for_nfc
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.schedules.masks import interval_for_nfc
 
 __all__ = ["CalibrationResult", "calibrate", "default_prompts", "load_shards", "record_shard"]
 

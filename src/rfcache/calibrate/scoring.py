@@ -27,9 +27,9 @@ from rfcache.calibrate.errormodel import (
     optimal_masks,
     rcs_mask,
 )
-from rfcache.calibrate.search import Candidate, warped_mask
+from rfcache.calibrate.search import Candidate
 from rfcache.calibrate.trace import Trace
-from rfcache.runtime.policies import interval_mask
+from rfcache.schedules.masks import interval_mask, warped_mask
 
 __all__ = ["Scorer", "confirm_candidates", "fit_scorer", "pattern_text", "run_key"]
 

@@ -33,8 +33,9 @@ from rfcache.evaluate.methods import OURS, Applied, BenchContext, MethodSpec, Ta
 from rfcache.evaluate.metrics import psnr, relative_l2, ssim
 from rfcache.evaluate.peers import PEERS
 from rfcache.evaluate.workload import TUNE_OFFSET, Workload, load_workload
+from rfcache.models import get_adapter
 from rfcache.runtime import get_session
-from rfcache.runtime.policies import interval_for_nfc
+from rfcache.schedules.masks import interval_for_nfc
 
 __all__ = ["DEFAULT_METHODS", "BenchConfig", "BenchRecord", "BenchResult", "run_bench"]
 
@@ -189,7 +190,7 @@ class _Bench:
         if not self.cfg.budgets:
             out = []
             for nfc in self.cfg.nfc:
-                _, _, got = interval_for_nfc(self.cfg.steps, nfc)
+                _, _, got = interval_for_nfc(self.cfg.steps, nfc, warmup=get_adapter(self.work.pipe).taylorseer_warmup)
                 target = Target(f"NFC {got}", got, 1.0, 1.0)
                 _, measured, analytic = self.run(probe, target, None, [i])
                 out.append(Target(f"NFC {got}", got, self.fraction(measured), analytic or 1.0))
