@@ -115,7 +115,7 @@ def test_relational_needs_two_full_steps_before_predicting(tiny_pipe):
 def test_nonfinite_predictions_fall_back_to_computation(tiny_pipe, monkeypatch):
     reference = generate(tiny_pipe, steps=STEPS)
     monkeypatch.setattr(session_module, "taylor_forecast", lambda d, k, **kw: d[0] * float("nan"))
-    rfcache.enable(tiny_pipe, method="taylorseer", interval=3, warmup=1)
+    rfcache.enable(tiny_pipe, method="taylorseer", interval=3, warmup=2)  # every prediction a Taylor forecast
     cached = generate(tiny_pipe, steps=STEPS)
     s = rfcache.summary(tiny_pipe)
     units = len(rfcache.get_adapter(tiny_pipe).units(tiny_pipe.transformer))

@@ -103,7 +103,9 @@ def test_provenance_inputs_round_trip_and_old_profiles_load(tmp_path):
     from rfcache.schedules import InputItem
 
     profile = make_profile()
-    assert Profile.from_yaml(profile.to_yaml().replace("  inputs: {}\n", "")).provenance.inputs == {}  # profiles without the field still load
+    assert (
+        Profile.from_yaml(profile.to_yaml().replace("  inputs: {}\n", "")).provenance.inputs == {}
+    )  # profiles without the field still load
     inputs = {
         "calibration": (InputItem(seed=0, label=3), InputItem(seed=1, label=4)),
         "selection": (InputItem(seed=2, prompt="a cat"),),

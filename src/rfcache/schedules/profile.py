@@ -86,7 +86,7 @@ class Budget:
 
 @dataclass(frozen=True)
 class InputItem:
-    """One calibration input: its seed and either a prompt or a class label (YAML: ``{seed, prompt}`` or ``{seed, label}``)."""
+    """One calibration input: its seed and a prompt or a class label (``{seed, prompt}`` / ``{seed, label}``)."""
 
     seed: int
     prompt: str | None = None
