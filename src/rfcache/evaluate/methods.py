@@ -121,6 +121,7 @@ def _static(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) ->
             budget=target.budget,
             num_inference_steps=ctx.steps,
             trials=ctx.calibrate_trials,
+            test=2,  # calibration's own test report is not used here: the benchmark evaluates on its own samples
             progress=False,
             name=f"bench-{target.label.replace(' ', '')}",
         )
