@@ -18,6 +18,10 @@ model is fitted as in calibration, then ``N`` distinct candidates drawn at rando
 space within budget 0.4 are scored by the model and run for real; prints the Spearman rank
 correlation between estimated and measured error over these candidates, none of which the model
 was fitted on (and, labelled in-sample, the fit's own R² and spread).
+
+``--ratio-steps``: on the same calibration inputs, whether the relation ratio ``s`` varies with the
+step (method.md): per unit, R² of ``||ΔO|| ≈ s ||ΔI||`` with ``s`` constant and linear in the step,
+and the linear fit's relative change of ``s`` over the trajectory.
 """
 
 from __future__ import annotations
@@ -188,11 +192,29 @@ def rank_check(pipe, count: int, *, budget: float = 0.4, steps: int = 50) -> Non
         print(f"{p['family']:<9} {p['predictor']:<10} {p['order']:>1} {nfc:>3} {est:>9.4f} {real:>8.4f}")
 
 
+def ratio_steps(pipe, *, steps: int = 50) -> None:
+    """Constant vs step-linear relation ratio per unit, on rfc-calibrate's calibration inputs."""
+    import numpy as np
+
+    from rfcache.calibrate import fit_ratio_steps, record_trace
+
+    call = {"class_labels": list(range(8)), "num_inference_steps": steps, "guidance_scale": 2.0, "output_type": "pt"}
+    trace, _ = record_trace(pipe, {**call, "generator": [torch.Generator().manual_seed(i) for i in range(8)]})
+    fit = fit_ratio_steps(trace)
+    print(f"\nRelation ratio s per unit ({len(trace.units)} units, {steps} steps, calibration inputs 0-7, seeds 0-7)")
+    print(f"{'unit':<28} {'R² const':>8} {'R² linear':>9} {'s change':>8}")
+    for unit, c, lin, ch in zip(trace.units, fit.r2_constant, fit.r2_linear, fit.relative_change, strict=True):
+        print(f"{unit:<28} {c:>8.3f} {lin:>9.3f} {ch:>+8.2f}")
+    gain = np.array(fit.r2_linear) - np.array(fit.r2_constant)
+    print(f"median R² gain of a step-linear s: {np.median(gain):.3f} (max {gain.max():.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=12, help="test samples for the profile comparison (0: skip)")
     parser.add_argument("--rank", type=int, default=0, help="random candidates for the error model's rank check")
     parser.add_argument("--profiles", nargs="+", default=PROFILES, help="profile names or files to compare")
+    parser.add_argument("--ratio-steps", action="store_true", help="whether the relation ratio varies with the step")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
@@ -201,6 +223,8 @@ def main() -> None:
         compare_profiles(pipe, args.samples, args.profiles)
     if args.rank:
         rank_check(pipe, args.rank)
+    if args.ratio_steps:
+        ratio_steps(pipe)
 
 
 if __name__ == "__main__":

@@ -161,3 +161,17 @@ def test_cli_shard_flags(tmp_path, capsys):
     assert "--shard needs --trace-dir" in capsys.readouterr().err
     assert main(["calibrate", "--trace-dir", str(tmp_path / "empty")]) == 2
     assert "no trace shards" in capsys.readouterr().err
+
+
+def test_fit_ratio_steps_tells_a_constant_ratio_from_one_that_drifts_over_the_steps():
+    from rfcache.calibrate import fit_ratio_steps
+
+    rng = np.random.default_rng(0)
+    steps, lags, samples = 20, 3, 2
+    x = rng.uniform(0.5, 2.0, (steps, 2, lags, samples))
+    tau = (np.arange(steps) / (steps - 1) - 0.5)[:, None, None]
+    y = np.stack([3.0 * x[:, 0], 2.0 * (1 + 0.8 * tau) * x[:, 1]], axis=1)  # unit 0 constant, unit 1 drifts
+    fit = fit_ratio_steps(Trace(["a", "b"], x, y))
+    assert fit.r2_constant[0] == pytest.approx(1.0) and abs(fit.relative_change[0]) < 1e-9
+    assert fit.r2_linear[1] == pytest.approx(1.0) and fit.r2_constant[1] < 0.99
+    assert fit.relative_change[1] == pytest.approx(0.8)
