@@ -19,3 +19,16 @@ def test_shipped_profiles_load_by_name_and_fit_the_toy_model(name):
     assert s.pattern == profile.schedule
     assert s.flops_fraction == pytest.approx(profile.budget.achieved, rel=1e-9)
     assert profile.to_yaml() == rfcache.load_profile(name).to_yaml()
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_profiles_were_made_on_three_disjoint_input_sets(name):
+    profile = rfcache.load_profile(name)
+    inputs = profile.provenance.inputs
+    assert [len(inputs[k]) for k in ("calibration", "selection", "test")] == [8, 4, 8]
+    seeds = [item.seed for items in inputs.values() for item in items]
+    assert len(set(seeds)) == len(seeds)
+    q = profile.quality
+    assert q["test_rel_l2_ci95_low"] <= q["test_rel_l2"] <= q["test_rel_l2_ci95_high"]
+    assert q["ratio_to_taylorseer_ci95_low"] <= q["ratio_to_taylorseer"] <= q["ratio_to_taylorseer_ci95_high"]
+    assert q["taylorseer_warmup"] == 2  # the DiT's TaylorSeer placement

@@ -157,7 +157,7 @@ def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
         f"test rel-L2       {_ci(r['test_rel_l2'], r['test_rel_l2_ci95'])} profile vs "
         f"{_ci(r['taylorseer_rel_l2'], r['taylorseer_rel_l2_ci95'])} TaylorSeer m=2 at NFC {r['taylorseer_nfc']} "
         "(mean per sample, 95% interval)",
-        f"paired ratio      {_ci(r['ratio_to_taylorseer'], r['ratio_to_taylorseer_ci95'], '.2f')}x "
+        f"paired ratio      {_ci(r['ratio_to_taylorseer'], r['ratio_to_taylorseer_ci95'], '.2f', 'x')} "
         f"profile / TaylorSeer per test sample: {verdict[r['verdict']]}",
         f"error model       out of sample (the {r['errmodel_out_of_sample_runs']} confirmed candidates it was not "
         f"fitted on): Spearman {_num(r['errmodel_spearman_out_of_sample'])}, R² {_num(r['errmodel_r2_out_of_sample'])}"
@@ -173,11 +173,11 @@ def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
 
 
-def _ci(value: float, ci95: list[float | None], spec: str = ".4f") -> str:
+def _ci(value: float, ci95: list[float | None], spec: str = ".4f", unit: str = "") -> str:
     """``value [low, high]``, or the value alone where the interval is undefined (one sample)."""
     if None in ci95:
-        return format(value, spec)
-    return f"{value:{spec}} [{ci95[0]:{spec}}, {ci95[1]:{spec}}]"
+        return f"{value:{spec}}{unit}"
+    return f"{value:{spec}}{unit} [{ci95[0]:{spec}}, {ci95[1]:{spec}}]"
 
 
 def _parse_shard(text: str) -> tuple[int, int]:
