@@ -49,11 +49,15 @@ def _generate(pipe, label: int, seed: int) -> torch.Tensor:
 
 
 def _run(pipe, inputs, apply, *, ours: bool = True) -> tuple[list[torch.Tensor], float, float]:
-    """Per-sample outputs, mean FLOP fraction and mean NFC (rfcache's counters: ``ours`` only) under ``apply()``."""
+    """Per-sample outputs, mean FLOP fraction and mean NFC (rfcache's counters: ``ours`` only) under ``apply()``.
+
+    ``apply()`` returns ``(remove, reset)``; ``reset`` runs before every sample (a peer's hook state).
+    """
     outs, fracs, nfcs = [], [], []
-    remove = apply()
+    remove, reset = apply()
     try:
         for label, seed in inputs:
+            reset()
             outs.append(_generate(pipe, label, seed))
             if ours:
                 s = rfcache.summary(pipe)
@@ -67,14 +71,15 @@ def _run(pipe, inputs, apply, *, ours: bool = True) -> tuple[list[torch.Tensor],
 def _ours(pipe, *args, **kwargs):
     def apply():
         rfcache.enable(pipe, *args, **kwargs)
-        return lambda: rfcache.disable(pipe)
+        return (lambda: rfcache.disable(pipe)), (lambda: None)  # the session resets itself per generation
 
     return apply
 
 
 def _diffusers_taylorseer(pipe, nfc: int):
     def apply():
-        return PEERS["diffusers-taylorseer-m2"].apply(pipe, Target(f"NFC {nfc}", nfc, 1.0, 1.0), None, ctx).remove
+        applied = PEERS["diffusers-taylorseer-m2"].apply(pipe, Target(f"NFC {nfc}", nfc, 1.0, 1.0), None, ctx)
+        return applied.remove, applied.reset
 
     ctx = BenchContext(steps=50)
     return apply
@@ -121,7 +126,10 @@ def compare_profiles(pipe, samples: int, profiles: list[str], tune: int = 2) -> 
         ts, rfc = list(rows.values())[1][0], list(rows.values())[2][0]
         for label, (errors, frac, nfc) in rows.items():
             vs_ts, vs_rfc = paired_ratio(errors, ts), paired_ratio(errors, rfc)
-            cells = [f"{vs.format('.2f')}x {'' if vs.verdict() == 'tie' else vs.verdict()}" for vs in (vs_ts, vs_rfc)]
+            cells = [
+                f"{vs.value:.2f}x [{vs.low:.2f}, {vs.high:.2f}] {'' if vs.verdict() == 'tie' else vs.verdict()}"
+                for vs in (vs_ts, vs_rfc)
+            ]
             frac_text = "-" if frac != frac else f"{frac:.3f}"
             nfc_text = f"{profile.nfc}" if nfc != nfc else f"{nfc:.2f}"
             error = mean_interval(errors).format(".4f")

@@ -2,6 +2,7 @@ import pytest
 import torch
 
 import rfcache
+from rfcache.schedules.masks import interval_for_nfc
 
 SHIPPED = ["toy-b0.25", "toy-b0.4", "toy-b0.6"]
 
@@ -31,4 +32,6 @@ def test_shipped_profiles_were_made_on_three_disjoint_input_sets(name):
     q = profile.quality
     assert q["test_rel_l2_ci95_low"] <= q["test_rel_l2"] <= q["test_rel_l2_ci95_high"]
     assert q["ratio_to_taylorseer_ci95_low"] <= q["ratio_to_taylorseer"] <= q["ratio_to_taylorseer_ci95_high"]
-    assert q["taylorseer_warmup"] == 2  # the DiT's TaylorSeer placement
+    # TaylorSeer at the profile's NFC, placed as interval_for_nfc places it (DiT warm-up 2 where it can)
+    _, warmup, nfc = interval_for_nfc(50, profile.nfc, warmup=2)
+    assert q["taylorseer_warmup"] == warmup and q["taylorseer_nfc"] == nfc == profile.nfc
