@@ -136,6 +136,7 @@ class CacheSession:
         self.profile, self.scheduler = profile, scheduler
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
+        self.compiled: Any = None  # a compile.CompiledSchedule when enabled with compile=True
         self._policy_template = self._make_policy()
         self._flop_cache: dict[tuple, int] = {}
         self._probe: list[UnitFootprint] | None = None  # set while a shape-only forward runs
@@ -151,6 +152,9 @@ class CacheSession:
         self._pre_hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
 
     def detach(self) -> None:
+        if self.compiled is not None:
+            self.compiled.detach()
+            self.compiled = None
         detach_unit_hooks(self.model, name=HOOK_NAME)
         if self._pre_hook is not None:
             self._pre_hook.remove()
