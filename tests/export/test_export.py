@@ -214,5 +214,6 @@ def test_tensorrt_bundle_matches_the_pytorch_runtime(tmp_path):
     assert np.abs(result.images - reference).max() < 1e-3
     steps = runner.steps(2)  # a step's output stays on the GPU
     x = torch.randn(2, 1, 8, 8, device="cuda")
-    out = steps({"hidden_states": x, "timestep": torch.full((2,), 999, device="cuda"), "class_labels": torch.tensor([1, 10], device="cuda")})
+    labels = torch.tensor([1, 10], device="cuda")
+    out = steps({"hidden_states": x, "timestep": torch.full((2,), 999, device="cuda"), "class_labels": labels})
     assert isinstance(out, torch.Tensor) and out.is_cuda
