@@ -378,4 +378,6 @@ def _hash(kwargs: dict[str, Any], guidance: float, seed: int) -> str:
 
 
 def _gen(seed: int) -> torch.Generator:
+    """A CPU generator on purpose: diffusers draws the noise on the CPU and moves it to the model's
+    device, so a calibration run on a GPU starts from the same noise as one on a CPU."""
     return torch.Generator().manual_seed(seed)
