@@ -36,8 +36,8 @@ def enable(
     with its predictor and coefficients; one made for another model, scheduler, step count or
     input resolution is refused. The pipeline call itself is unchanged. Parameters
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
-    ``check_finite``, ``max_cache_bytes``) are those of :class:`CacheConfig`. Enabling twice on one
-    model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
+    ``check_finite``, ``max_cache_bytes``, ``share_conditioning``) are those of :class:`CacheConfig`.
+    Enabling twice on one model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
     a profile enabled part-way through a generation.
 
     ``compile=True`` runs a fixed schedule (a profile, or an interval method) under

@@ -16,11 +16,12 @@ What would specialise per step is kept out of the graph as tensors:
   run-time ratio ``s``. Its first step per batch size runs eagerly to allocate it; every later
   step, and every later generation of the same shape, replays the compiled variants.
 
-The per-unit non-finite check of the eager path would force a host sync per unit; here the
-step's output is checked once (one reduction) and a cached step that is not finite is run again
-as a full step and counted, as the bundle runner does. With ``cuda_graphs=True`` (CUDA only) the
-variants are compiled with ``mode="reduce-overhead"``, whose CUDA-graph trees capture each variant
-once per batch size and replay it; not verified on the development machines (no GPU there).
+Shared conditioning is served the same way: the pre-hook picks the step's precomputed outputs
+(conditioning.py), the graphs read them as tensors. The session's once-per-step non-finite guard
+(its forward hook, outside the graph) re-runs a cached step in full through the full variant.
+With ``cuda_graphs=True`` (CUDA only) the variants are compiled with ``mode="reduce-overhead"``,
+whose CUDA-graph trees capture each variant once per batch size and replay it; not verified on
+the development machines (no GPU there).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.models import CacheUnit
-from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
+from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.predictors import estimate_predictor_flops, relation_ratio, rescaled_forecast, weighted_sum
 from rfcache.runtime.session import HOOK_NAME, CacheSession, _flatten, _unflatten
 
@@ -88,7 +89,8 @@ class CompiledSchedule:
         self._active: dict[int, _Slot] = {}
         self._slots = _BranchSlots(shape_key=())
         self._eager = True
-        self._live = False  # inside a transformer call the session identified (a constant to the graphs)
+        self._conditioning: dict[str, Any] = {}  # this step's shared conditioning outputs, by module path
+        self._live = False  # inside this wrapper's transformer call (a constant to the graphs)
         self._original_forward = self.model.forward
         self._compiled = torch.compile(
             self._original_forward, fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda_graphs else None
@@ -100,8 +102,11 @@ class CompiledSchedule:
     def attach(self) -> None:
         """Swap the session's unit wrappers for the graph-friendly ones and wrap the forward."""
         s = self.session
-        detach_unit_hooks(self.model, name=HOOK_NAME)
+        detach_unit_hooks(self.model, name=HOOK_NAME)  # the session's unit and conditioning wrappers
         attach_unit_hooks(self.model, self.adapter, self._call_unit, name=HOOK_NAME, granularity=s.config.granularity)
+        if s.config.shares_conditioning:
+            paths = self.adapter.conditioning_paths(self.model)
+            attach_module_hooks(self.model, paths, self._call_conditioning, name=HOOK_NAME)
         self._pre_hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
         self.model.forward = self._forward
 
@@ -120,6 +125,9 @@ class CompiledSchedule:
         s = self.session
         if s._probe is not None:
             return
+        if s._retrying:  # the session's guard re-runs a non-finite cached step in full
+            self._set_step(True, s._branches[s._branch_index].num_full)
+            return
         while len(self._branches) <= s._branch_index:
             self._branches.append(_BranchSlots(shape_key=()))
         slots = self._branches[s._branch_index]
@@ -129,10 +137,11 @@ class CompiledSchedule:
             slots.last_full = -1
         self._active, self._slots = slots.slots, slots
         self._eager = not slots.slots
-        self._live = True
         branch = s._branches[s._branch_index]
         s._decide(branch, None)  # fixed policies need no input
         self._set_step(branch.full, branch.num_full)
+        store, row = branch.conditioning, branch.conditioning_row
+        self._conditioning = {p: outs[row] for p, outs in store.outputs.items()} if row is not None else {}
 
     def _set_step(self, full: bool, num_full: int) -> None:
         s, slots = self.session, self._slots
@@ -168,24 +177,19 @@ class CompiledSchedule:
                 c.predictor += estimate_predictor_flops(kind, order, slot.numel_out, slot.numel_in, full=full)
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
-        s = self.session
-        if self._eager or not self._live:  # first step of this shape: allocate the state
-            out = self._original_forward(*args, **kwargs)
-            if self._active:
+        if self.session._probe is not None or self.session._step < 0:  # a shape-only probe
+            return self._original_forward(*args, **kwargs)
+        self._live = True
+        try:
+            if self._eager:  # first step of this shape: allocate the state
+                out = self._original_forward(*args, **kwargs)
                 self._count_predictor_refresh()
-            return out
-        if self.cuda_graphs:
-            torch.compiler.cudagraph_mark_step_begin()
-        out = self._compiled(*args, **kwargs)
-        if not self.full and s.config.check_finite and not _finite(out):
-            logger.warning("non-finite output at cached step %d; running it in full", s._step)
-            s._counters.fallbacks += 1
-            branch = s._branches[s._branch_index]
-            branch.pattern[-1] = "C"
-            branch.full, branch.last_full, branch.num_full = True, s._step, branch.num_full + 1
-            self._set_step(True, branch.num_full)
-            out = self._compiled(*args, **kwargs)
-        return out
+                return out
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return self._compiled(*args, **kwargs)
+        finally:
+            self._live = False
 
     def _count_predictor_refresh(self) -> None:
         """The eager first step allocated the state: count its refresh as the session would have."""
@@ -205,6 +209,11 @@ class CompiledSchedule:
             self._refresh(unit, slot, out, x)
             return out
         return self._predict(unit, slot, x)
+
+    def _call_conditioning(self, path: str, original: Any, args: tuple, kwargs: dict) -> Any:
+        """Shared conditioning (conditioning.py): this step's precomputed output, picked in the pre-hook."""
+        shared = self._conditioning.get(path) if self._live else None
+        return original(*args, **kwargs) if shared is None else shared
 
     def _refresh(self, unit: CacheUnit, slot: _Slot | None, out: Any, x: torch.Tensor) -> None:
         tensors, layout, single = _flatten(out)
@@ -258,9 +267,3 @@ class CompiledSchedule:
                 direction = weighted_sum(diffs, self.coeffs, start=1)
                 outs.append(rescaled_forecast(diffs[0], direction, slot.ratios[j], x, slot.input_at_full))
         return _unflatten(outs, slot.layout, slot.single)
-
-
-def _finite(out: Any) -> bool:
-    """One reduction over the step's output (its first tensor): one host sync per cached step."""
-    first = out[0] if isinstance(out, (tuple, list)) else getattr(out, "sample", out)
-    return bool(torch.isfinite(first).all())
