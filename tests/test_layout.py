@@ -6,13 +6,13 @@ from pathlib import Path
 import rfcache
 
 ROOT = Path(rfcache.__file__).parent
-# subpackage -> the subpackages of ours it may import ("errors" and "stats" are the shared leaf modules)
+# subpackage -> the subpackages of ours it may import ("errors", "devices" and "stats" are shared leaf modules)
 ALLOWED = {
     "schedules": {"errors"},
     "models": {"errors"},
-    "runtime": {"errors", "models", "schedules"},
-    "calibrate": {"errors", "models", "schedules", "runtime", "stats"},
-    "export": {"errors", "models", "schedules", "runtime"},
+    "runtime": {"errors", "devices", "models", "schedules"},
+    "calibrate": {"errors", "devices", "models", "schedules", "runtime", "stats"},
+    "export": {"errors", "devices", "models", "schedules", "runtime"},
 }
 
 

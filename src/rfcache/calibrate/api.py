@@ -421,7 +421,11 @@ def _call(items: tuple[InputItem, ...]) -> dict[str, Any]:
 
 
 def _generators(items: tuple[InputItem, ...]) -> list[torch.Generator]:
-    """One generator per input, seeded by the input's own seed (the pipeline draws each sample's noise from it)."""
+    """One generator per input, seeded by the input's own seed (the pipeline draws each sample's noise from it).
+
+    CPU generators on purpose: diffusers draws the noise on the CPU and moves it to the model's
+    device, so a calibration run on a GPU starts from the same noise as one on a CPU.
+    """
     return [torch.Generator().manual_seed(item.seed) for item in items]
 
 

@@ -31,7 +31,7 @@ class RunConfig:
     guidance: float | None = option(None, "guidance scale (the bundle's default if unset)")
     out: Path = option(Path("out.png"), "PNG to write (a grid when --num > 1)")
     scale: int = option(4, "nearest-neighbour upscaling of the saved image")
-    device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider)")
+    device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider; an aoti bundle's compile device)")
     threads: int = option(0, "ONNX Runtime intra-op threads (0: its default)")
     json: bool = option(False, "print one JSON object as the last line")
 

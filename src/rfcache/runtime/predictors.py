@@ -10,6 +10,17 @@ passed since ``t``. Steps are counted in sampling order here, so ``N`` and ``k``
   magnitude the input change predicts: ``O(t) + s * ||I(t-k) - I(t)|| * d(k) / ||d(k)||`` with
   ``s = ||O(t) - O(t+N)|| / ||I(t) - I(t+N)||``. Norms are per sample (dim 0), because a CFG batch
   holds two different trajectories.
+
+Precision (bf16 and fp16 models): the cache state -- ``O(t)``, the differences ``D_i`` and
+``I(t)`` -- is kept in the model's dtype, and every norm and inner product (``||I(t-k) - I(t)||``,
+``||d(k)||``, the Gram entries ``<D_i, D_j>``, the ratio ``s``) is taken in float32
+(:func:`per_sample_norm`, :func:`difference_gram`); the per-sample scale they give is cast to the
+state's dtype once. ``D_1 = (O(t) - O(t+N)) / N`` subtracts two outputs already rounded to the
+model's dtype, which is exact when they are within a factor 2 of each other, so half-precision
+differences add about one rounding of the output, no more than the model's own arithmetic;
+float32 state would double the cache for no measurable gain (tests/runtime/test_precision.py:
+cached bf16 is as close to cached fp32 as full bf16 is to full fp32, on every family). Norms in
+half precision would overflow (fp16) or lose the small input changes the ratio divides by.
 """
 
 from __future__ import annotations
@@ -24,11 +35,14 @@ __all__ = [
     "PREDICTORS",
     "difference_gram",
     "estimate_predictor_flops",
+    "gram_pair_weights",
     "gram_relational_forecast",
     "per_sample_norm",
     "relation_ratio",
     "relational_forecast",
     "rescaled_forecast",
+    "stack_gram",
+    "stacked_relational_forecast",
     "taylor_coefficients",
     "taylor_forecast",
     "update_differences",
@@ -70,12 +84,27 @@ def taylor_coefficients(k: int, count: int) -> list[float]:
 
 
 def weighted_sum(differences: list[torch.Tensor], coefficients: Sequence[Any], *, start: int = 0) -> torch.Tensor:
-    """``sum_{i >= start} c_i D_i``; coefficients may be floats or 0-d tensors (an exported graph's inputs)."""
-    terms = [d * coefficients[i] for i, d in enumerate(differences) if i >= start]
-    out = terms[0]
-    for term in terms[1:]:
-        out = out + term
+    """``sum_{i >= start} c_i D_i``; coefficients may be floats or 0-d tensors (an exported graph's inputs).
+
+    One fused pass per term (``addcmul`` / ``add(alpha=)``), no temporary per term.
+    """
+    c = coefficients[start]
+    out = differences[start] if _is_one(c) else differences[start] * c
+    for i in range(start + 1, len(differences)):
+        out = _add_scaled(out, differences[i], coefficients[i], inplace=out is not differences[start])
     return out
+
+
+def _is_one(c: Any) -> bool:
+    return not isinstance(c, torch.Tensor) and c == 1
+
+
+def _add_scaled(out: torch.Tensor, d: torch.Tensor, c: Any, *, inplace: bool) -> torch.Tensor:
+    """``out + c * d``, in place where ``out`` is a fresh temporary; ``c`` a number or a tensor that broadcasts."""
+    if isinstance(c, torch.Tensor):
+        c = c.to(d.dtype)
+        return out.addcmul_(d, c) if inplace else torch.addcmul(out, d, c)
+    return out.add_(d, alpha=c) if inplace else torch.add(out, d, alpha=c)
 
 
 def taylor_forecast(differences: list[torch.Tensor], k: int, *, start: int = 0) -> torch.Tensor:
@@ -144,12 +173,48 @@ def gram_relational_forecast(
     cached-step graph uses it; the norm of the input change is still taken at run time.
     """
     square = sum((1 if i == j else 2) * coefficients[i] * coefficients[j] * g for (i, j), g in gram.items())
+    return _scaled_change(differences, coefficients, square, ratio, input_now, input_at_full)
+
+
+def gram_pair_weights(coefficients: torch.Tensor) -> torch.Tensor:
+    """``w`` with ``||sum_{i>=1} c_i D_i||^2 = G @ w``, ``G`` from :func:`stack_gram`: ``(P,)``, once per step."""
+    c = coefficients
+    pairs = [(1 if i == j else 2) * c[i] * c[j] for i in range(1, len(c)) for j in range(i, len(c))]
+    return torch.stack(pairs) if pairs else c.new_zeros(0)
+
+
+def stack_gram(gram: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+    """The Gram entries of :func:`difference_gram` side by side, in its pair order: ``(B, P)``."""
+    return torch.stack(list(gram.values()), dim=1)
+
+
+def stacked_relational_forecast(
+    differences: list[torch.Tensor],
+    coefficients: torch.Tensor,
+    pair_weights: torch.Tensor,
+    gram: torch.Tensor,
+    ratio: torch.Tensor,
+    input_now: torch.Tensor,
+    input_at_full: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`gram_relational_forecast` with the Gram entries stacked ``(B, P)`` and the step's weights
+    prepared once (:func:`gram_pair_weights`): ``||d(k)||^2`` is one product, the runtime's hot path."""
+    return _scaled_change(differences, coefficients, gram @ pair_weights, ratio, input_now, input_at_full)
+
+
+def _scaled_change(
+    differences: list[torch.Tensor],
+    coefficients: Sequence[Any],
+    square: torch.Tensor,
+    ratio: torch.Tensor,
+    input_now: torch.Tensor,
+    input_at_full: torch.Tensor,
+) -> torch.Tensor:
+    """``D_0 + sum_{i>=1} (scale c_i) D_i`` with ``scale = s ||I(t-k) - I(t)|| / sqrt(square)``, per sample."""
     norm = torch.sqrt(torch.clamp(square, min=0.0))  # (B,)
     scale = ratio * per_sample_norm(input_now - input_at_full) / norm.clamp_min(_EPS)  # (B,)
-    out = differences[0]
-    for i in range(1, len(differences)):
-        out = out + _per_sample(scale * coefficients[i], out).to(out.dtype) * differences[i]
-    return out
+    weights = [_per_sample(scale * coefficients[i], differences[0]) for i in range(1, len(differences))]  # (B, 1, ...)
+    return weighted_sum(differences, [1.0, *weights])
 
 
 def estimate_predictor_flops(kind: str, order: int, numel_out: int, numel_in: int, *, full: bool) -> int:
