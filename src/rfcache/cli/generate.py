@@ -19,6 +19,7 @@ EXAMPLES = """examples:
   rfc-generate --num 10 --out grid.png            # one of each digit
   rfc-generate --num 10 --method rfc --tau 0.3    # cached; prints the cache summary
   rfc-generate --num 10 --profile toy-b0.4        # a shipped (or your own) calibrated profile
+  rfc-generate --num 10 --profile toy-b0.4 --compile   # the same under torch.compile (two variants)
   rfc-generate --model ./my-dit --class 207 --steps 25 --device cuda --dtype float16
 """
 
@@ -44,6 +45,7 @@ class GenerateConfig:
     warmup: int = option(2, "full steps at the start")
     tau: float = option(0.3, "RCS threshold on the accumulated input-forecast error (rcs, rfc)")
     max_cached: int | None = option(None, "cap on consecutive cached steps (rcs, rfc)")
+    compile: bool = option(False, "torch.compile the transformer: two variants, full and cached step (fixed schedules)")
 
 
 def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
@@ -67,12 +69,15 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
         if not 0 <= label < num_classes:
             raise RfcacheError(f"--class {label} is outside the model's classes 0..{num_classes - 1}")
     cached = cfg.profile is not None or cfg.method != "none"
+    if cfg.compile and not cached:
+        raise RfcacheError("--compile needs --profile or a fixed-schedule --method (fora, taylorseer, rfe)")
     if cfg.profile is not None:
-        enable(pipe, cfg.profile)
+        enable(pipe, cfg.profile, compile=cfg.compile)
     elif cfg.method != "none":
         enable(
             pipe,
             method=cfg.method,
+            compile=cfg.compile,
             interval=cfg.interval,
             order=cfg.order,
             warmup=cfg.warmup,

@@ -101,8 +101,10 @@ class StepGraphs:
     def probe(self, inputs: dict[str, torch.Tensor]) -> None:
         """Run one full step eagerly to learn what each unit returns and the state's shapes."""
         self._state_specs.clear()  # with no known state, the step reads none (a first full step)
+        first = next(iter(inputs.values()))
+        distance = torch.ones((), device=first.device)  # on the model's device, as every step input
         with torch.no_grad():
-            self.full_module()(*[inputs[n] for n in self.input_names], torch.ones(()), _probe=True)
+            self.full_module()(*[inputs[n] for n in self.input_names], distance, _probe=True)
 
     @property
     def state(self) -> list[StateTensor]:

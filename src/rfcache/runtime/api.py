@@ -10,6 +10,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import has_unit_hooks
+from rfcache.runtime.compile import CompiledSchedule
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.session import CacheSession, CacheSummary
@@ -20,7 +21,15 @@ __all__ = ["disable", "enable", "get_session", "profile_config", "summary"]
 _SESSION_ATTR = "_rfcache_session"
 
 
-def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **params: Any) -> CacheSession:
+def enable(
+    pipe_or_model: Any,
+    profile: Any = None,
+    *,
+    method: str = "rfc",
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    **params: Any,
+) -> CacheSession:
     """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
 
     ``profile`` (a :class:`Profile`, a YAML path or a shipped name) replays its static schedule
@@ -30,6 +39,11 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     ``check_finite``, ``max_cache_bytes``, ``share_conditioning``) are those of :class:`CacheConfig`.
     Enabling twice on one model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
     a profile enabled part-way through a generation.
+
+    ``compile=True`` runs a fixed schedule (a profile, or an interval method) under
+    ``torch.compile`` in two compiled variants, full step and cached step, with no recompilation
+    on later generations of the same shape (compile.py); ``cuda_graphs=True`` (CUDA only) also
+    captures each variant as a CUDA graph and replays it.
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
@@ -55,7 +69,13 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
         profile = profile if isinstance(profile, Profile) else load_profile(profile)
         config = profile_config(model, adapter, profile, scheduler, **params)
     session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler)
+    if cuda_graphs and not compile:
+        raise RfcacheError("cuda_graphs=True needs compile=True (the CUDA graphs capture the compiled variants)")
+    compiled = CompiledSchedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first
     session.attach()
+    if compiled is not None:
+        compiled.attach()
+        session.compiled = compiled
     if config.max_cache_bytes is not None:  # the smallest generation the model can run must fit
         try:
             param = next(model.parameters(), None)

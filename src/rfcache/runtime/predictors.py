@@ -10,6 +10,17 @@ passed since ``t``. Steps are counted in sampling order here, so ``N`` and ``k``
   magnitude the input change predicts: ``O(t) + s * ||I(t-k) - I(t)|| * d(k) / ||d(k)||`` with
   ``s = ||O(t) - O(t+N)|| / ||I(t) - I(t+N)||``. Norms are per sample (dim 0), because a CFG batch
   holds two different trajectories.
+
+Precision (bf16 and fp16 models): the cache state -- ``O(t)``, the differences ``D_i`` and
+``I(t)`` -- is kept in the model's dtype, and every norm and inner product (``||I(t-k) - I(t)||``,
+``||d(k)||``, the Gram entries ``<D_i, D_j>``, the ratio ``s``) is taken in float32
+(:func:`per_sample_norm`, :func:`difference_gram`); the per-sample scale they give is cast to the
+state's dtype once. ``D_1 = (O(t) - O(t+N)) / N`` subtracts two outputs already rounded to the
+model's dtype, which is exact when they are within a factor 2 of each other, so half-precision
+differences add about one rounding of the output, no more than the model's own arithmetic;
+float32 state would double the cache for no measurable gain (tests/runtime/test_precision.py:
+cached bf16 is as close to cached fp32 as full bf16 is to full fp32, on every family). Norms in
+half precision would overflow (fp16) or lose the small input changes the ratio divides by.
 """
 
 from __future__ import annotations

@@ -164,6 +164,7 @@ class CacheSession:
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
         self._post_hook: Any = None
+        self.compiled: Any = None  # a compile.CompiledSchedule when enabled with compile=True
         self._retrying = False  # re-running a cached step in full
         self._coefficients: dict[tuple, _Coefficients] = {}  # (k, count, device, dtype) -> k^i / i!
         self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device) -> s, (B,)
@@ -186,6 +187,9 @@ class CacheSession:
         self._post_hook = self.model.register_forward_hook(self._after_forward, with_kwargs=True)
 
     def detach(self) -> None:
+        if self.compiled is not None:
+            self.compiled.detach()
+            self.compiled = None
         detach_unit_hooks(self.model, name=HOOK_NAME)
         for hook in (self._pre_hook, self._post_hook):
             if hook is not None:
