@@ -80,7 +80,7 @@ def test_rfc_generate_compile(tmp_path, capsys):
     args = ["generate", "--method", "taylorseer", "--interval", "3", "--steps", "8", "--compile", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    assert out.is_file() and "pattern           CCCPPCPP" in printed
+    assert out.is_file() and "pattern           CCPPCPPC" in printed  # TaylorSeer placement: full at w-1+jN
 
 
 @pytest.mark.gpu
