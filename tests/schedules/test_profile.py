@@ -120,3 +120,34 @@ def test_provenance_inputs_round_trip_and_old_profiles_load(tmp_path):
         dataclasses.replace(with_inputs, provenance=bad)
     with pytest.raises(ProfileError, match="exactly one of prompt and label"):
         InputItem(seed=1)
+
+
+def test_step_linear_ratios_round_trip_and_give_the_ratio_per_step(tmp_path):
+    p = make_profile(ratio_form="step-linear", ratio_slopes=(0.2, -0.1, 0.0, 6.0))
+    loaded = load_profile(p.save(tmp_path / "p.yaml"))
+    assert loaded == p and loaded.to_yaml() == p.to_yaml()
+    assert "ratio_form: step-linear\n" in p.to_yaml()
+    # 6 steps: position step/5 - 1/2, so -0.5 at the first step and +0.5 at the last
+    assert loaded.step_ratios(0) == pytest.approx((0.0, 0.25, 1e-7, 0.0))
+    assert loaded.step_ratios(5) == pytest.approx((0.2, 0.15, 1e-7, 6.0))
+    assert make_profile().step_ratios(3) == make_profile().ratios  # constant: the same at every step
+    assert "ratio_form: constant\n" in make_profile().to_yaml()
+
+
+@pytest.mark.parametrize(
+    "overrides,message",
+    [
+        ({"ratio_form": "quadratic"}, "ratio_form must be one of constant, step-linear"),
+        ({"ratio_slopes": (0.0, 0.0, 0.0, 0.0)}, "ratio_slopes must be empty when ratio_form is constant"),
+        ({"ratio_form": "step-linear"}, "one ratio_slopes entry per ratio, got 0 slopes for 4 ratios"),
+        ({"ratio_form": "step-linear", "ratio_slopes": (0.0, 0.5, 0.0, 0.0)}, "ratio_slopes[1]: the step-linear"),
+    ],
+)
+def test_bad_ratio_forms_are_refused_on_load(tmp_path, overrides, message):
+    data = make_profile().to_dict()
+    data.update({k: list(v) if isinstance(v, tuple) else v for k, v in overrides.items()})
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    with pytest.raises(ProfileError) as err:
+        load_profile(path)
+    assert str(path) in str(err.value) and message in str(err.value)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rfcache.schedules.profile import (
+    RATIO_FORMS,
     SCHEMA_VERSION,
     Budget,
     InputItem,
@@ -13,9 +14,11 @@ from rfcache.schedules.profile import (
     Provenance,
     SamplingSetup,
     load_profile,
+    ratio_position,
 )
 
 __all__ = [
+    "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",
     "InputItem",
@@ -26,4 +29,5 @@ __all__ = [
     "Provenance",
     "SamplingSetup",
     "load_profile",
+    "ratio_position",
 ]

@@ -33,13 +33,16 @@ __all__ = [
     "ModelIdentity",
     "Profile",
     "ProfileError",
+    "RATIO_FORMS",
     "Provenance",
     "SamplingSetup",
     "load_profile",
+    "ratio_position",
 ]
 
 SCHEMA_VERSION = 1
 SHIPPED_DIR = Path(__file__).parent
+RATIO_FORMS = ("constant", "step-linear")  # how a calibrated relation ratio depends on the step
 
 
 class ProfileError(RfcacheError, ValueError):
@@ -116,7 +119,10 @@ class Profile:
 
     ``schedule`` holds one character per step, ``C`` (full) or ``P`` (predicted);
     ``ratios`` holds the fitted relation ratio ``s`` per unit; RFE uses them in place of the
-    run-time ratio when ``method.params["calibrated"]`` is 1.
+    run-time ratio when ``method.params["calibrated"]`` is 1. ``ratio_form`` says how ``s`` depends
+    on the step: ``constant`` (``s = ratios[u]``) or ``step-linear``
+    (``s(step) = ratios[u] + ratio_slopes[u] * ratio_position(step, num_steps)``, so ``ratios`` is
+    the value at mid-trajectory and ``s`` stays >= 0 at every step).
     """
 
     name: str
@@ -127,6 +133,8 @@ class Profile:
     budget: Budget
     provenance: Provenance
     ratios: tuple[float, ...] = ()
+    ratio_form: str = "constant"
+    ratio_slopes: tuple[float, ...] = ()
     quality: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, float] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
@@ -143,6 +151,13 @@ class Profile:
     def nfc(self) -> int:
         """Number of full computations."""
         return self.schedule.count("C")
+
+    def step_ratios(self, step: int) -> tuple[float, ...]:
+        """The fitted relation ratio ``s`` of every unit at ``step`` (0-based), in its ``ratio_form``."""
+        if not self.ratio_slopes:
+            return self.ratios
+        position = ratio_position(step, self.sampling.num_steps)
+        return tuple(a + b * position for a, b in zip(self.ratios, self.ratio_slopes, strict=True))
 
     # -- serialisation -------------------------------------------------------------------------
 
@@ -236,6 +251,11 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return Profile.from_yaml(text, source=str(path))
 
 
+def ratio_position(step: int, num_steps: int) -> float:
+    """Where ``step`` lies on a trajectory of ``num_steps`` for a step-linear ratio: ``step / (S - 1) - 1/2``."""
+    return step / max(num_steps - 1, 1) - 0.5
+
+
 # -- strict conversion -----------------------------------------------------------------------------
 
 
@@ -248,6 +268,7 @@ def _validate(p: Profile) -> None:
         raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {p.model.num_units}")
     if any(r < 0 for r in p.ratios):
         raise ProfileError("ratios must be >= 0")
+    _validate_ratio_form(p)
     if not 0 < p.budget.target <= 1:
         raise ProfileError(f"budget.target must be in (0, 1], got {p.budget.target}")
     if p.method.predictor not in ("reuse", "taylor", "relational"):
@@ -264,6 +285,20 @@ def _validate(p: Profile) -> None:
     seeds = [item.seed for items in p.provenance.inputs.values() for item in items]
     if len(seeds) != len(set(seeds)):
         raise ProfileError("provenance.inputs: a seed repeats across the input sets")
+
+
+def _validate_ratio_form(p: Profile) -> None:
+    if p.ratio_form not in RATIO_FORMS:
+        raise ProfileError(f"ratio_form must be one of {', '.join(RATIO_FORMS)}, got {_show(p.ratio_form)}")
+    if p.ratio_form == "constant" and p.ratio_slopes:
+        raise ProfileError("ratio_slopes must be empty when ratio_form is constant")
+    if p.ratio_form == "step-linear":
+        if not p.ratios or len(p.ratio_slopes) != len(p.ratios):
+            found = f"{len(p.ratio_slopes)} slopes for {len(p.ratios)} ratios"
+            raise ProfileError(f"ratio_form step-linear needs one ratio_slopes entry per ratio, got {found}")
+        negative = [u for u, (a, b) in enumerate(zip(p.ratios, p.ratio_slopes, strict=True)) if a - abs(b) / 2 < 0]
+        if negative:
+            raise ProfileError(f"ratio_slopes[{negative[0]}]: the step-linear ratio turns negative (|slope| > 2 x ratio)")
 
 
 def _to_plain(obj: Any) -> Any:
