@@ -1,7 +1,10 @@
+import dataclasses
+
 import pytest
 import torch
 
 import rfcache
+from rfcache.runtime.api import get_session
 from rfcache.schedules import MethodSpec, Profile, ProfileError
 from tests.conftest import generate, make_profile
 
@@ -63,3 +66,35 @@ def test_mismatched_profiles_are_refused(tiny_pipe):
     rfcache.enable(tiny_pipe, _profile(tiny_pipe, resolution=(1, 16, 16)))
     with pytest.raises(ProfileError, match="sampling.resolution"):
         generate(tiny_pipe, steps=STEPS)
+
+
+def test_step_linear_ratios_are_applied_per_step_as_written(tiny_pipe, monkeypatch):
+    """The ratio each cached unit call receives is ``a + b (step / (S - 1) - 1/2)``, worked out by hand."""
+    import rfcache.runtime.session as session_module
+
+    units = _profile(tiny_pipe).model.num_units
+    a = tuple(0.5 + 0.1 * u for u in range(units))
+    b = tuple((-1) ** u * 0.4 for u in range(units))
+    profile = dataclasses.replace(
+        make_profile(tiny_pipe, "CCCPPCPPCPPC", ratios=a), ratio_form="step-linear", ratio_slopes=b
+    )
+    seen: list[tuple[int, float]] = []
+    forecast = session_module.stacked_relational_forecast
+
+    def spy(diffs, values, pairs, grams, ratio, x, input_at_full):
+        seen.append((session._step, ratio.tolist()))
+        return forecast(diffs, values, pairs, grams, ratio, x, input_at_full)
+
+    monkeypatch.setattr(session_module, "stacked_relational_forecast", spy)
+    rfcache.enable(tiny_pipe, profile)
+    session = get_session(tiny_pipe)
+    out = generate(tiny_pipe, steps=STEPS)
+    cached_steps = [i for i, c in enumerate(profile.schedule) if c == "P"]
+    assert [step for step, _ in seen] == [s for s in cached_steps for _ in range(units)]
+    for i, (step, ratio) in enumerate(seen):
+        u = i % units
+        expected = a[u] + b[u] * (step / (STEPS - 1) - 0.5)
+        assert ratio == pytest.approx([expected] * len(ratio), rel=1e-6)
+    rfcache.disable(tiny_pipe)
+    rfcache.enable(tiny_pipe, make_profile(tiny_pipe, "CCCPPCPPCPPC", ratios=a))
+    assert not torch.equal(generate(tiny_pipe, steps=STEPS), out)  # the slopes change the result

@@ -28,6 +28,7 @@ from rfcache.calibrate.sketch import count_sketch
 from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.predictors import per_sample_norm
+from rfcache.schedules import ratio_position
 
 __all__ = ["RatioFit", "RatioStepFit", "Trace", "fit_ratio_steps", "fit_ratios", "record_trace"]
 
@@ -253,18 +254,28 @@ def fit_ratios(trace: Trace, *, min_lag: int = 2) -> RatioFit:
 class RatioStepFit:
     """Does the ratio ``s`` vary with the step? Per unit, ``||ΔO|| ≈ s(t) ||ΔI||`` with ``s`` constant
     and with ``s(t) = a + b (t / (S - 1) - 1/2)`` (linear in the step): the R² of each, and the
-    relative change of the linear ``s`` over the trajectory, ``b / a``."""
+    relative change of the linear ``s`` over the trajectory, ``b / a``. ``intercepts`` (``a``, the
+    ratio at mid-trajectory) and ``slopes`` (``b``, clipped to ``|b| <= 2a`` so ``s`` stays >= 0 at
+    every step) are a profile's ``ratios``/``ratio_slopes`` in its ``step-linear`` form
+    (:func:`rfcache.schedules.ratio_position` gives the step's position)."""
 
     r2_constant: tuple[float, ...]
     r2_linear: tuple[float, ...]
     relative_change: tuple[float, ...]
+    intercepts: tuple[float, ...] = ()
+    slopes: tuple[float, ...] = ()
+
+    def table(self, num_steps: int) -> np.ndarray:
+        """The step-linear ratio per step and unit, shape (steps, units)."""
+        position = np.array([ratio_position(step, num_steps) for step in range(num_steps)])
+        return np.asarray(self.intercepts)[None, :] + np.asarray(self.slopes)[None, :] * position[:, None]
 
 
 def fit_ratio_steps(trace: Trace, *, min_lag: int = 2) -> RatioStepFit:
     """Least squares of the constant and the step-linear ratio per unit (method.md: measure whether ``s`` varies)."""
     steps = trace.input_delta.shape[0]
-    tau = np.arange(steps, dtype=np.float64) / max(steps - 1, 1) - 0.5
-    r2c, r2l, change = [], [], []
+    tau = np.array([ratio_position(step, steps) for step in range(steps)])
+    r2c, r2l, change, intercepts, slopes = [], [], [], [], []
     for u in range(len(trace.units)):
         x = trace.input_delta[:, u, min_lag - 1 :]  # (S, L, B)
         y = trace.output_delta[:, u, min_lag - 1 :]
@@ -279,6 +290,9 @@ def fit_ratio_steps(trace: Trace, *, min_lag: int = 2) -> RatioStepFit:
             fits.append((1 - residual / ss_tot if ss_tot > 0 else 0.0, coef))
         r2c.append(fits[0][0])
         r2l.append(fits[1][0])
-        a, b = fits[1][1]
-        change.append(float(b / a) if a else 0.0)
-    return RatioStepFit(tuple(r2c), tuple(r2l), tuple(change))
+        a, b = (float(v) for v in fits[1][1])
+        change.append(b / a if a else 0.0)
+        a = max(a, 0.0)
+        intercepts.append(a)
+        slopes.append(min(max(b, -2 * a), 2 * a))
+    return RatioStepFit(tuple(r2c), tuple(r2l), tuple(change), tuple(intercepts), tuple(slopes))

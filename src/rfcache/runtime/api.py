@@ -98,12 +98,14 @@ def profile_config(
     profile.check_model(model_identity(model, adapter, granularity))
     if scheduler is not None:
         profile.check_sampling(scheduler=type(scheduler).__name__)
+    calibrated = bool(profile.method.params.get("calibrated")) and bool(profile.ratios)
     return CacheConfig(
         method="static",
         predictor=profile.method.predictor,
         order=profile.method.order,
         mask=profile.mask,
-        ratios=profile.ratios if profile.method.params.get("calibrated") and profile.ratios else None,
+        ratios=profile.ratios if calibrated else None,
+        ratio_slopes=profile.ratio_slopes if calibrated and profile.ratio_slopes else None,
         granularity=granularity,
         **params,
     )

@@ -38,6 +38,7 @@ from rfcache.models import CacheUnit
 from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.predictors import estimate_predictor_flops, relation_ratio, rescaled_forecast, weighted_sum
 from rfcache.runtime.session import HOOK_NAME, CacheSession, _flatten, _unflatten
+from rfcache.schedules import ratio_position
 
 __all__ = ["CompiledSchedule"]
 
@@ -83,6 +84,11 @@ class CompiledSchedule:
         self.full = True  # the one Python value the graphs are specialised on
         self.distance = torch.ones((), dtype=torch.float32, device=param.device)
         self.coeffs = torch.ones(self.keep + 1, dtype=torch.float32, device=param.device)
+        # a step-linear calibrated ratio: s = ratios[u] + slopes[u] * position, position a per-step tensor
+        slopes = config.ratio_slopes
+        self.slopes = None if slopes is None else torch.tensor(slopes, dtype=torch.float32, device=param.device)
+        self.position = torch.zeros((), dtype=torch.float32, device=param.device)
+        self._position_cache: dict[int, torch.Tensor] = {}
         self._coeff_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._distance_cache: dict[int, torch.Tensor] = {}
         self._branches: list[_BranchSlots] = []
@@ -153,6 +159,9 @@ class CompiledSchedule:
         else:
             k = s._step - slots.last_full
             order = min(self.keep, num_full - 1)
+            if self.slopes is not None:
+                step, mask = s._step, s.config.mask or ()
+                self.position = self._cached(self._position_cache, step, lambda: ratio_position(step, len(mask)))
             self.coeffs = self._cached(
                 self._coeff_cache,
                 (k, order),
@@ -265,5 +274,8 @@ class CompiledSchedule:
             else:
                 assert slot.input_at_full is not None
                 direction = weighted_sum(diffs, self.coeffs, start=1)
-                outs.append(rescaled_forecast(diffs[0], direction, slot.ratios[j], x, slot.input_at_full))
+                ratio = slot.ratios[j]
+                if self.slopes is not None:
+                    ratio = ratio + self.slopes[unit.index] * self.position
+                outs.append(rescaled_forecast(diffs[0], direction, ratio, x, slot.input_at_full))
         return _unflatten(outs, slot.layout, slot.single)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 
 from rfcache.errors import RfcacheError
 from rfcache.models import Granularity
+from rfcache.schedules import ratio_position
 
 __all__ = ["METHODS", "CacheConfig"]
 
@@ -42,6 +43,9 @@ class CacheConfig:
         granularity: ``"module"`` (attention and feed-forward separately) or ``"block"``.
         mask: per-step compute mask (True = full) for ``static``.
         ratios: calibrated relation ratio ``s`` per unit index, replacing the run-time ratio.
+        ratio_slopes: with ``ratios`` and a ``mask``, a step-linear calibrated ratio per unit:
+            ``s(step) = ratios[u] + ratio_slopes[u] * ratio_position(step, len(mask))`` (a
+            profile's ``step-linear`` ratio form); None for a constant ratio.
         check_finite: recompute a unit whose prediction holds NaN or inf (counted in the summary).
         share_conditioning: compute every step's timestep/condition embeddings (the adapter's
             conditioning modules) in one batched pass at a generation's first call and serve them per
@@ -61,6 +65,7 @@ class CacheConfig:
     granularity: Granularity = "module"
     mask: tuple[bool, ...] | None = None
     ratios: tuple[float, ...] | None = None
+    ratio_slopes: tuple[float, ...] | None = None
     predictor: str = field(default="")
     check_finite: bool = True
     max_cache_bytes: int | None = None
@@ -91,6 +96,18 @@ class CacheConfig:
             raise RfcacheError(f"max_cache_bytes must be a positive number of bytes; got {self.max_cache_bytes}")
         if self.policy == "static" and not self.mask:
             raise RfcacheError("method 'static' needs a mask (from a profile)")
+        if self.ratio_slopes is not None and (
+            not self.mask or self.ratios is None or len(self.ratios) != len(self.ratio_slopes)
+        ):
+            raise RfcacheError("ratio_slopes needs a mask and one calibrated ratio per slope")
+
+    def ratio_at(self, unit: int, step: int) -> float:
+        """The calibrated ratio of ``unit`` at ``step`` (constant, or step-linear with ``ratio_slopes``)."""
+        assert self.ratios is not None
+        if self.ratio_slopes is None:
+            return float(self.ratios[unit])
+        assert self.mask is not None
+        return float(self.ratios[unit] + self.ratio_slopes[unit] * ratio_position(step, len(self.mask)))
 
     @property
     def policy(self) -> str:

@@ -167,7 +167,7 @@ class CacheSession:
         self.compiled: Any = None  # a compile.CompiledSchedule when enabled with compile=True
         self._retrying = False  # re-running a cached step in full
         self._coefficients: dict[tuple, _Coefficients] = {}  # (k, count, device, dtype) -> k^i / i!
-        self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device) -> s, (B,)
+        self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device, step or -1) -> s, (B,)
         self._policy_template = self._make_policy()
         self._flop_cache: dict[tuple, int] = {}
         self._probe: list[UnitFootprint] | None = None  # set while a shape-only forward runs
@@ -416,10 +416,12 @@ class CacheSession:
         if calibrated is None:
             return state.ratios[position]
         like = state.differences[position][0]
-        key = (unit.index, like.shape[0], like.device)
+        step = self._step if self.config.ratio_slopes is not None else -1  # a step-linear ratio varies
+        key = (unit.index, like.shape[0], like.device, step)
         ratio = self._calibrated.get(key)
         if ratio is None:  # on the model's device: the norms it multiplies are float32 there
-            ratio = torch.full((like.shape[0],), float(calibrated[unit.index]), dtype=torch.float32, device=like.device)
+            value = self.config.ratio_at(unit.index, self._step)
+            ratio = torch.full((like.shape[0],), value, dtype=torch.float32, device=like.device)
             self._calibrated[key] = ratio
         return ratio
 

@@ -26,6 +26,7 @@ import yaml
 from rfcache.errors import RfcacheError
 
 __all__ = [
+    "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",
     "InputItem",
@@ -33,7 +34,6 @@ __all__ = [
     "ModelIdentity",
     "Profile",
     "ProfileError",
-    "RATIO_FORMS",
     "Provenance",
     "SamplingSetup",
     "load_profile",
@@ -298,7 +298,7 @@ def _validate_ratio_form(p: Profile) -> None:
             raise ProfileError(f"ratio_form step-linear needs one ratio_slopes entry per ratio, got {found}")
         negative = [u for u, (a, b) in enumerate(zip(p.ratios, p.ratio_slopes, strict=True)) if a - abs(b) / 2 < 0]
         if negative:
-            raise ProfileError(f"ratio_slopes[{negative[0]}]: the step-linear ratio turns negative (|slope| > 2 x ratio)")
+            raise ProfileError(f"ratio_slopes[{negative[0]}]: the step-linear ratio turns negative (|slope| > 2 ratio)")
 
 
 def _to_plain(obj: Any) -> Any:
