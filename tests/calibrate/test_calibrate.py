@@ -5,7 +5,7 @@ import pytest
 import torch
 
 import rfcache
-from rfcache.calibrate import StudyMismatchError, Trace, calibrate, fit_ratios, record_trace
+from rfcache.calibrate import StudyMismatchError, Trace, calibrate, fit_ratio_steps, fit_ratios, record_trace
 from rfcache.calibrate.search import uniform_seeds
 from rfcache.cli.main import main
 from rfcache.schedules.masks import interval_mask, warped_mask
@@ -34,6 +34,20 @@ def test_ratio_fit_recovers_a_known_slope():
     fit = fit_ratios(Trace(["a", "b"], x, y), min_lag=1)
     assert fit.ratios[0] == pytest.approx(2.5) and fit.r2[0] == pytest.approx(1.0)
     assert fit.r2[1] < 0.5 and fit.poor() == [1]
+
+
+def test_step_ratio_fit_recovers_a_known_step_linear_ratio():
+    rng = np.random.default_rng(0)
+    steps = 6
+    position = np.arange(steps) / (steps - 1) - 0.5
+    x = rng.uniform(0.1, 1.0, size=(steps, 2, 3, 4))
+    # unit a: s = 2 + 1.5 position; unit b: s = 1 + 3 position turns negative, so its slope is clipped to 2
+    s = np.stack([2 + 1.5 * position, 1 + 3 * position], axis=1)[:, :, None, None]
+    fit = fit_ratio_steps(Trace(["a", "b"], x, s * x), min_lag=1)
+    assert fit.intercepts == pytest.approx((2.0, 1.0)) and fit.slopes == pytest.approx((1.5, 2.0))
+    assert fit.r2_linear[0] == pytest.approx(1.0) and fit.relative_change[1] == pytest.approx(3.0)
+    np.testing.assert_allclose(fit.table(steps)[:, 0], 2 + 1.5 * position)
+    assert (fit.table(steps) >= 0).all()
 
 
 def test_seeds_and_warped_masks_fit_the_budget():

@@ -174,3 +174,32 @@ def test_scorer_and_input_proxy_on_a_real_trace(tiny_trace):
     assert pattern_text(scorer.optimal({**base, "nfc": 4})).count("C") == 4
     proxy = fit_input_proxy(trace, scorer.errors(base), [interval_mask(STEPS, 3, 2), interval_mask(STEPS, 4, 1)])
     assert len(proxy.unit_r2) == len(trace.units) and all(r <= 1 for r in proxy.unit_r2)
+
+
+def test_a_per_step_ratio_is_read_at_each_predicted_step(tiny_trace):
+    """Replaying with a (steps, units) ratio table equals replaying, step by step, with that step's row."""
+    _, trace, _ = tiny_trace
+    units = len(trace.units)
+    table = 0.2 + 0.1 * np.arange(STEPS)[:, None] + 0.01 * np.arange(units)[None, :]  # (S, U)
+    mask = interval_mask(STEPS, 3, 2)
+    per_step, pattern = ForecastErrors(trace, "relational", 2, table).unit_errors(mask)
+    for c in range(STEPS):
+        constant, _ = ForecastErrors(trace, "relational", 2, table[c]).unit_errors(mask)
+        np.testing.assert_allclose(per_step[c], constant[c], rtol=1e-6)
+    assert not pattern[2] and per_step[2].sum() > 0
+    with pytest.raises(ValueError, match=r"ratios must have shape"):
+        ForecastErrors(trace, "relational", 2, table[:, :2])
+
+
+def test_scorer_scores_each_ratio_choice(tiny_trace):
+    _, trace, _ = tiny_trace
+    units = len(trace.units)
+    base = {"predictor": "relational", "order": 2, "family": "interval", "interval": 3, "warmup": 2}
+    scorer = Scorer(trace, ratios=[0.5] * units, step_ratios=np.full((STEPS, units), 0.5), max_nfc=5)
+    scorer.set_model(ErrorModel((1.0, 2.0), STEPS, 1.0, 0.0, 0))
+    constant = scorer.estimate({**base, "calibrated": True})
+    assert scorer.estimate({**base, "calibrated": True, "ratio_form": "step-linear"}) == pytest.approx(constant)
+    assert scorer.estimate({**base, "calibrated": False})[2] != constant[2]  # the run-time ratio differs
+    no_table = Scorer(trace, ratios=[0.5] * units, max_nfc=5)
+    with pytest.raises(ValueError, match="no step-linear calibrated ratios"):
+        no_table.errors({**base, "calibrated": True, "ratio_form": "step-linear"})

@@ -24,9 +24,9 @@ import torch
 
 from rfcache.calibrate.errormodel import ErrorModel
 from rfcache.calibrate.inputs import InputSets, split_inputs
-from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer
+from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer, ratio_choice
 from rfcache.calibrate.search import Candidate, completed_trials, error_model_runs, max_nfc, search_schedules
-from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
+from rfcache.calibrate.trace import RatioFit, RatioStepFit, Trace, fit_ratio_steps, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
@@ -152,7 +152,7 @@ def calibrate(
             reference = run(sets.calibration)
     finally:
         grab.remove()
-    fit = fit_ratios(trace)
+    fit, step_fit = fit_ratios(trace), fit_ratio_steps(trace)
     if fit.poor():
         logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
 
@@ -166,13 +166,19 @@ def calibrate(
     def real_error(params: dict[str, Any], pattern: str) -> float:
         """A real run of the static ``pattern`` with the candidate's predictor on the calibration inputs."""
         cache: dict[str, Any] = {"predictor": params["predictor"], "order": int(params["order"])}
-        if params["predictor"] == "relational" and params.get("calibrated"):
-            cache["ratios"] = fit.ratios
+        ratios, slopes = _calibrated_ratios(params, fit, step_fit)
+        if ratios:
+            cache.update(ratios=ratios, ratio_slopes=slopes or None)
         out, _ = run_cached(sets.calibration, method="static", mask=tuple(c == "C" for c in pattern), **cache)
         return _rel_l2(out, reference)
 
     # the error model: forecast errors replayed on the trace, their propagation fitted on a few real runs
-    scorer = Scorer(trace, ratios=fit.ratios, max_nfc=max_nfc(budget, num_inference_steps))
+    scorer = Scorer(
+        trace,
+        ratios=fit.ratios,
+        step_ratios=step_fit.table(num_inference_steps),
+        max_nfc=max_nfc(budget, num_inference_steps),
+    )
     measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget), real_error)
     error_model = scorer.model
     assert error_model is not None
@@ -211,7 +217,7 @@ def calibrate(
     )
     best: tuple[float, Profile] | None = None
     for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
-        profile = _profile(name, identity, sampling, cand, fit, budget, seed, completed_trials(study), sets)
+        profile = _profile(name, identity, sampling, cand, (fit, step_fit), budget, seed, completed_trials(study), sets)
         profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
         out, s = run_cached(sets.selection, profile)
         err = _rel_l2(out, selection_reference)
@@ -364,7 +370,7 @@ def _profile(
     identity: Any,
     sampling: SamplingSetup,
     cand: Candidate,
-    fit: RatioFit,
+    fits: tuple[RatioFit, RatioStepFit],
     budget: float,
     seed: int,
     trials: int,
@@ -377,8 +383,10 @@ def _profile(
     import rfcache
 
     p = cand.params
-    numeric = {k: float(v) for k, v in p.items() if k not in ("family", "predictor", "order")}
+    fit, step_fit = fits
+    numeric = {k: float(v) for k, v in p.items() if k not in ("family", "predictor", "order", "ratio_form")}
     r2 = np.array(fit.r2)
+    ratios, slopes = _calibrated_ratios(p, fit, step_fit)
     return Profile(
         name=name,
         model=identity,
@@ -399,7 +407,9 @@ def _profile(
             },
             inputs=sets.as_dict(),
         ),
-        ratios=fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
+        ratios=ratios or fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
+        ratio_form="step-linear" if slopes else "constant",
+        ratio_slopes=slopes,
         quality={
             "calibration_rel_l2": cand.error,
             "estimated_rel_l2": cand.estimate if cand.estimate is not None else cand.error,
@@ -408,9 +418,20 @@ def _profile(
             "ratio_r2_min": float(r2.min()),
             "ratio_r2_median": float(np.median(r2)),
             "ratio_spread_median": float(np.median(fit.spread)),
+            "ratio_r2_step_linear_median": float(np.median(step_fit.r2_linear)),
             "poor_fits": float(len(fit.poor())),
         },
     )
+
+
+def _calibrated_ratios(
+    params: dict[str, Any], fit: RatioFit, step_fit: RatioStepFit
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The candidate's calibrated ratios and slopes (both empty for the run-time ratio)."""
+    choice = ratio_choice(params)
+    if choice == "step-linear":
+        return step_fit.intercepts, step_fit.slopes
+    return (fit.ratios, ()) if choice == "constant" else ((), ())
 
 
 def _call(items: tuple[InputItem, ...]) -> dict[str, Any]:

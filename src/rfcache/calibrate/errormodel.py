@@ -73,11 +73,14 @@ class ForecastErrors:
         trace: a trace recorded with sketches.
         predictor: ``reuse``, ``taylor`` or ``relational``.
         order: Taylor order m (the relational predictor's direction).
-        ratios: calibrated relation ratio per unit for ``relational`` (None: the run-time ratio
-            from the last two full steps, as the session computes it).
+        ratios: calibrated relation ratio for ``relational``: per unit (constant), or per step and
+            unit, shape (steps, units) (step-linear); None: the run-time ratio from the last two
+            full steps, as the session computes it.
     """
 
-    def __init__(self, trace: Trace, predictor: str, order: int, ratios: Sequence[float] | None = None) -> None:
+    def __init__(
+        self, trace: Trace, predictor: str, order: int, ratios: Sequence[float] | np.ndarray | None = None
+    ) -> None:
         if trace.input_sketch is None or trace.output_sketch is None:
             raise RfcacheError("the trace has no sketches (recorded by an older rfcache); record it again")
         self.predictor, self.order = predictor, order
@@ -87,7 +90,8 @@ class ForecastErrors:
         self.outputs = trace.output_sketch.astype(np.float32)  # (S, U, B, W)
         self.num_steps = self.outputs.shape[0]
         self.output_size = np.linalg.norm(self.outputs, axis=-1).sum(axis=(1, 2))  # (S,)
-        self.ratios = None if ratios is None else np.asarray(ratios, dtype=np.float64)[:, None]  # (U, 1)
+        # the calibrated ratio at every step, (S, U, 1)
+        self.ratios = None if ratios is None else _ratio_table(np.asarray(ratios, dtype=np.float64), self.outputs.shape)
         self._memo: dict[tuple[int, ...], np.ndarray] = {}
 
     def pattern(self, mask: Sequence[bool]) -> tuple[bool, ...]:
@@ -149,7 +153,7 @@ class ForecastErrors:
         change = sum(d * ks**i / math.factorial(i) for i, d in enumerate(diffs) if i >= 1)
         if self.predictor == "relational" and len(diffs) >= 2:
             if self.ratios is not None:
-                ratio = self.ratios  # (U, 1)
+                ratio = self.ratios[a + 1 : a + 1 + length]  # (K, U, 1): at the predicted steps
             else:
                 b = fulls[1]
                 ratio = _norm(O[a] - O[b]) / np.maximum(_norm(I[a] - I[b]), _EPS)  # (U, B)
@@ -161,6 +165,14 @@ class ForecastErrors:
         else:
             prediction = np.broadcast_to(diffs[0], truth.shape)
         return _norm(prediction - truth).sum(axis=-1)  # (K, U)
+
+
+def _ratio_table(ratios: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """A per-unit or per-step-and-unit ratio as a (steps, units, 1) table; refuses another shape."""
+    steps, units = shape[:2]
+    if ratios.shape not in ((units,), (steps, units)):
+        raise ValueError(f"ratios must have shape ({units},) or ({steps}, {units}), got {ratios.shape}")
+    return np.broadcast_to(ratios, (steps, units))[:, :, None]
 
 
 def _norm(x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ from rfcache.calibrate.search import Candidate
 from rfcache.calibrate.trace import Trace
 from rfcache.schedules.masks import interval_mask, warped_mask
 
-__all__ = ["Scorer", "confirm_candidates", "fit_scorer", "pattern_text", "run_key"]
+__all__ = ["Scorer", "confirm_candidates", "fit_scorer", "pattern_text", "ratio_choice", "run_key"]
 
 logger = logging.getLogger(__name__)
 
@@ -41,16 +41,37 @@ def pattern_text(pattern: Sequence[bool]) -> str:
     return "".join("C" if p else "P" for p in pattern)
 
 
-class Scorer:
-    """Masks, FLOP fractions and error estimates of schedule parameters on one trace."""
+def ratio_choice(params: dict[str, Any]) -> str:
+    """Which relation ratio a candidate's predictor uses: ``runtime`` (from the last two full steps,
+    also for predictors without one), or a calibrated ``constant`` or ``step-linear`` one."""
+    if params["predictor"] != "relational" or not params.get("calibrated"):
+        return "runtime"
+    return str(params.get("ratio_form", "constant"))
 
-    def __init__(self, trace: Trace, *, ratios: Sequence[float] | None, max_nfc: int, max_gap: int = 10) -> None:
-        self.trace, self.ratios, self.max_nfc, self.max_gap = trace, ratios, max_nfc, max_gap
+
+class Scorer:
+    """Masks, FLOP fractions and error estimates of schedule parameters on one trace.
+
+    ``ratios``: the constant calibrated ratio per unit; ``step_ratios``: the step-linear one per step
+    and unit, shape (steps, units) (None: candidates cannot choose it).
+    """
+
+    def __init__(
+        self,
+        trace: Trace,
+        *,
+        ratios: Sequence[float] | None,
+        max_nfc: int,
+        max_gap: int = 10,
+        step_ratios: np.ndarray | None = None,
+    ) -> None:
+        self.trace, self.max_nfc, self.max_gap = trace, max_nfc, max_gap
+        self.ratios = {"runtime": None, "constant": ratios, "step-linear": step_ratios}
         self.num_steps = trace.num_steps
         self.model: ErrorModel | None = None
         self.fit_patterns: list[tuple[bool, ...]] = []  # the patterns of the real runs the model was fitted on
-        self._errors: dict[tuple[str, int, bool], ForecastErrors] = {}
-        self._optimal: dict[tuple[str, int, bool, int], dict[int, tuple[bool, ...]]] = {}
+        self._errors: dict[tuple[str, int, str], ForecastErrors] = {}
+        self._optimal: dict[tuple[str, int, str, int], dict[int, tuple[bool, ...]]] = {}
 
     def set_model(self, model: ErrorModel) -> None:
         """Use ``model`` for estimates (the error model's favourite masks are recomputed)."""
@@ -59,10 +80,12 @@ class Scorer:
 
     def errors(self, params: dict[str, Any]) -> ForecastErrors:
         """The forecast-error table of the candidate's predictor, order and ratio choice."""
-        calibrated = params["predictor"] == "relational" and bool(params.get("calibrated"))
-        key = (params["predictor"], int(params["order"]), calibrated)
+        key = (params["predictor"], int(params["order"]), ratio_choice(params))
         if key not in self._errors:
-            self._errors[key] = ForecastErrors(self.trace, key[0], key[1], self.ratios if calibrated else None)
+            ratios = self.ratios[key[2]]
+            if key[2] != "runtime" and ratios is None:
+                raise ValueError(f"no {key[2]} calibrated ratios were given to the scorer")
+            self._errors[key] = ForecastErrors(self.trace, key[0], key[1], ratios)
         return self._errors[key]
 
     def mask(self, params: dict[str, Any]) -> tuple[bool, ...]:
@@ -91,7 +114,7 @@ class Scorer:
             raise RuntimeError("the 'optimal' family needs a fitted error model")
         fe = self.errors(params)
         warmup, nfc = int(params.get("warmup", 0)), int(params["nfc"])
-        key = (fe.predictor, fe.order, fe.ratios is not None, warmup)
+        key = (fe.predictor, fe.order, ratio_choice(params), warmup)
         if key not in self._optimal:
             self._optimal[key] = optimal_masks(
                 fe, self.model, warmup=warmup, max_nfc=self.max_nfc, max_gap=self.max_gap
@@ -137,8 +160,7 @@ def fit_scorer(
 
 def run_key(params: dict[str, Any], pattern: str) -> tuple:
     """What a real run of a candidate depends on: the pattern and the predictor's settings."""
-    calibrated = params["predictor"] == "relational" and bool(params.get("calibrated"))
-    return (pattern, params["predictor"], int(params["order"]), calibrated)
+    return (pattern, params["predictor"], int(params["order"]), ratio_choice(params))
 
 
 def confirm_candidates(

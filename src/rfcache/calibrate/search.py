@@ -38,6 +38,7 @@ import optuna
 
 from rfcache.calibrate.storage import open_storage, worker_name
 from rfcache.errors import RfcacheError
+from rfcache.schedules import RATIO_FORMS
 from rfcache.schedules.masks import interval_mask
 
 __all__ = [
@@ -97,6 +98,9 @@ def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (
     nfc = max(3, int(budget * num_steps * 0.95))
     for predictor, order in (("relational", 1), ("relational", 2), ("taylor", 2)):
         seeds.append({"family": "optimal", "predictor": predictor, "order": order, "calibrated": False, "nfc": nfc})
+    for form in RATIO_FORMS:  # the calibrated ratio in each form, scored from the start
+        calibrated = {"calibrated": True, "ratio_form": form}
+        seeds.append({"family": "optimal", "predictor": "relational", "order": 2, **calibrated, "nfc": nfc})
     for alpha in (0.5, 1.0):
         seeds.append(
             {
@@ -169,6 +173,8 @@ def search_schedules(
             "order": trial.suggest_int("order", 1, 2),
             "calibrated": trial.suggest_categorical("calibrated", [False, True]),
         }
+        if predictor == "relational" and params["calibrated"]:  # the calibrated ratio's form
+            params["ratio_form"] = trial.suggest_categorical("ratio_form", list(RATIO_FORMS))
         if family != "optimal":  # the error model's mask places its early full steps itself
             params["warmup"] = trial.suggest_int("warmup", 1, 6)
         if family == "interval":
