@@ -1,5 +1,6 @@
 """Export: bundles replay the PyTorch runtime's profile, refuse tampering, and check what they are run with."""
 
+import dataclasses
 import json
 import shutil
 
@@ -69,6 +70,47 @@ def test_every_predictor_exports_with_parity(tmp_path, predictor, order, calibra
     reference, pattern = _torch_images(pipe, profile, seed=3)
     assert result.pattern == pattern
     assert np.abs(result.images - reference).max() < 1e-4  # float32 kernels differ (ORT vs PyTorch); measured ~2e-5
+
+
+def _runtime_calls(pipe, profile, seed=3):
+    """The transformer's inputs and outputs at every step of a generation under ``profile``."""
+    calls = []
+
+    def keep(module, args, kwargs, out):
+        inputs = {"hidden_states": args[0], **kwargs} if args else kwargs
+        calls.append(({k: v.detach().clone() for k, v in inputs.items() if torch.is_tensor(v)}, out[0].detach()))
+
+    rfcache.enable(pipe, profile)
+    hook = pipe.transformer.register_forward_hook(keep, with_kwargs=True)
+    try:
+        generator = torch.Generator().manual_seed(seed)
+        pipe(class_labels=LABELS, num_inference_steps=len(profile.schedule), generator=generator)
+    finally:
+        hook.remove()
+        rfcache.disable(pipe)
+    return calls
+
+
+def test_a_step_linear_ratio_exports_with_parity(tmp_path):
+    """The step's position rides at the end of the cached graph's coeffs; the graph's s(step) is the runtime's."""
+    pipe = make_tiny_digits_pipeline(seed=1)
+    units = len(rfcache.get_adapter(pipe).units(pipe.transformer))
+    ratios = tuple(0.5 + 0.1 * i for i in range(units))
+    slopes = tuple((-1) ** i * 0.8 for i in range(units))
+    constant = make_profile(pipe, SCHEDULE, ratios=ratios)
+    profile = dataclasses.replace(constant, ratio_form="step-linear", ratio_slopes=slopes)
+    bundle = load_bundle(export(pipe, profile, tmp_path / "b"))
+    assert bundle.manifest["predictor"]["ratio_form"] == "step-linear"
+    names = [t.name for t in bundle.graphs["cached"].inputs if not t.name.startswith("u") and t.name != "coeffs"]
+    steps = OrtRunner(bundle).steps(2 * len(LABELS))  # the CFG batch the transformer sees
+    calls, baseline = _runtime_calls(pipe, profile), _runtime_calls(pipe, constant)
+    for i, ((inputs, reference), (_, other)) in enumerate(zip(calls, baseline, strict=True)):
+        out = torch.as_tensor(steps({n: inputs[n].numpy() for n in names}))
+        scale = reference.abs().max()
+        assert (out - reference).abs().max() / scale < 1e-4, f"step {i}"  # float32 kernels differ (ORT vs PyTorch)
+        if SCHEDULE[i] == "P" and i > 2:  # the slopes matter: parity is not by accident
+            assert (other - reference).abs().max() / scale > 1e-3, f"step {i}"
+    assert steps.executed == SCHEDULE
 
 
 def test_one_bundle_serves_any_batch(tiny_bundle):
@@ -177,6 +219,8 @@ def test_pattern_coefficients_follow_the_available_order():
     assert coeffs[1] == [1.0, 0.0, 0.0]  # one full step so far: D_0 only
     assert coeffs[3] == [1.0, 1.0, 0.0]  # two: order 1
     assert coeffs[4] == [1.0, 2.0, 0.0]
+    positioned = pattern_coefficients("CPCPP", keep=2, step_position=True)  # a step-linear ratio's position last
+    assert positioned[1] == [1.0, 0.0, 0.0, -0.25] and positioned[4] == [1.0, 2.0, 0.0, 0.5]
 
 
 def _tensorrt_available() -> bool:

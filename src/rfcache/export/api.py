@@ -82,7 +82,7 @@ def export(
     device = next(model.parameters()).device
     if fp16 and backend == "onnx" and device.type != "cuda":
         raise RfcacheError("fp16 ONNX graphs run on CUDA only; put the pipeline on cuda or use --backend tensorrt")
-    spec = PredictorSpec(config.predictor, config.order, config.ratios)
+    spec = PredictorSpec(config.predictor, config.order, config.ratios, config.ratio_slopes)
     pattern = effective_pattern(profile.schedule, config.min_full_steps)
     sampling = _sampling(pipe, profile, guidance_scale)
     inputs = _probe_inputs(model, adapter, sampling)
@@ -190,7 +190,7 @@ def _export_graph(
         outputs = [MODEL_OUTPUT, *(s.name for s in graphs.state)]
     else:
         module, state = graphs.cached_module(), graphs.state
-        constant = ("coeffs", torch.ones(graphs.spec.keep + 1, dtype=dtype, device=device))
+        constant = ("coeffs", torch.ones(graphs.spec.num_coeffs, dtype=dtype, device=device))
         in_names = [*names, "coeffs", *(s.name for s in state)]
         outputs = [MODEL_OUTPUT]
     state_args = [torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in state]
@@ -341,7 +341,13 @@ def _manifest(
             "config_hash": config_hash(model.config),
             "num_units": len(graphs.units),
         },
-        "predictor": {"kind": spec.predictor, "order": spec.order, "calibrated_ratios": spec.ratios is not None},
+        "predictor": {
+            "kind": spec.predictor,
+            "order": spec.order,
+            "calibrated_ratios": spec.ratios is not None,
+            # how the cached graph's coeffs end: a step-linear ratio adds the step's position
+            "ratio_form": "step-linear" if spec.ratio_slopes is not None else "constant",
+        },
         "schedule": {
             "mask": profile.schedule,
             "pattern": pattern,

@@ -11,7 +11,10 @@ mechanism), so the graphs hold exactly what the PyTorch runtime computes:
   ``coeffs`` (``k^i / i!``, 0 beyond the order available at that step), so one graph serves every
   cached step whatever ``k`` is; the skeleton (embeddings, norms, modulation, gates, residual adds,
   final layer) runs exactly. Inputs: the transformer's inputs, ``coeffs``, the state. Output: the
-  model output. The units' weights are not in this graph.
+  model output. The units' weights are not in this graph. Calibrated ratios are baked in; a
+  step-linear one (a profile's ``ratio_form``) as its per-unit intercept and slope, with the step's
+  position (``rfcache.schedules.ratio_position``) as one more, last, entry of ``coeffs``, so the
+  graph computes ``s = a + b * position`` as the PyTorch runtime does.
 
 State tensors are named ``u{unit}.o{output}.d{i}`` (difference ``D_i``), ``u{unit}.in`` (input at
 the last full step), ``u{unit}.o{output}.s`` (run-time ratio) and ``u{unit}.o{output}.g{i}{j}``
@@ -45,16 +48,24 @@ _HOOK = "rfcache-export"
 
 @dataclass(frozen=True)
 class PredictorSpec:
-    """What the cache state holds: the predictor, its order and any calibrated ratios (per unit)."""
+    """What the cache state holds: the predictor, its order and any calibrated ratios (per unit;
+    with ``ratio_slopes``, step-linear)."""
 
     predictor: str
     order: int
     ratios: tuple[float, ...] | None = None
+    ratio_slopes: tuple[float, ...] | None = None
 
     @property
     def keep(self) -> int:
         """Highest difference order kept (``D_0..D_keep``)."""
         return 0 if self.predictor == "reuse" else self.order
+
+    @property
+    def num_coeffs(self) -> int:
+        """Entries of the cached step's ``coeffs``: ``k^i / i!`` for ``i = 0..keep``, then the step's
+        position for a step-linear ratio."""
+        return self.keep + 1 + (self.ratio_slopes is not None)
 
     @property
     def runtime_ratio(self) -> bool:
@@ -178,6 +189,9 @@ class StepGraphs:
                 x = self.adapter.unit_input(self.model, unit, args, kwargs)
                 if spec.ratios is not None:
                     ratio = torch.full((x.shape[0],), spec.ratios[u], dtype=torch.float32, device=x.device)
+                    if spec.ratio_slopes is not None:
+                        assert ctx.coeffs is not None
+                        ratio = ratio + spec.ratio_slopes[u] * ctx.coeffs[spec.keep + 1].float()
                 else:
                     ratio = ctx.state_in[f"u{u}.o{j}.s"]
                 gram = {
@@ -200,8 +214,8 @@ class _StepContext:
 
     def weights(self) -> list[Any]:
         """The step's ``coeffs`` with ``D_0``'s weight as the constant 1 it always is (no pass to scale it)."""
-        assert self.coeffs is not None
-        return [1.0, *self.coeffs.unbind()[1:]]
+        assert self.coeffs is not None and self.graphs is not None
+        return [1.0, *self.coeffs.unbind()[1 : self.graphs.spec.keep + 1]]
 
     def out(self, name: str, tensor: torch.Tensor) -> None:
         assert self.state_out is not None and self.graphs is not None
@@ -229,7 +243,7 @@ class _StepModule(torch.nn.Module):
             ctx = _StepContext(state_in, distance=constant, state_out={}, graphs=g, probing=_probe)
             hook = g._full_unit
         else:
-            ctx = _StepContext(state_in, coeffs=constant)
+            ctx = _StepContext(state_in, coeffs=constant, graphs=g)
             hook = g._cached_unit
         g._attach(lambda unit, original, args, kwargs: hook(unit, original, args, kwargs, ctx))
         try:

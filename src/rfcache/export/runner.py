@@ -26,6 +26,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.export.bundle import Bundle, BundleError, decode_config, first_line
+from rfcache.schedules import ratio_position
 
 __all__ = ["BundleRunner", "GenerationResult", "OrtRunner", "StepRunner", "open_runner", "pattern_coefficients"]
 
@@ -33,9 +34,10 @@ logger = logging.getLogger(__name__)
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def pattern_coefficients(pattern: str, keep: int) -> list[list[float] | None]:
+def pattern_coefficients(pattern: str, keep: int, *, step_position: bool = False) -> list[list[float] | None]:
     """Per step: ``None`` at a full step, else the cached graph's ``coeffs``: ``k^i / i!`` up to the
-    order the full steps so far allow and 0 above it, as the PyTorch runtime predicts."""
+    order the full steps so far allow and 0 above it, as the PyTorch runtime predicts; with
+    ``step_position`` (a step-linear calibrated ratio), then the step's ``ratio_position``."""
     out: list[list[float] | None] = []
     full, last = 0, -1
     for step, letter in enumerate(pattern):
@@ -44,7 +46,8 @@ def pattern_coefficients(pattern: str, keep: int) -> list[list[float] | None]:
             out.append(None)
             continue
         k, order = step - last, min(keep, full - 1)
-        out.append([k**i / math.factorial(i) if i <= order else 0.0 for i in range(keep + 1)])
+        coeffs = [k**i / math.factorial(i) if i <= order else 0.0 for i in range(keep + 1)]
+        out.append([*coeffs, ratio_position(step, len(pattern))] if step_position else coeffs)
     return out
 
 
@@ -68,7 +71,8 @@ class BundleRunner:
         self.bundle, self.device = bundle, device
         predictor = bundle.manifest["predictor"]
         self.keep = 0 if predictor["kind"] == "reuse" else int(predictor["order"])
-        self.coefficients = pattern_coefficients(bundle.pattern, self.keep)
+        step_linear = predictor.get("ratio_form") == "step-linear"
+        self.coefficients = pattern_coefficients(bundle.pattern, self.keep, step_position=step_linear)
 
     @property
     def input_device(self) -> torch.device:
