@@ -101,3 +101,30 @@ def test_compiled_with_cuda_graphs_matches_eager_on_cuda(dtype):
         assert rfcache.summary(pipe).pattern == SCHEDULE
     finally:
         rfcache.disable(pipe)
+
+
+@pytest.mark.slow
+def test_compiled_step_linear_ratio_matches_eager():
+    """A step-linear calibrated ratio enters the compiled cached step as a per-step position tensor."""
+    import dataclasses
+
+    pipe = make_tiny_digits_pipeline()
+    units = len(rfcache.get_adapter(pipe).units(pipe.transformer))
+    ratios = tuple(0.5 + 0.1 * i for i in range(units))
+    profile = dataclasses.replace(
+        make_profile(pipe, SCHEDULE, ratios=ratios),
+        ratio_form="step-linear",
+        ratio_slopes=tuple((-1) ** i * 0.8 for i in range(units)),
+    )
+    rfcache.enable(pipe, profile)
+    eager = generate(pipe, steps=len(SCHEDULE))
+    rfcache.disable(pipe)
+    torch._dynamo.reset()
+    counters.clear()
+    rfcache.enable(pipe, profile, compile=True)
+    try:
+        compiled = generate(pipe, steps=len(SCHEDULE))
+    finally:
+        rfcache.disable(pipe)
+    assert (compiled - eager).abs().max() / eager.abs().max() < 1e-4
+    assert counters["stats"]["unique_graphs"] <= 2 and dict(counters["graph_break"]) == {}
