@@ -2,6 +2,7 @@
 at the same cost, on test inputs no choice saw, and how well the calibration's error model ranks schedules.
 
     python benchmarks/calibration.py --samples 12 --rank 24
+    python benchmarks/calibration.py --samples 12 --ratio-forms 0.4
 
 For each shipped toy profile, on test inputs (classes ``i % 10``, seeds 5000 + i: disjoint from
 every seed in the profile's ``provenance.inputs``, which is checked), one sample at a time (batch
@@ -22,6 +23,12 @@ was fitted on (and, labelled in-sample, the fit's own R² and spread).
 ``--ratio-steps``: on the same calibration inputs, whether the relation ratio ``s`` varies with the
 step (method.md): per unit, R² of ``||ΔO|| ≈ s ||ΔI||`` with ``s`` constant and linear in the step,
 and the linear fit's relative change of ``s`` over the trajectory.
+
+``--ratio-forms BUDGET``: calibrates the embedded model at ``BUDGET`` (as ``rfc-calibrate`` does,
+``--trials`` trials) and says which relation ratio the search picked (run-time, constant or
+step-linear, chosen by the error model's estimate and the real confirmation runs); then, on the
+``--samples`` test inputs above, runs the picked schedule with each of the three ratios and prints
+each one's error with its interval and the paired per-sample ratios between them.
 """
 
 from __future__ import annotations
@@ -217,17 +224,70 @@ def ratio_steps(pipe, *, steps: int = 50) -> None:
     print(f"median R² gain of a step-linear s: {np.median(gain):.3f} (max {gain.max():.3f})")
 
 
+def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
+    """Which ratio form the search picks at ``budget``, and what each form does on the picked schedule."""
+    from dataclasses import replace
+
+    from rfcache.calibrate.scoring import ratio_choice
+
+    result = rfcache.calibrate(pipe, budget=budget, trials=trials, progress=False, name=f"toy-b{budget}")
+    profile, step_fit = result.profile, result.step_fit
+    assert step_fit is not None
+    picked = ratio_choice({"predictor": profile.method.predictor, **profile.method.params, "ratio_form": profile.ratio_form})
+    print(f"\nBudget {budget}, {trials} trials: the search picked {profile.method.predictor} m={profile.method.order}, "
+          f"{profile.method.schedule_family} schedule (NFC {profile.nfc}), ratio: {picked}")
+    print("confirmed candidates (real runs on the calibration inputs): ratio, estimate, measured rel-L2")
+    for cand in result.confirmed:
+        estimate = f"{cand.estimate:.4f}" if cand.estimate is not None else "-"
+        print(f"  {ratio_choice(cand.params):<12} {cand.params['predictor']:<10} {estimate:>8} {cand.error:.4f}")
+    print(f"step-linear fit: R² median {statistics.median(step_fit.r2_linear):.3f} "
+          f"(constant {statistics.median(step_fit.r2_constant):.3f})")
+    calibrated = {**profile.method.params, "calibrated": 1.0}
+    variants = {
+        "runtime": replace(
+            profile,
+            method=replace(profile.method, params={**profile.method.params, "calibrated": 0.0}),
+            ratios=result.fit.ratios, ratio_form="constant", ratio_slopes=(),
+        ),
+        "constant": replace(
+            profile, method=replace(profile.method, params=calibrated), ratios=result.fit.ratios,
+            ratio_form="constant", ratio_slopes=(),
+        ),
+        "step-linear": replace(
+            profile, method=replace(profile.method, params=calibrated), ratios=step_fit.intercepts,
+            ratio_form="step-linear", ratio_slopes=step_fit.slopes,
+        ),
+    }
+    inputs = [(i % 10, TEST_SEED + i) for i in range(samples)]
+    used = {item.seed for items in profile.provenance.inputs.values() for item in items}
+    assert not used & {seed for _, seed in inputs}, "test seeds were used in calibration"
+    reference = [_generate(pipe, label, seed) for label, seed in inputs]
+    errors = {}
+    for label, variant in variants.items():
+        outs, _, _ = _run(pipe, inputs, _ours(pipe, variant))
+        errors[label] = [relative_l2(o, r) for o, r in zip(outs, reference, strict=True)]
+    print(f"the picked schedule with each ratio, {samples} test samples (seeds {TEST_SEED}..): rel-L2 [95% CI]")
+    for label, errs in errors.items():
+        vs_c, vs_r = paired_ratio(errs, errors["constant"]), paired_ratio(errs, errors["runtime"])
+        print(f"  {label:<12} {mean_interval(errs).format('.4f'):<27} vs constant {vs_c.format('.3f')} "
+              f"{vs_c.verdict()}   vs runtime {vs_r.format('.3f')} {vs_r.verdict()}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=12, help="test samples for the profile comparison (0: skip)")
     parser.add_argument("--rank", type=int, default=0, help="random candidates for the error model's rank check")
     parser.add_argument("--profiles", nargs="+", default=PROFILES, help="profile names or files to compare")
     parser.add_argument("--ratio-steps", action="store_true", help="whether the relation ratio varies with the step")
+    parser.add_argument("--ratio-forms", type=float, default=0.0, help="budget: which ratio form calibration picks")
+    parser.add_argument("--trials", type=int, default=200, help="Optuna trials for --ratio-forms")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    if args.samples:
+    if args.ratio_forms:
+        ratio_forms(pipe, args.samples, args.ratio_forms, args.trials)
+    elif args.samples:
         compare_profiles(pipe, args.samples, args.profiles)
     if args.rank:
         rank_check(pipe, args.rank)

@@ -58,6 +58,7 @@ class CalibrationResult:
     error_model: ErrorModel
     confirmed: tuple[Candidate, ...]
     inputs: InputSets
+    step_fit: RatioStepFit | None = None
 
     @property
     def test_rel_l2(self) -> float:
@@ -247,7 +248,7 @@ def calibrate(
     profile = replace(profile, quality={**profile.quality, **reported})
     seconds = time.perf_counter() - start
     return CalibrationResult(
-        profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit, error_model, tuple(confirmed), sets
+        profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit, error_model, tuple(confirmed), sets, step_fit
     )
 
 
