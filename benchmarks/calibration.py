@@ -233,29 +233,42 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
     result = rfcache.calibrate(pipe, budget=budget, trials=trials, progress=False, name=f"toy-b{budget}")
     profile, step_fit = result.profile, result.step_fit
     assert step_fit is not None
-    picked = ratio_choice({"predictor": profile.method.predictor, **profile.method.params, "ratio_form": profile.ratio_form})
-    print(f"\nBudget {budget}, {trials} trials: the search picked {profile.method.predictor} m={profile.method.order}, "
-          f"{profile.method.schedule_family} schedule (NFC {profile.nfc}), ratio: {picked}")
+    method = profile.method
+    picked = ratio_choice({"predictor": method.predictor, **method.params, "ratio_form": profile.ratio_form})
+    print(
+        f"\nBudget {budget}, {trials} trials: the search picked {profile.method.predictor} m={profile.method.order}, "
+        f"{profile.method.schedule_family} schedule (NFC {profile.nfc}), ratio: {picked}"
+    )
     print("confirmed candidates (real runs on the calibration inputs): ratio, estimate, measured rel-L2")
     for cand in result.confirmed:
         estimate = f"{cand.estimate:.4f}" if cand.estimate is not None else "-"
         print(f"  {ratio_choice(cand.params):<12} {cand.params['predictor']:<10} {estimate:>8} {cand.error:.4f}")
-    print(f"step-linear fit: R² median {statistics.median(step_fit.r2_linear):.3f} "
-          f"(constant {statistics.median(step_fit.r2_constant):.3f})")
+    print(
+        f"step-linear fit: R² median {statistics.median(step_fit.r2_linear):.3f} "
+        f"(constant {statistics.median(step_fit.r2_constant):.3f})"
+    )
     calibrated = {**profile.method.params, "calibrated": 1.0}
     variants = {
         "runtime": replace(
             profile,
             method=replace(profile.method, params={**profile.method.params, "calibrated": 0.0}),
-            ratios=result.fit.ratios, ratio_form="constant", ratio_slopes=(),
+            ratios=result.fit.ratios,
+            ratio_form="constant",
+            ratio_slopes=(),
         ),
         "constant": replace(
-            profile, method=replace(profile.method, params=calibrated), ratios=result.fit.ratios,
-            ratio_form="constant", ratio_slopes=(),
+            profile,
+            method=replace(profile.method, params=calibrated),
+            ratios=result.fit.ratios,
+            ratio_form="constant",
+            ratio_slopes=(),
         ),
         "step-linear": replace(
-            profile, method=replace(profile.method, params=calibrated), ratios=step_fit.intercepts,
-            ratio_form="step-linear", ratio_slopes=step_fit.slopes,
+            profile,
+            method=replace(profile.method, params=calibrated),
+            ratios=step_fit.intercepts,
+            ratio_form="step-linear",
+            ratio_slopes=step_fit.slopes,
         ),
     }
     inputs = [(i % 10, TEST_SEED + i) for i in range(samples)]
@@ -269,8 +282,10 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
     print(f"the picked schedule with each ratio, {samples} test samples (seeds {TEST_SEED}..): rel-L2 [95% CI]")
     for label, errs in errors.items():
         vs_c, vs_r = paired_ratio(errs, errors["constant"]), paired_ratio(errs, errors["runtime"])
-        print(f"  {label:<12} {mean_interval(errs).format('.4f'):<27} vs constant {vs_c.format('.3f')} "
-              f"{vs_c.verdict()}   vs runtime {vs_r.format('.3f')} {vs_r.verdict()}")
+        print(
+            f"  {label:<12} {mean_interval(errs).format('.4f'):<27} vs constant {vs_c.format('.3f')} "
+            f"{vs_c.verdict()}   vs runtime {vs_r.format('.3f')} {vs_r.verdict()}"
+        )
 
 
 def main() -> None:
