@@ -37,6 +37,7 @@ def format_profile(p: Any) -> str:
         f"budget            target {b.target:g}, achieved {b.achieved:.4f} of module FLOPs",
         "ratios            "
         + (f"fitted for {len(p.ratios)} units, {min(p.ratios):.3g}..{max(p.ratios):.3g}; " if p.ratios else "")
+        + (f"{p.ratio_form} " if p.ratio_slopes else "")
         + ("calibrated ratios used" if p.method.params.get("calibrated") else "run-time ratios used"),
     ]
     lines += [f"quality           {k} = {v:.5g}" for k, v in p.quality.items()]
