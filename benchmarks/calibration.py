@@ -247,11 +247,13 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
         f"step-linear fit: R² median {statistics.median(step_fit.r2_linear):.3f} "
         f"(constant {statistics.median(step_fit.r2_constant):.3f})"
     )
-    calibrated = {**profile.method.params, "calibrated": 1.0}
+    # RFE (m >= 1) on the picked schedule, whatever predictor won, so the ratio is the only difference
+    rfe = replace(method, predictor="relational", order=max(method.order, 1))
+    calibrated = replace(rfe, params={**method.params, "calibrated": 1.0})
     variants = {
         "runtime": replace(
             profile,
-            method=replace(profile.method, params={**profile.method.params, "calibrated": 0.0}),
+            method=replace(rfe, params={**method.params, "calibrated": 0.0}),
             ratios=result.fit.ratios,
             ratio_form="constant",
             ratio_slopes=(),
@@ -279,7 +281,7 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
     for label, variant in variants.items():
         outs, _, _ = _run(pipe, inputs, _ours(pipe, variant))
         errors[label] = [relative_l2(o, r) for o, r in zip(outs, reference, strict=True)]
-    print(f"the picked schedule with each ratio, {samples} test samples (seeds {TEST_SEED}..): rel-L2 [95% CI]")
+    print(f"RFE m={rfe.order} on the picked schedule with each ratio, {samples} test samples (seeds {TEST_SEED}..): rel-L2 [95% CI]")
     for label, errs in errors.items():
         vs_c, vs_r = paired_ratio(errs, errors["constant"]), paired_ratio(errs, errors["runtime"])
         print(
