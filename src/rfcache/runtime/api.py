@@ -12,6 +12,7 @@ from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import has_unit_hooks
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import model_identity
+from rfcache.runtime.runspec import RunSpec, run_setup
 from rfcache.runtime.session import CacheSession, CacheSummary
 from rfcache.schedules import Profile, load_profile
 
@@ -20,7 +21,9 @@ __all__ = ["disable", "enable", "get_session", "profile_config", "summary"]
 _SESSION_ATTR = "_rfcache_session"
 
 
-def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **params: Any) -> CacheSession:
+def enable(
+    pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", run: RunSpec | None = None, **params: Any
+) -> CacheSession:
     """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
 
     ``profile`` (a :class:`Profile`, a YAML path or a shipped name) replays its static schedule
@@ -29,7 +32,9 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
     ``check_finite``, ``max_cache_bytes``) are those of :class:`CacheConfig`. Enabling twice on one
     model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
-    a profile enabled part-way through a generation.
+    a profile enabled part-way through a generation. With a profile, every generation is checked
+    against the setup it records (steps, resolution, and the guidance mode where the pipeline says
+    its scale); ``run`` (the :class:`~rfcache.runtime.runspec.RunSpec` about to run) is checked now.
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
@@ -54,7 +59,10 @@ def enable(pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", **pa
     else:
         profile = profile if isinstance(profile, Profile) else load_profile(profile)
         config = profile_config(model, adapter, profile, scheduler, **params)
-    session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler)
+        if run is not None and scheduler is not None:
+            profile.check_setup(run_setup(pipe_or_model, run))
+    pipeline = None if isinstance(pipe_or_model, torch.nn.Module) else pipe_or_model
+    session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler, pipeline=pipeline)
     session.attach()
     if config.max_cache_bytes is not None:  # the smallest generation the model can run must fit
         try:
