@@ -110,6 +110,8 @@ class BlockAdapter:
     block_lists: ClassVar[tuple[str, ...]]
     module_kinds: ClassVar[dict[str, tuple[str, ...]]]
     timestep_arg: ClassVar[str] = "timestep"
+    #: transformer inputs without a batch axis (shared by every sample, e.g. Flux's position ids)
+    unbatched_inputs: ClassVar[tuple[str, ...]] = ()
 
     # -- structure -------------------------------------------------------------------------------
 
