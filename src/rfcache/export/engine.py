@@ -57,6 +57,11 @@ class EngineTransformer(torch.nn.Module):
         """The pattern the last generation ran (its first guidance branch)."""
         return self._steps[0].executed if self._steps else ""
 
+    @property
+    def fallbacks(self) -> int:
+        """Cached steps of the last generation rerun in full because their output was not finite."""
+        return sum(s.fallbacks for s in self._steps)
+
     def forward(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
         bound = {**dict(zip(self._names, args, strict=False)), **kwargs}
         hidden = bound["hidden_states"]
