@@ -44,7 +44,7 @@ def save_output(samples: np.ndarray, out: Path, *, scale: int | None = None, fps
 
     suffix = out.suffix.lower()
     if scale is None:
-        scale = 4 if samples.shape[-2] < 64 else 1
+        scale = 4 if samples.ndim == 4 and samples.shape[-2] < 64 else 1
     if samples.ndim == 4:
         if suffix != ".png":
             raise RfcacheError(f"--out {out}: images are written as .png")

@@ -33,7 +33,7 @@ class GenerateConfig(RunFlags):
     model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
     num: int | None = option(None, "number of images or videos; inputs cycle to fill it (default: one per input)")
     out: Path = option(Path("out.png"), "PNG to write (a grid for several); for video also .gif, .mp4 (animated)")
-    scale: int | None = option(None, "nearest-neighbour upscaling of the saved image (default: 4 below 64 px, else 1)")
+    scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")
     fps: int = option(8, "frames per second of a .gif or .mp4")
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     dtype: str = option("float32", "float32, float16 or bfloat16")

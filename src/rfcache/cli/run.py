@@ -32,7 +32,7 @@ class RunConfig(RunFlags):
     )
     num: int | None = option(None, "number of images or videos; inputs cycle to fill it (default: one per input)")
     out: Path = option(Path("out.png"), "PNG to write (a grid for several); for video also .gif, .mp4 (animated)")
-    scale: int | None = option(None, "nearest-neighbour upscaling of the saved image (default: 4 below 64 px, else 1)")
+    scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")
     fps: int = option(8, "frames per second of a .gif or .mp4")
     device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider)")
     threads: int = option(0, "ONNX Runtime intra-op threads (0: its default)")
