@@ -169,3 +169,59 @@ def test_run_spec_builds_checked_pipeline_arguments():
         RunSpec(steps=0)
     with pytest.raises(RfcacheError, match="takes no 'use_resolution_binning'"):
         RunSpec(call_args={"use_resolution_binning": False}).call_kwargs(pipe)
+
+
+def test_profile_setup_check_refuses_trajectory_changes_and_warns_on_scale(caplog):
+    from dataclasses import replace
+
+    from tests.conftest import make_profile, make_tiny_digits_pipeline
+
+    profile = make_profile(make_tiny_digits_pipeline(), "CCPC", guidance="cfg", guidance_scale=4.5, height=16)
+    same = profile.sampling
+    profile.check_setup(same)
+    for field, value, message in (
+        ("guidance", "none", "sampling.guidance='cfg', got 'none'"),
+        ("num_steps", 5, "sampling.num_steps=4, got 5"),
+        ("height", 24, "sampling.height=16, got 24"),
+        ("scheduler", "EulerDiscreteScheduler", "sampling.scheduler"),
+    ):
+        with pytest.raises(RfcacheError, match=message):
+            profile.check_setup(replace(same, **{field: value}))
+    with caplog.at_level("WARNING"):
+        profile.check_setup(replace(same, guidance_scale=6.0))
+    assert "calibrated at guidance scale 4.5; running at 6" in caplog.text
+
+
+def test_enable_refuses_a_cfg_profile_run_without_guidance():
+    import rfcache
+    from rfcache.runtime.identity import model_identity
+    from rfcache.runtime.runspec import run_setup
+    from rfcache.schedules import Budget, MethodSpec, Profile, Provenance
+
+    pipe = build_tiny_pipeline("sd3")
+    run = RunSpec(prompts=("a cat",), height=16, width=16, steps=3, guidance=4.0, call_args={"max_sequence_length": 8})
+    model = pipe.transformer
+    profile = Profile(
+        name="p",
+        model=model_identity(model, rfcache.get_adapter(model)),
+        sampling=run_setup(pipe, run),
+        method=MethodSpec("taylor", 1, "interval"),
+        schedule="CCP",
+        budget=Budget(0.9, 0.9),
+        provenance=Provenance("x", 0, 1, "now"),
+    )
+    assert profile.sampling.guidance == "cfg"
+    with pytest.raises(RfcacheError, match="sampling.guidance='cfg', got 'none'"):
+        rfcache.enable(pipe, profile, run=replace_guidance(run, 1.0))
+    rfcache.enable(pipe, profile)  # no run given: checked at the first transformer call instead
+    try:
+        with pytest.raises(RfcacheError, match="sampling.guidance='cfg', got 'none'"):
+            pipe(**run.inputs(pipe), **replace_guidance(run, 1.0).call_kwargs(pipe), output_type="latent")
+    finally:
+        rfcache.disable(pipe)
+
+
+def replace_guidance(run: RunSpec, scale: float) -> RunSpec:
+    from dataclasses import replace
+
+    return replace(run, guidance=scale)
