@@ -9,6 +9,7 @@ from typing import Any
 
 import torch
 
+from rfcache.devices import check_device
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter
 
@@ -28,6 +29,7 @@ def load_pipeline(
     ``"toy"`` is the embedded digits DiT (DDIM, 50 steps by default, classifier-free guidance);
     a folder goes through ``DiffusionPipeline.from_pretrained``; anything else is taken as a hub id.
     """
+    device = check_device(device)
     pipe = _load_toy(dtype) if str(name_or_path) == "toy" else _load_pretrained(name_or_path, dtype)
     get_adapter(pipe)  # fail now, with the list of supported families, rather than at enable time
     pipe.transformer.eval()

@@ -1,4 +1,4 @@
-"""``rfc-export``: bake a calibrated profile into an engine bundle (ONNX Runtime or TensorRT)."""
+"""``rfc-export``: bake a calibrated profile into an engine bundle (ONNX Runtime, AOTInductor or TensorRT)."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ EXAMPLES = """examples:
   rfc-export --profile toy-b0.4 --out bundle/            # embedded model, ONNX Runtime bundle
   rfc-run --bundle bundle/ --class 3 --seed 0 --out three.png
   rfc-export --model ./my-dit --profile my-dit.yaml --out dit-bundle/ --device cuda
+  rfc-export --profile toy-b0.4 --out aoti/ --backend aoti      # AOTInductor .pt2 packages for this device
   rfc-export --profile toy-b0.4 --out trt/ --backend tensorrt --fp16 --device cuda   # needs [tensorrt]
 """
 
@@ -26,9 +27,11 @@ class ExportConfig:
     profile: str | None = option(None, "profile YAML or shipped name (e.g. toy-b0.4); required")
     out: Path | None = option(None, "bundle folder to write; required")
     model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
-    backend: str = option("onnx", "onnx (ONNX Runtime, CPU or CUDA) or tensorrt (NVIDIA GPUs)")
+    backend: str = option(
+        "onnx", "onnx (ONNX Runtime, CPU or CUDA), aoti (AOTInductor packages for --device) or tensorrt (NVIDIA GPUs)"
+    )
     fp16: bool = option(False, "half-precision graphs (CUDA) or FP16 TensorRT engines")
-    device: str = option("cpu", "torch device the model is exported from (cpu, cuda, ...)")
+    device: str = option("cpu", "torch device the model is exported from (cpu, cuda, ...); aoti compiles for it")
     guidance: float | None = option(
         None, "default guidance scale of the bundle's sampler (the pipeline's own if unset)"
     )

@@ -50,6 +50,7 @@ def _parser(only: str | None = None, prog: str = "rfcache") -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command: str | None = None) -> int:
     """Run one command; expected failures print one line and return 2."""
+    from rfcache.devices import check_device
     from rfcache.errors import RfcacheError
 
     argv = list(sys.argv[1:] if argv is None else argv)
@@ -62,6 +63,8 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
     cfg = config_from_args(cmd.config, args)
     name = prog or f"rfcache {args.command}"
     try:
+        if isinstance(getattr(cfg, "device", None), str):  # before anything is loaded or written
+            check_device(cfg.device)
         result = cmd.run(cfg)
     except (RfcacheError, FileNotFoundError) as exc:
         print(f"{name}: error: {exc}", file=sys.stderr)

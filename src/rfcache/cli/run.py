@@ -34,7 +34,7 @@ class RunConfig(RunFlags):
     out: Path = option(Path("out.png"), "PNG to write (a grid for several); for video also .gif, .mp4 (animated)")
     scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")
     fps: int = option(8, "frames per second of a .gif or .mp4")
-    device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider)")
+    device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider; an aoti bundle's compile device)")
     threads: int = option(0, "ONNX Runtime intra-op threads (0: its default)")
     json: bool = option(False, "print one JSON object as the last line")
 

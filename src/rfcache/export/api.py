@@ -32,8 +32,9 @@ __all__ = ["BACKENDS", "OPSET", "effective_pattern", "export"]
 
 logger = logging.getLogger(__name__)
 
-BACKENDS = ("onnx", "tensorrt")
+BACKENDS = ("onnx", "aoti", "tensorrt")
 OPSET = 18
+_PRECISION = {torch.float32: "fp32", torch.float16: "fp16", torch.bfloat16: "bf16"}
 _PROBE_BATCH = 3  # odd, so the dynamic batch axis is not confused with other axes of size 2
 _CLASS_CONDITIONAL = {"DigitsDiTPipeline": None, "DiTPipeline": 1000}  # pipeline -> null class (None: its own)
 
@@ -67,10 +68,11 @@ def export(
     arguments): text length, attention masks and id tensors are what the pipeline passes. A bare
     transformer is exported from its adapter's example inputs. The bundle records the setup.
 
-    ``backend="tensorrt"`` also builds TensorRT engines from the graphs (needs the ``tensorrt``
-    extra and a CUDA GPU). ``fp16`` exports half-precision graphs (the model must be on CUDA for
-    ONNX Runtime) or builds FP16 engines. ``guidance_scale`` is the runner's default (the
-    pipeline's own default when not given).
+    ``backend="aoti"`` writes AOTInductor packages compiled for the model's device instead of ONNX
+    graphs (aoti.py); ``backend="tensorrt"`` also builds TensorRT engines from the ONNX graphs
+    (needs the ``tensorrt`` extra and a CUDA GPU). Graphs are in the model's dtype; ``fp16``
+    exports half-precision graphs (the model must be on CUDA for ONNX Runtime) or builds FP16
+    engines. ``guidance_scale`` is the runner's default (the pipeline's own default when not given).
     """
     if backend not in BACKENDS:
         raise RfcacheError(f"backend {backend!r} is not one of {', '.join(BACKENDS)}")
@@ -100,25 +102,28 @@ def export(
     started = time.perf_counter()
     was_training = model.training
     model.eval()
+    half = fp16 and backend != "tensorrt"  # TensorRT builds FP16 engines from fp32 graphs
+    dtype = next(model.parameters()).dtype
     try:
-        half = fp16 and backend == "onnx"  # TensorRT builds FP16 engines from fp32 graphs
         if half:
             model.half()
             inputs = {k: v.half() if v.is_floating_point() else v for k, v in inputs.items()}
         graphs.probe(inputs)
 
         def fill(folder: Path) -> dict[str, Any]:
+            ext = ".pt2" if backend == "aoti" else ".onnx"
             specs = {
-                "full": _export_graph(graphs, inputs, axes, folder / "full.onnx", full=True),
-                "cached": _export_graph(graphs, inputs, axes, folder / "cached.onnx", full=False),
+                "full": _export_graph(graphs, inputs, axes, folder / f"full{ext}", full=True, backend=backend),
+                "cached": _export_graph(graphs, inputs, axes, folder / f"cached{ext}", full=False, backend=backend),
             }
             vae = getattr(pipe, "vae", None)
             if sampling is not None and vae is not None:
-                specs["decoder"] = _export_decoder(vae, inputs["hidden_states"], folder / "decoder.onnx")
+                specs["decoder"] = _export_decoder(vae, inputs["hidden_states"], folder / f"decoder{ext}", backend)
                 sampling["decode"] = "decoder"
             profile.save(folder / PROFILE)
             manifest = _manifest(model, adapter, profile, spec, pattern, graphs, specs, sampling, backend, fp16)
             manifest["setup"] = _setup_record(pipe, profile, inputs)
+            manifest["device"] = device.type  # aoti packages run only on the device kind they were compiled for
             if backend == "tensorrt":
                 from rfcache.export.tensorrt import build_engines
 
@@ -127,8 +132,8 @@ def export(
 
         path = write_bundle(out, fill, force=force)
     finally:
-        if fp16 and backend == "onnx":
-            model.float()
+        if half:
+            model.to(dtype)
         model.train(was_training)
     logger.info("exported %s in %.1f s", path, time.perf_counter() - started)
     return path
@@ -208,17 +213,24 @@ def _setup_record(pipe: Any, profile: Profile, inputs: dict[str, torch.Tensor]) 
 
 
 def _probe_inputs(model: torch.nn.Module, adapter: Any, sampling: dict[str, Any] | None) -> dict[str, torch.Tensor]:
-    device = next(model.parameters()).device
+    param = next(model.parameters())
     inputs = adapter.example_inputs(
-        model, batch=_PROBE_BATCH, generator=torch.Generator().manual_seed(0), device=device
+        model, batch=_PROBE_BATCH, generator=torch.Generator().manual_seed(0), device=param.device, dtype=param.dtype
     )
+    device = param.device
     if sampling is not None:  # class labels the pipeline really passes, the null class included
         inputs["class_labels"] = torch.tensor([0, 1, sampling["null_class"]], device=device)
     return {k: v for k, v in inputs.items() if isinstance(v, torch.Tensor)}
 
 
 def _export_graph(
-    graphs: StepGraphs, inputs: dict[str, torch.Tensor], axes: dict[str, bool], path: Path, *, full: bool
+    graphs: StepGraphs,
+    inputs: dict[str, torch.Tensor],
+    axes: dict[str, bool],
+    path: Path,
+    *,
+    full: bool,
+    backend: str,
 ) -> dict[str, Any]:
     names = list(graphs.input_names)
     model_args = [inputs[n] for n in names]
@@ -238,11 +250,9 @@ def _export_graph(
     args = (*model_args, constant[1], *state_args)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = [{0: batch} if axes[n] else None for n in names] + [None] + [{0: batch} for _ in state_args]
-    program = _onnx_export(module, args, input_names=in_names, output_names=outputs, dynamic_shapes=(tuple(dynamic),))
     with torch.no_grad():
         reference = module(*args)
-    program.save(str(path), external_data=True)
-    _drop_noop_squeezes(path)
+    _save_graph(module, args, (tuple(dynamic),), path, backend, input_names=in_names, output_names=outputs)
     return {
         "file": path.name,
         "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
@@ -250,7 +260,7 @@ def _export_graph(
     }
 
 
-def _export_decoder(vae: torch.nn.Module, latents: torch.Tensor, path: Path) -> dict[str, Any]:
+def _export_decoder(vae: torch.nn.Module, latents: torch.Tensor, path: Path, backend: str) -> dict[str, Any]:
     class Decode(torch.nn.Module):
         def __init__(self) -> None:
             super().__init__()
@@ -262,13 +272,24 @@ def _export_decoder(vae: torch.nn.Module, latents: torch.Tensor, path: Path) -> 
     channels = vae.config.latent_channels
     z = torch.randn(latents.shape[0], channels, *latents.shape[2:], device=latents.device, dtype=latents.dtype)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    program = _onnx_export(
-        Decode().eval(), (z,), input_names=["latents"], output_names=["image"], dynamic_shapes=({0: batch},)
-    )
     with torch.no_grad():
         image = Decode()(z)
-    program.save(str(path), external_data=True)
+    _save_graph(Decode().eval(), (z,), ({0: batch},), path, backend, input_names=["latents"], output_names=["image"])
     return {"file": path.name, "inputs": [_spec("latents", z, True)], "outputs": [_spec("image", image, True)]}
+
+
+def _save_graph(
+    module: torch.nn.Module, args: tuple, dynamic: Any, path: Path, backend: str, **names: list[str]
+) -> None:
+    """Write ``module`` at ``args`` as ``path``: an ONNX graph, or an AOTInductor package for ``aoti``."""
+    if backend == "aoti":
+        from rfcache.export.aoti import save_package
+
+        save_package(module, args, dynamic, path)
+        return
+    program = _onnx_export(module, args, dynamic_shapes=dynamic, **names)
+    program.save(str(path), external_data=True)
+    _drop_noop_squeezes(path)
 
 
 def _onnx_export(module: torch.nn.Module, args: tuple, **kwargs: Any) -> Any:
@@ -375,7 +396,7 @@ def _manifest(
             "opset": OPSET,
         },
         "backend": backend,
-        "precision": "fp16" if fp16 else "fp32",
+        "precision": "fp16" if fp16 else _PRECISION.get(next(model.parameters()).dtype, "fp32"),
         "model": {
             "family": adapter.family,
             "class_name": type(model).__name__,

@@ -70,6 +70,12 @@ class BundleRunner:
         self.keep = 0 if predictor["kind"] == "reuse" else int(predictor["order"])
         self.coefficients = pattern_coefficients(bundle.pattern, self.keep)
 
+    @property
+    def input_device(self) -> torch.device:
+        """Where :meth:`generate` keeps latents and scheduler state: the host for ONNX Runtime (it binds
+        host inputs), the GPU for runners whose graphs read device tensors (aoti, TensorRT)."""
+        return torch.device("cpu")
+
     def steps(self, batch: int) -> StepRunner:
         """A fresh generation of ``batch`` samples (CFG doubles the batch the transformer sees)."""
         raise NotImplementedError
@@ -112,21 +118,23 @@ class BundleRunner:
         started = time.perf_counter()
         scheduler = _scheduler(sampling["scheduler"])
         channels, size = sampling["in_channels"], sampling["sample_size"]
-        latents = randn_tensor((len(labels), channels, size, size), generator=torch.Generator().manual_seed(seed))
-        y = np.asarray(labels + [sampling["null_class"]] * len(labels) if use_cfg else labels, dtype=np.int64)
-        scheduler.set_timesteps(steps)
+        dev = self.input_device  # latents and the scheduler's state stay there: no host round trip per step
+        noise = randn_tensor((len(labels), channels, size, size), generator=torch.Generator().manual_seed(seed))
+        latents = noise.to(dev)  # drawn on the CPU so that every device starts from the same noise
+        y = torch.tensor(labels + [sampling["null_class"]] * len(labels) if use_cfg else labels, device=dev)
+        scheduler.set_timesteps(steps, device=dev)
         runner = self.steps(len(y))
         for t in scheduler.timesteps:
             model_input = torch.cat([latents, latents]) if use_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
-            timestep = np.full((len(y),), int(t), dtype=np.int64)
-            out = runner({"hidden_states": model_input.numpy(), "timestep": timestep, "class_labels": y})
-            eps = torch.from_numpy(out)[:, :channels]  # a learned-sigma half is dropped, as DiTPipeline does
+            timestep = torch.full((len(y),), int(t), dtype=torch.int64, device=dev)
+            out = runner({"hidden_states": model_input, "timestep": timestep, "class_labels": y})
+            eps = torch.as_tensor(out, device=dev)[:, :channels]  # a learned-sigma half is dropped, as DiTPipeline does
             if use_cfg:
                 cond, uncond = eps.chunk(2)
                 eps = uncond + scale * (cond - uncond)
             latents = scheduler.step(eps, t, latents).prev_sample
-        images = latents.numpy()
+        images = latents.float().cpu().numpy()
         if "decoder" in self.bundle.graphs:
             images = self.decode_latents(images)
         images = np.clip(images.astype(np.float32) / 2 + 0.5, 0, 1).transpose(0, 2, 3, 1)
@@ -134,7 +142,10 @@ class BundleRunner:
 
 
 class StepRunner:
-    """One generation: call it once per step, in order, with the transformer's inputs (numpy).
+    """One generation: call it once per step, in order, with the transformer's inputs.
+
+    Inputs are numpy arrays or torch tensors; the output is a numpy array (ONNX Runtime) or a torch
+    tensor on the runner's device (aoti, TensorRT), which stays there.
 
     Runs the full graph at ``C`` steps and the cached graph at ``P`` steps; a cached step whose
     output is not finite is run again in full and counted. Backends implement the two graph calls.
@@ -168,7 +179,7 @@ class StepRunner:
         else:
             out = self.run_cached(inputs, coeffs)
             self.executed += "P"
-            if not np.isfinite(out).all():
+            if not _all_finite(out):
                 logger.warning("non-finite output at cached step %d; running it in full", self.step)
                 self.fallbacks += 1
                 self.executed = self.executed[:-1]
@@ -280,12 +291,24 @@ class _OrtSteps(StepRunner):
 
 
 def open_runner(bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:
-    """The runner for ``bundle``'s backend: ONNX Runtime, or TensorRT engines (``tensorrt`` extra)."""
+    """The runner for ``bundle``'s backend, from its manifest: ONNX Runtime, AOTInductor packages,
+    or TensorRT engines (``tensorrt`` extra)."""
+    if bundle.backend == "aoti":
+        from rfcache.export.aoti import AotiRunner
+
+        return AotiRunner(bundle, device=device)
     if bundle.backend == "tensorrt":
         from rfcache.export.tensorrt import TrtRunner
 
         return TrtRunner(bundle, device=device)
     return OrtRunner(bundle, device=device, threads=threads)
+
+
+def _all_finite(out: Any) -> bool:
+    """One reduction over the step's output (a host array, or a device tensor: one sync per step)."""
+    if isinstance(out, torch.Tensor):
+        return bool(torch.isfinite(out).all())
+    return bool(np.isfinite(out).all())
 
 
 def _scheduler(spec: dict[str, Any]) -> Any:

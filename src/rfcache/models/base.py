@@ -110,6 +110,10 @@ class BlockAdapter:
     block_lists: ClassVar[tuple[str, ...]]
     module_kinds: ClassVar[dict[str, tuple[str, ...]]]
     timestep_arg: ClassVar[str] = "timestep"
+    # shared conditioning: the transformer inputs the conditioning modules read besides the timestep,
+    # and what the pipeline divides the scheduler's timesteps by before passing them (Flux: 1000)
+    conditioning_inputs: ClassVar[tuple[str, ...]] = ()
+    timestep_divisor: ClassVar[float] = 1.0
     #: transformer inputs without a batch axis (shared by every sample, e.g. Flux's position ids)
     unbatched_inputs: ClassVar[tuple[str, ...]] = ()
 
@@ -206,6 +210,24 @@ class BlockAdapter:
         """Analytic FLOPs of everything outside the units: embeddings, modulation, final layer."""
         raise NotImplementedError
 
+    # -- shared conditioning ---------------------------------------------------------------------
+
+    def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
+        """Sub-modules whose output is a function of (timestep, condition) only; () if not supported."""
+        return ()
+
+    def shared_conditioning(
+        self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
+    ) -> dict[str, Any]:
+        """Every :meth:`conditioning_paths` module's output for ``steps`` steps in one batched pass.
+
+        ``inputs`` are the transformer's call arguments at the first step, ``timesteps`` the
+        timestep argument of every step, step-major, shape ``(steps * B,)``. Each output has
+        ``steps * B`` rows (or is a tuple of such tensors), in the same order: row ``s * B + b`` is
+        what the module returns for sample ``b`` at step ``s``.
+        """
+        raise NotImplementedError
+
     # -- examples -------------------------------------------------------------------------------
 
     def example_inputs(
@@ -219,6 +241,30 @@ class BlockAdapter:
     ) -> dict[str, Any]:
         """Keyword arguments for one forward of ``model`` at its configured sample size."""
         raise NotImplementedError
+
+
+def modulation_outputs(model: torch.nn.Module, paths: Sequence[str], embedding: torch.Tensor) -> dict[str, Any]:
+    """``linear(silu(embedding))`` for each adaLN modulation linear in ``paths`` that the model has.
+
+    What diffusers' ``AdaLayerNormZero`` / ``AdaLayerNormZeroSingle`` / ``AdaLayerNormContinuous``
+    do with a conditioning embedding before chunking it into shift, scale and gate.
+    """
+    activated = torch.nn.functional.silu(embedding)
+    return {p: _get_path(model, p)(activated) for p in paths if _get_path(model, p) is not None}
+
+
+def repeat_steps(value: Any, steps: int) -> Any:
+    """A per-sample condition ``(B, ...)`` repeated for ``steps`` steps, step-major: ``(steps * B, ...)``."""
+    if isinstance(value, torch.Tensor):
+        return value.repeat(steps, *([1] * (value.ndim - 1)))
+    if isinstance(value, dict):
+        return {k: repeat_steps(v, steps) for k, v in value.items()}
+    return value
+
+
+def existing_paths(model: torch.nn.Module, paths: Sequence[str]) -> tuple[str, ...]:
+    """The paths of ``paths`` that name a sub-module of ``model``."""
+    return tuple(p for p in paths if isinstance(_get_path(model, p), torch.nn.Module))
 
 
 @functools.lru_cache(maxsize=64)

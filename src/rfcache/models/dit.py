@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from rfcache.models.base import BlockAdapter, CacheUnit, StepShape
+from rfcache.models.base import BlockAdapter, CacheUnit, StepShape, modulation_outputs, repeat_steps
 from rfcache.models.flops import attention_core_flops, conv_patch_flops, linear_flops
 
 __all__ = ["DiTAdapter"]
@@ -47,6 +47,29 @@ class DiTAdapter(BlockAdapter):
         # final layer: the forward recomputes block 0's conditioning, then shift/scale and the projection
         flops += linear_flops(model.transformer_blocks[0].norm1.emb, b) + linear_flops(model.proj_out_1, b)
         return flops + linear_flops(model.proj_out_2, b * n)
+
+    conditioning_inputs = ("class_labels",)
+
+    def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
+        # each block's timestep/class embedding and adaLN linear; the final layer's projection (the
+        # forward feeds it block 0's embedding again)
+        paths = [
+            f"transformer_blocks.{i}.norm1.{m}" for i in range(len(model.transformer_blocks)) for m in ("emb", "linear")
+        ]
+        return (*paths, "proj_out_1")
+
+    def shared_conditioning(
+        self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
+    ) -> dict[str, Any]:
+        labels = repeat_steps(inputs["class_labels"], steps)  # (S*B,)
+        dtype = inputs["hidden_states"].dtype
+        out: dict[str, Any] = {}
+        for i, block in enumerate(model.transformer_blocks):
+            emb = block.norm1.emb(timesteps, labels, hidden_dtype=dtype)  # (S*B, D)
+            out[f"transformer_blocks.{i}.norm1.emb"] = emb
+            out.update(modulation_outputs(model, [f"transformer_blocks.{i}.norm1.linear"], emb))
+        out.update(modulation_outputs(model, ["proj_out_1"], out["transformer_blocks.0.norm1.emb"]))
+        return out
 
     def example_inputs(
         self,

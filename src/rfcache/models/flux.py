@@ -45,7 +45,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from rfcache.models.base import BlockAdapter, CacheUnit, StepShape
+from rfcache.models.base import BlockAdapter, CacheUnit, StepShape, existing_paths, modulation_outputs, repeat_steps
 from rfcache.models.flops import attention_core_flops, linear_flops
 
 __all__ = ["FluxAdapter"]
@@ -67,6 +67,32 @@ class FluxAdapter(BlockAdapter):
 
     def block_outputs(self, block_list: str) -> tuple[str, ...]:
         return ("encoder_hidden_states", "hidden_states")
+
+    conditioning_inputs = ("pooled_projections", "guidance")
+    timestep_divisor = 1000.0  # FluxPipeline passes t / 1000; the transformer multiplies it back
+
+    def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
+        double = [
+            f"transformer_blocks.{i}.{n}.linear"
+            for i in range(len(model.transformer_blocks))
+            for n in ("norm1", "norm1_context")
+        ]
+        single = [f"single_transformer_blocks.{i}.norm.linear" for i in range(len(model.single_transformer_blocks))]
+        return ("time_text_embed", *existing_paths(model, [*double, *single, "norm_out.linear"]))
+
+    def shared_conditioning(
+        self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
+    ) -> dict[str, Any]:
+        dtype = inputs["hidden_states"].dtype
+        pooled = repeat_steps(inputs["pooled_projections"], steps)
+        t = timesteps.to(dtype) * 1000  # as FluxTransformer2DModel.forward scales it
+        guidance = inputs.get("guidance")
+        if guidance is None:
+            temb = model.time_text_embed(t, pooled)
+        else:
+            temb = model.time_text_embed(t, repeat_steps(guidance, steps).to(dtype) * 1000, pooled)
+        paths = self.conditioning_paths(model)
+        return {"time_text_embed": temb, **modulation_outputs(model, paths[1:], temb)}
 
     def step_shape(self, model: torch.nn.Module, inputs: dict[str, Any]) -> StepShape:
         x = inputs["hidden_states"]  # (B, N, C): packed 2x2 latent patches

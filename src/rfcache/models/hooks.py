@@ -15,7 +15,7 @@ import torch
 
 from rfcache.models.base import BlockAdapter, CacheUnit, Granularity
 
-__all__ = ["UnitCall", "attach_unit_hooks", "detach_unit_hooks", "has_unit_hooks"]
+__all__ = ["UnitCall", "attach_module_hooks", "attach_unit_hooks", "detach_unit_hooks", "has_unit_hooks"]
 
 _ATTR = "_rfcache_hook"
 
@@ -36,16 +36,31 @@ def attach_unit_hooks(
         raise RuntimeError(f"{type(model).__name__} already has rfcache hooks ({_hook_names(model)}); disable first")
     units = adapter.units(model, granularity)
     for unit in units:
-        module = adapter.resolve(model, unit)
-        original = module.forward
-
-        @functools.wraps(original)
-        def forward(*args: Any, __unit: CacheUnit = unit, __orig: Callable = original, **kwargs: Any) -> Any:
-            return call(__unit, __orig, args, kwargs)
-
-        module.forward = forward
-        setattr(module, _ATTR, name)
+        _wrap(adapter.resolve(model, unit), unit, call, name)
     return units
+
+
+def attach_module_hooks(
+    model: torch.nn.Module,
+    paths: tuple[str, ...],
+    call: Callable[[str, Callable[..., Any], tuple, dict], Any],
+    *,
+    name: str,
+) -> None:
+    """Route every call of the sub-modules at ``paths`` through ``call(path, original, args, kwargs)``."""
+    for path in paths:
+        _wrap(model.get_submodule(path), path, call, name)
+
+
+def _wrap(module: torch.nn.Module, key: Any, call: Callable[..., Any], name: str) -> None:
+    original = module.forward
+
+    @functools.wraps(original)
+    def forward(*args: Any, __key: Any = key, __orig: Callable = original, **kwargs: Any) -> Any:
+        return call(__key, __orig, args, kwargs)
+
+    module.forward = forward
+    setattr(module, _ATTR, name)
 
 
 def detach_unit_hooks(model: torch.nn.Module, *, name: str) -> int:

@@ -26,7 +26,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from rfcache.models.base import BlockAdapter, CacheUnit, StepShape
+from rfcache.models.base import BlockAdapter, CacheUnit, StepShape, repeat_steps
 from rfcache.models.flops import attention_core_flops, conv_patch_flops, linear_flops
 
 __all__ = ["PixArtAdapter"]
@@ -72,6 +72,20 @@ class PixArtAdapter(BlockAdapter):
             flops += linear_flops(emb.resolution_embedder, 2 * b) + linear_flops(emb.aspect_ratio_embedder, b)
         flops += linear_flops(model.caption_projection, b * t)
         return flops + linear_flops(model.proj_out, b * n)
+
+    conditioning_inputs = ("added_cond_kwargs",)
+
+    def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
+        return ("adaln_single",)  # timestep MLP + the one 6·D modulation linear, shared by all blocks
+
+    def shared_conditioning(
+        self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
+    ) -> dict[str, Any]:
+        added = repeat_steps(inputs.get("added_cond_kwargs") or {"resolution": None, "aspect_ratio": None}, steps)
+        out = model.adaln_single(
+            timesteps, added, batch_size=timesteps.shape[0], hidden_dtype=inputs["hidden_states"].dtype
+        )
+        return {"adaln_single": out}
 
     def example_inputs(
         self,

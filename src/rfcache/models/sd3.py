@@ -28,7 +28,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from rfcache.models.base import BlockAdapter, CacheUnit, StepShape
+from rfcache.models.base import BlockAdapter, CacheUnit, StepShape, existing_paths, modulation_outputs, repeat_steps
 from rfcache.models.flops import attention_core_flops, conv_patch_flops, linear_flops
 
 __all__ = ["SD3Adapter"]
@@ -45,6 +45,20 @@ class SD3Adapter(BlockAdapter):
 
     def block_outputs(self, block_list: str) -> tuple[str, ...]:
         return ("encoder_hidden_states", "hidden_states")
+
+    conditioning_inputs = ("pooled_projections",)
+
+    def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
+        blocks = range(len(model.transformer_blocks))
+        linears = [f"transformer_blocks.{i}.{n}.linear" for i in blocks for n in ("norm1", "norm1_context")]
+        return ("time_text_embed", *existing_paths(model, [*linears, "norm_out.linear"]))
+
+    def shared_conditioning(
+        self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
+    ) -> dict[str, Any]:
+        temb = model.time_text_embed(timesteps, repeat_steps(inputs["pooled_projections"], steps))  # (S*B, D)
+        paths = self.conditioning_paths(model)
+        return {"time_text_embed": temb, **modulation_outputs(model, paths[1:], temb)}
 
     def step_shape(self, model: torch.nn.Module, inputs: dict[str, Any]) -> StepShape:
         x = inputs["hidden_states"]  # (B, C, H, W)

@@ -44,6 +44,20 @@ class WanAdapter(BlockAdapter):
     example_latent: ClassVar[tuple[int, int, int]] = (2, 8, 8)
     example_text_tokens: ClassVar[int] = 6
 
+    def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
+        # the time embedding (timestep MLP and the 6·D projection); the text projection stays per step
+        return ("condition_embedder.time_embedder", "condition_embedder.time_proj")
+
+    def shared_conditioning(
+        self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
+    ) -> dict[str, Any]:
+        embedder = model.condition_embedder
+        t = embedder.timesteps_proj(timesteps)  # (S*B, F)
+        t = t.to(next(iter(embedder.time_embedder.parameters())).dtype)
+        temb = embedder.time_embedder(t)  # (S*B, D)
+        proj = embedder.time_proj(embedder.act_fn(temb.type_as(inputs["encoder_hidden_states"])))
+        return {"condition_embedder.time_embedder": temb, "condition_embedder.time_proj": proj}
+
     def step_shape(self, model: torch.nn.Module, inputs: dict[str, Any]) -> StepShape:
         x = inputs["hidden_states"]  # (B, C, F, H, W)
         p_t, p_h, p_w = model.config.patch_size

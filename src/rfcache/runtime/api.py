@@ -30,8 +30,8 @@ def enable(
     with its predictor and coefficients; one made for another model, scheduler, step count or
     input resolution is refused. The pipeline call itself is unchanged. Parameters
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
-    ``check_finite``, ``max_cache_bytes``) are those of :class:`CacheConfig`. Enabling twice on one
-    model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
+    ``check_finite``, ``max_cache_bytes``, ``share_conditioning``) are those of :class:`CacheConfig`.
+    Enabling twice on one model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
     a profile enabled part-way through a generation. With a profile, every generation is checked
     against the setup it records (steps, resolution, and the guidance mode where the pipeline says
     its scale); ``run`` (the :class:`~rfcache.runtime.runspec.RunSpec` about to run) is checked now.

@@ -43,6 +43,10 @@ class CacheConfig:
         mask: per-step compute mask (True = full) for ``static``.
         ratios: calibrated relation ratio ``s`` per unit index, replacing the run-time ratio.
         check_finite: recompute a unit whose prediction holds NaN or inf (counted in the summary).
+        share_conditioning: compute every step's timestep/condition embeddings (the adapter's
+            conditioning modules) in one batched pass at a generation's first call and serve them per
+            step; None (default) means on for every method but ``none``. Equal to the per-step
+            computation within float rounding (runtime/conditioning.py).
         max_cache_bytes: refuse to cache when the cached tensors would exceed this many bytes
             (estimated at enable time for one sample at the model's configured size, then for each
             generation's real batch before it starts; memory.py says what is counted).
@@ -60,6 +64,7 @@ class CacheConfig:
     predictor: str = field(default="")
     check_finite: bool = True
     max_cache_bytes: int | None = None
+    share_conditioning: bool | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -90,6 +95,11 @@ class CacheConfig:
     @property
     def policy(self) -> str:
         return METHODS[self.method][1]
+
+    @property
+    def shares_conditioning(self) -> bool:
+        """Whether conditioning is shared across steps (default: under every method but ``none``)."""
+        return self.method != "none" if self.share_conditioning is None else self.share_conditioning
 
     @property
     def min_full_steps(self) -> int:

@@ -70,12 +70,27 @@ def taylor_coefficients(k: int, count: int) -> list[float]:
 
 
 def weighted_sum(differences: list[torch.Tensor], coefficients: Sequence[Any], *, start: int = 0) -> torch.Tensor:
-    """``sum_{i >= start} c_i D_i``; coefficients may be floats or 0-d tensors (an exported graph's inputs)."""
-    terms = [d * coefficients[i] for i, d in enumerate(differences) if i >= start]
-    out = terms[0]
-    for term in terms[1:]:
-        out = out + term
+    """``sum_{i >= start} c_i D_i``; coefficients may be floats or 0-d tensors (an exported graph's inputs).
+
+    One fused pass per term (``addcmul`` / ``add(alpha=)``), no temporary per term.
+    """
+    c = coefficients[start]
+    out = differences[start] if _is_one(c) else differences[start] * c
+    for i in range(start + 1, len(differences)):
+        out = _add_scaled(out, differences[i], coefficients[i], inplace=out is not differences[start])
     return out
+
+
+def _is_one(c: Any) -> bool:
+    return not isinstance(c, torch.Tensor) and c == 1
+
+
+def _add_scaled(out: torch.Tensor, d: torch.Tensor, c: Any, *, inplace: bool) -> torch.Tensor:
+    """``out + c * d``, in place where ``out`` is a fresh temporary; ``c`` a number or a tensor that broadcasts."""
+    if isinstance(c, torch.Tensor):
+        c = c.to(d.dtype)
+        return out.addcmul_(d, c) if inplace else torch.addcmul(out, d, c)
+    return out.add_(d, alpha=c) if inplace else torch.add(out, d, alpha=c)
 
 
 def taylor_forecast(differences: list[torch.Tensor], k: int, *, start: int = 0) -> torch.Tensor:
@@ -146,10 +161,8 @@ def gram_relational_forecast(
     square = sum((1 if i == j else 2) * coefficients[i] * coefficients[j] * g for (i, j), g in gram.items())
     norm = torch.sqrt(torch.clamp(square, min=0.0))  # (B,)
     scale = ratio * per_sample_norm(input_now - input_at_full) / norm.clamp_min(_EPS)  # (B,)
-    out = differences[0]
-    for i in range(1, len(differences)):
-        out = out + _per_sample(scale * coefficients[i], out).to(out.dtype) * differences[i]
-    return out
+    weights = [_per_sample(scale * coefficients[i], differences[0]) for i in range(1, len(differences))]  # (B, 1, ...)
+    return weighted_sum(differences, [1.0, *weights])
 
 
 def estimate_predictor_flops(kind: str, order: int, numel_out: int, numel_in: int, *, full: bool) -> int:

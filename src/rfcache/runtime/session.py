@@ -10,8 +10,18 @@ the transformer that identifies the denoising step from the ``timestep`` the pip
 
 At the first unit call of each step and branch the policy decides, from the first unit's input
 where it needs it, whether the step is full (every unit computed, cache refreshed) or cached
-(every unit predicted). The block skeleton always runs. A non-finite prediction is replaced by
-a real computation of that unit and counted.
+(every unit predicted). The block skeleton always runs. A cached step whose output is not finite
+is run again as a full step (as the bundle runner does) and counted: one check per step, on the
+transformer's output, so the hot path has no per-unit host sync.
+
+Hot path: the forecast coefficients ``k^i / i!`` are tensors prepared once per ``k`` (and device,
+dtype); predictions are fused multiply-adds (``addcmul``) over the cached differences; RFE takes
+``||d(k)||`` from the Gram entries ``<D_i, D_j>`` kept at the full step, so a cached step makes one
+pass over each difference and one norm of the input change.
+
+Shared conditioning (conditioning.py; on by default under a cache method, off for ``none``): the
+modules the adapter names as functions of (timestep, condition) only are computed for every step
+of the generation in one batched pass at its first call, and served per step.
 
 Guards: with ``max_cache_bytes`` set, each generation's cache size is estimated at its first
 transformer call (and again when a sequential-CFG branch appears) from a shape-only forward of
@@ -23,6 +33,7 @@ profile, mid-generation) refuses to run rather than apply the schedule to the wr
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,7 +42,8 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, CacheUnit, StepShape
-from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
+from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.conditioning import ConditioningStore, build_conditioning_store
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import input_resolution
 from rfcache.runtime.memory import (
@@ -44,11 +56,13 @@ from rfcache.runtime.memory import (
 )
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
 from rfcache.runtime.predictors import (
+    difference_gram,
     estimate_predictor_flops,
+    gram_relational_forecast,
     relation_ratio,
-    relational_forecast,
-    taylor_forecast,
+    taylor_coefficients,
     update_differences,
+    weighted_sum,
 )
 from rfcache.runtime.runspec import guidance_mode
 from rfcache.schedules import Profile
@@ -76,6 +90,7 @@ class CacheSummary:
     predictor_flops: int
     nonfinite_fallbacks: int
     num_calls: int
+    shared_conditioning_calls: int = 0
 
     def __str__(self) -> str:
         lines = [
@@ -84,7 +99,7 @@ class CacheSummary:
             f"pattern           {self.pattern}",
             f"flops fraction    {self.flops_fraction:.3f} of module FLOPs (analytic, predictor cost included)",
             f"total flops       {self.total_flops / 1e9:.3f} GFLOP vs {self.full_flops / 1e9:.3f} full (analytic)",
-            f"non-finite        {self.nonfinite_fallbacks} predictions recomputed",
+            f"non-finite        {self.nonfinite_fallbacks} cached steps recomputed in full",
         ]
         return "\n".join(lines)
 
@@ -93,6 +108,7 @@ class CacheSummary:
 class _UnitState:
     differences: list[list[torch.Tensor]] = field(default_factory=list)  # per output tensor: D_0..D_m
     ratios: list[torch.Tensor] = field(default_factory=list)  # per output tensor: s, (B,)
+    grams: list[dict[tuple[int, int], torch.Tensor]] = field(default_factory=list)  # per output: <D_i, D_j>
     input_at_full: torch.Tensor | None = None
     last_full: int = -1
     layout: tuple[bool, ...] | None = None  # which output positions hold tensors
@@ -109,6 +125,10 @@ class _Branch:
     num_full: int = 0
     units: dict[int, _UnitState] = field(default_factory=dict)
     pattern: list[str] = field(default_factory=list)
+    first_input: torch.Tensor | None = None  # the first unit's input at the decided step (dynamic policy)
+    conditioning: ConditioningStore | None = None
+    conditioning_row: int | None = None  # the store's row served at this call, None: run the modules
+    conditioning_start: int = 0  # the step the store's first row belongs to
 
 
 @dataclass
@@ -119,6 +139,7 @@ class _Counters:
     computed: int = 0
     predictor: int = 0
     fallbacks: int = 0
+    shared: int = 0
 
 
 class CacheSession:
@@ -138,6 +159,10 @@ class CacheSession:
         self.profile, self.scheduler, self.pipeline = profile, scheduler, pipeline
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
+        self._post_hook: Any = None
+        self._retrying = False  # re-running a cached step in full
+        self._coefficients: dict[tuple, list[Any]] = {}  # (k, count, device, dtype) -> k^i / i!
+        self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device) -> s, (B,)
         self._policy_template = self._make_policy()
         self._flop_cache: dict[tuple, int] = {}
         self._probe: list[UnitFootprint] | None = None  # set while a shape-only forward runs
@@ -150,13 +175,18 @@ class CacheSession:
         self.units = attach_unit_hooks(
             self.model, self.adapter, self._call_unit, name=HOOK_NAME, granularity=self.config.granularity
         )
+        if self.config.shares_conditioning:
+            paths = self.adapter.conditioning_paths(self.model)
+            attach_module_hooks(self.model, paths, self._call_conditioning, name=HOOK_NAME)
         self._pre_hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        self._post_hook = self.model.register_forward_hook(self._after_forward, with_kwargs=True)
 
     def detach(self) -> None:
         detach_unit_hooks(self.model, name=HOOK_NAME)
-        if self._pre_hook is not None:
-            self._pre_hook.remove()
-            self._pre_hook = None
+        for hook in (self._pre_hook, self._post_hook):
+            if hook is not None:
+                hook.remove()
+        self._pre_hook = self._post_hook = None
         self.reset()
 
     def reset(self) -> None:
@@ -171,7 +201,7 @@ class CacheSession:
     # -- step identification ----------------------------------------------------------------------
 
     def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        if self._probe is not None:
+        if self._probe is not None or self._retrying:
             return
         inputs = dict(kwargs)
         if args:
@@ -204,11 +234,21 @@ class CacheSession:
                 raise
         self._timestep = t
         while len(self._branches) <= self._branch_index:
-            self._branches.append(_Branch(policy=self._policy_template.new_state()))
+            branch = _Branch(policy=self._policy_template.new_state())
+            self._branches.append(branch)  # before the store: building it runs the (wrapped) modules
+            if self.config.shares_conditioning:
+                branch.conditioning = build_conditioning_store(self.model, self.adapter, inputs, self.scheduler)
+                branch.conditioning_start = self._step
+        branch = self._branches[self._branch_index]
+        if branch.conditioning is not None:
+            row = branch.conditioning.lookup(self._step - branch.conditioning_start, t, inputs)
+            branch.conditioning_row = row
+            self._counters.shared += row is not None
         self._shape = shape
         self._shape_key = (shape.batch, shape.image_tokens, shape.text_tokens, tuple(sorted(shape.extra.items())))
         self._counters.calls += 1
         self._counters.skeleton += self._cached_flops(("skeleton", self._shape_key), None)
+        self._call_start = dataclasses.replace(self._counters)  # what a re-run in full starts from
 
     def _check_generation_start(self, t: float) -> None:
         """Refuse a fixed schedule whose first call is not the scheduler's first step (it would be misaligned)."""
@@ -243,6 +283,31 @@ class CacheSession:
             guidance_scale=scale,
         )
 
+    def _after_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:
+        """The once-per-step non-finite guard: a cached step with a NaN/inf output is run again in full."""
+        if self._probe is not None or self._retrying or self._step < 0 or not self.config.check_finite:
+            return None
+        branch = self._branches[self._branch_index]
+        if branch.full or bool(torch.isfinite(_first_tensor(output)).all()):
+            return None
+        logger.warning("non-finite output at cached step %d; running it in full", self._step)
+        self._counters = self._call_start  # the cached pass is replaced, not added to
+        self._counters.fallbacks += 1
+        branch.full, branch.pattern[-1] = True, "C"
+        self._mark_full(branch, self._step, branch.first_input)
+        self._retrying = True
+        try:
+            return module(*args, **kwargs)
+        finally:
+            self._retrying = False
+
+    def _call_conditioning(self, path: str, original: Any, args: tuple, kwargs: dict) -> Any:
+        if self._probe is None and self._step >= 0:
+            branch = self._branches[self._branch_index]
+            if branch.conditioning is not None and branch.conditioning_row is not None:
+                return branch.conditioning.outputs[path][branch.conditioning_row]
+        return original(*args, **kwargs)
+
     # -- the unit wrapper -------------------------------------------------------------------------
 
     def _call_unit(self, unit: CacheUnit, original: Any, args: tuple, kwargs: dict) -> Any:
@@ -262,10 +327,7 @@ class CacheSession:
         self._counters.module += flops
         state = branch.units.setdefault(unit.index, _UnitState())
         if not branch.full and state.last_full >= 0:
-            out = self._predict(unit, state, x)
-            if out is not None:
-                return out
-            self._counters.fallbacks += 1
+            return self._predict(unit, state, x)
         out = original(*args, **kwargs)
         self._counters.computed += flops
         self._refresh(state, out, x)
@@ -277,14 +339,19 @@ class CacheSession:
         full = branch.policy.decide(step, since, first_input if branch.policy.needs_first_input else None)
         if not full and branch.num_full < self.config.min_full_steps:
             full = True  # the predictor has no history yet (RFE needs two full steps)
+        branch.first_input = first_input if branch.policy.needs_first_input else None
         if full:
-            branch.policy.observe_full(step, first_input if branch.policy.needs_first_input else None)
-            branch.last_full = step
-            branch.num_full += 1
+            self._mark_full(branch, step, branch.first_input)
         elif self.config.predictor != "reuse" and branch.policy.needs_first_input:
             self._counters.predictor += self._monitor_flops(first_input)
         branch.full, branch.decided_step, branch.step = full, step, step
         branch.pattern.append("C" if full else "P")
+
+    @staticmethod
+    def _mark_full(branch: _Branch, step: int, first_input: torch.Tensor | None) -> None:
+        branch.policy.observe_full(step, first_input)
+        branch.last_full = step
+        branch.num_full += 1
 
     def _refresh(self, state: _UnitState, out: Any, x: torch.Tensor) -> None:
         step = self._step
@@ -300,35 +367,52 @@ class CacheSession:
         state.differences = [update_differences(prev, o, distance, keep) for prev, o in zip(old, tensors, strict=True)]
         if kind == "relational":
             state.input_at_full = x.detach().clone()
+            state.grams = [difference_gram(d) for d in state.differences]  # ||d(k)|| without a pass over d(k)
         state.last_full = step
         numel_out = sum(t.numel() for t in tensors)
         self._counters.predictor += estimate_predictor_flops(kind, order, numel_out, x.numel(), full=True)
 
-    def _predict(self, unit: CacheUnit, state: _UnitState, x: torch.Tensor) -> Any | None:
+    def _predict(self, unit: CacheUnit, state: _UnitState, x: torch.Tensor) -> Any:
         k = self._step - state.last_full
         kind = self.config.predictor
         outs: list[torch.Tensor] = []
         for i, diffs in enumerate(state.differences):
             if kind == "reuse" or len(diffs) == 1:
                 pred = diffs[0]
-            elif kind == "taylor":
-                pred = taylor_forecast(diffs, k)
             else:
-                ratio = self._ratio(unit, state, i)
-                pred = relational_forecast(diffs, k, ratio, x, state.input_at_full)
-            if self.config.check_finite and not bool(torch.isfinite(pred).all()):
-                logger.warning("non-finite prediction for %s at step %d; computing it", unit.path, self._step)
-                return None
+                coeffs = self._step_coefficients(k, len(diffs), diffs[0])
+                if kind == "taylor":
+                    pred = weighted_sum(diffs, coeffs)
+                else:
+                    ratio = self._ratio(unit, state, i)
+                    pred = gram_relational_forecast(diffs, coeffs, state.grams[i], ratio, x, state.input_at_full)
             outs.append(pred)
         numel_out = sum(t.numel() for t in outs)
         self._counters.predictor += estimate_predictor_flops(kind, self.config.order, numel_out, x.numel(), full=False)
         return _unflatten(outs, state.layout, state.single)
 
+    def _step_coefficients(self, k: int, count: int, like: torch.Tensor) -> list[Any]:
+        """``[1, k/1!, k^2/2!, ...]``: 0-d tensors on ``like``'s device and dtype, made once per k (no host
+        value enters the predictor, so the arithmetic traces the same at every k)."""
+        key = (k, count, like.device, like.dtype)
+        coeffs = self._coefficients.get(key)
+        if coeffs is None:
+            values = torch.tensor(taylor_coefficients(k, count), dtype=like.dtype).to(like.device)
+            coeffs = [1.0, *values[1:].unbind()]  # D_0's weight is always 1: no pass to scale it
+            self._coefficients[key] = coeffs
+        return coeffs
+
     def _ratio(self, unit: CacheUnit, state: _UnitState, position: int) -> torch.Tensor:
         calibrated = self.config.ratios
-        if calibrated is not None:
-            return torch.full((state.differences[position][0].shape[0],), float(calibrated[unit.index]))
-        return state.ratios[position]
+        if calibrated is None:
+            return state.ratios[position]
+        like = state.differences[position][0]
+        key = (unit.index, like.shape[0], like.device)
+        ratio = self._calibrated.get(key)
+        if ratio is None:  # on the model's device: the norms it multiplies are float32 there
+            ratio = torch.full((like.shape[0],), float(calibrated[unit.index]), dtype=torch.float32, device=like.device)
+            self._calibrated[key] = ratio
+        return ratio
 
     # -- memory ---------------------------------------------------------------------------------
 
@@ -408,7 +492,13 @@ class CacheSession:
             predictor_flops=c.predictor,
             nonfinite_fallbacks=c.fallbacks,
             num_calls=c.calls,
+            shared_conditioning_calls=c.shared,
         )
+
+
+def _first_tensor(output: Any) -> torch.Tensor:
+    """The model output's first tensor: a bare tensor, ``(sample, ...)`` or a diffusers output's ``sample``."""
+    return output if isinstance(output, torch.Tensor) else output[0]
 
 
 def _nbytes(t: torch.Tensor) -> int:

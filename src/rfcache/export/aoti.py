@@ -1,0 +1,133 @@
+"""AOTInductor packages (``.pt2``) of a bundle's step graphs, and a runner for them.
+
+The same step modules as the ONNX graphs (graphs.py: same inputs, outputs and state, in the same
+order, with the same dynamic batch axis) go through ``torch.export`` and
+``torch._inductor.aoti_compile_and_package`` into one package per graph, compiled for the device
+the model is on (gcc on CPU, CUDA kernels on a GPU). The bundle format is unchanged: the manifest
+names ``full.pt2``, ``cached.pt2`` (and ``decoder.pt2``), every file is hashed and checked on load.
+
+:class:`AotiRunner` loads the packages with ``torch._inductor.aoti_load_package``: no model code,
+no diffusers import to run steps. Inputs, the cache state and the output stay torch tensors on
+the runner's device; nothing goes through numpy between steps. On CUDA a runner can replay each
+graph as a CUDA graph (``cuda_graphs=True``; runtime/cudagraphs.py), captured once per batch size.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rfcache.devices import check_device
+from rfcache.errors import RfcacheError
+from rfcache.export.bundle import Bundle, BundleError, first_line
+from rfcache.export.runner import BundleRunner, StepRunner
+from rfcache.runtime.cudagraphs import GraphedCall
+
+__all__ = ["AotiRunner", "save_package"]
+
+logger = logging.getLogger(__name__)
+
+
+def save_package(module: torch.nn.Module, args: tuple, dynamic_shapes: Any, path: Path) -> None:
+    """``torch.export`` ``module`` at ``args`` (``dynamic_shapes`` as for ONNX) and compile it into ``path``."""
+    import warnings
+
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            program = torch.export.export(module, args, dynamic_shapes=dynamic_shapes, strict=False)
+            torch._inductor.aoti_compile_and_package(program, package_path=str(path))
+        except Exception as exc:  # torch raises many types from export and inductor
+            raise RfcacheError(f"AOTInductor could not compile {path.name}: {first_line(exc)}") from exc
+
+
+class AotiRunner(BundleRunner):
+    """AOTInductor packages of a bundle on ``device``; same interface as the ONNX runner."""
+
+    def __init__(self, bundle: Bundle, *, device: str = "cpu", cuda_graphs: bool = False) -> None:
+        dev = check_device(device)
+        built = bundle.manifest.get("device", "cpu")
+        if dev.type != torch.device(built).type:
+            raise BundleError(f"{bundle.path}: aoti packages were compiled for {built}; they cannot run on {device}")
+        if cuda_graphs and dev.type != "cuda":
+            raise RfcacheError("CUDA graphs need --device cuda")
+        super().__init__(bundle, str(dev))
+        self.torch_device = dev
+        self.cuda_graphs = cuda_graphs
+        self.packages: dict[str, Any] = {}
+        for name, spec in bundle.graphs.items():
+            try:
+                self.packages[name] = torch._inductor.aoti_load_package(str(bundle.file(spec.file)))
+            except Exception as exc:  # a corrupt or foreign package
+                raise BundleError(f"{bundle.file(spec.file)}: AOTInductor cannot load it ({first_line(exc)})") from None
+
+    @property
+    def input_device(self) -> torch.device:
+        return self.torch_device
+
+    def steps(self, batch: int) -> StepRunner:
+        return _AotiSteps(self, batch)
+
+    def decode_latents(self, latents: Any) -> Any:
+        z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", "latents"))
+        with torch.no_grad():
+            return self.packages["decoder"](z)[0].cpu().numpy()
+
+    def _dtype(self, graph: str, name: str) -> torch.dtype:
+        spec = next(t for t in self.bundle.graphs[graph].inputs if t.name == name)
+        return getattr(torch, spec.dtype)
+
+
+class _AotiSteps(StepRunner):
+    """The state is the full graph's outputs, kept as device tensors until the next full step."""
+
+    def __init__(self, runner: AotiRunner, batch: int) -> None:
+        super().__init__(runner, batch)
+        self.aoti = runner
+        graphs = runner.bundle.graphs
+        self._dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["full"].inputs}
+        self._state_names = [s["name"] for s in runner.bundle.manifest["state"]]
+        dev = runner.torch_device
+        self._state = [
+            torch.zeros(_dims(s["shape"], batch), dtype=getattr(torch, s["dtype"]), device=dev)
+            for s in runner.bundle.manifest["state"]
+        ]
+        reads = {t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")}
+        self._full_reads = [i for i, n in enumerate(self._state_names) if n in reads]
+        self._graphed: dict[str, GraphedCall] = {}
+
+    def _tensors(self, inputs: dict[str, Any], constant: str, value: Any) -> list[torch.Tensor]:
+        dev = self.aoti.torch_device
+        names = [n for n in self._dtypes if n in inputs]
+        # packages assume the dense strides they were compiled with (an expanded timestep has stride 0)
+        out = [torch.as_tensor(inputs[n]).to(dev, self._dtypes[n]).contiguous() for n in names]
+        out.append(torch.as_tensor(value, dtype=self._dtypes["distance"], device=dev))
+        return out
+
+    def _call(self, graph: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
+        package = self.aoti.packages[graph]
+        with torch.no_grad():
+            if not self.aoti.cuda_graphs:
+                return list(package(*args))
+            if graph not in self._graphed:
+                self._graphed[graph] = GraphedCall(lambda *a: tuple(package(*a)), args)
+            return list(self._graphed[graph](*args))
+
+    def run_full(self, inputs: dict[str, Any], distance: int) -> torch.Tensor:
+        args = self._tensors(inputs, "distance", float(distance))
+        outs = self._call("full", [*args, *(self._state[i] for i in self._full_reads)])
+        self._state = [o.clone() if self.aoti.cuda_graphs else o for o in outs[1:]]  # graph outputs are reused
+        return outs[0].clone() if self.aoti.cuda_graphs else outs[0]
+
+    def run_cached(self, inputs: dict[str, Any], coeffs: list[float]) -> torch.Tensor:
+        args = self._tensors(inputs, "coeffs", coeffs)
+        out = self._call("cached", [*args, *self._state])[0]
+        return out.clone() if self.aoti.cuda_graphs else out
+
+
+def _dims(shape: Sequence[int | str], batch: int) -> list[int]:
+    return [batch if d == "batch" else int(d) for d in shape]
