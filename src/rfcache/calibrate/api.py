@@ -409,7 +409,8 @@ def _record(pipe: Any, call: dict[str, Any]) -> tuple[Trace, Any]:
     except RfcacheError:
         raise
     except (ValueError, TypeError, RuntimeError) as exc:  # a failure inside the pipeline call
-        raise RfcacheError(f"calibration failed while recording in {type(pipe).__name__}: {exc}") from exc
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RfcacheError(f"calibration failed while recording in {type(pipe).__name__}: {first}") from exc
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:

@@ -84,13 +84,13 @@ def _run_in_pipeline(cfg: RunConfig, bundle: Any) -> Any:
     from rfcache.pipelines import load_pipeline
     from rfcache.runtime.runspec import run_setup
 
-    pipe = load_pipeline(cfg.model, device="cpu")
+    pipe = load_pipeline(cfg.model, device=cfg.device)
     spec = run_spec(cfg, bundle.profile.sampling)
     bundle.into(pipe, device=cfg.device, threads=cfg.threads or None)
     bundle.profile.check_setup(run_setup(pipe, spec))
     inputs = run_inputs(pipe, spec, cfg.num)
     started = time.perf_counter()
-    out = generate_with(pipe, spec, inputs, device="cpu", what="rfc-run")
+    out = generate_with(pipe, spec, inputs, device=cfg.device, what="rfc-run")
     seconds = time.perf_counter() - started
     save_output(out, cfg.out, scale=cfg.scale, fps=cfg.fps)
     return GenerationResult(out, pipe.transformer.executed, seconds, pipe.transformer.fallbacks)
