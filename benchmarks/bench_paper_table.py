@@ -3,8 +3,11 @@
     python benchmarks/bench_paper_table.py docs/bench-toy.json docs/bench-tiny-*.json
 
 Rows follow the paper's ablation (FORA, TaylorSeer, +RFE, +RCS, both = RFC), then rfcache's
-calibrated static profile and the other libraries' methods; each cell is ``rel-L2 (ratio to
-TaylorSeer m=2) @ measured FLOP fraction``. The best error of each column is in bold.
+calibrated static profile and the other libraries' methods; each cell is ``rel-L2 (paired ratio to
+TaylorSeer m=2 [95% CI]) @ measured FLOP fraction``, rel-L2 the mean per sample. The best error of
+each column is in bold. Then the verdicts: the static profile against TaylorSeer m=2, dynamic RFC
+and diffusers' TaylorSeer hook, each a paired per-sample ratio with its 95 % bootstrap interval
+("lower"/"higher" only where the interval excludes 1).
 """
 
 from __future__ import annotations
@@ -12,6 +15,8 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
+
+from rfcache.stats import Interval, paired_ratio
 
 ROWS = {
     "fora": "FORA",
@@ -39,13 +44,49 @@ def table(records: list[dict]) -> str:
             if r is None:
                 cells.append("-")
                 continue
-            ts = by.get(("taylorseer-m2", s))
-            ratio = f" ({r['rel_l2'] / ts['rel_l2']:.2f}x)" if ts else ""
+            ratio = _ratio(r, by.get(("taylorseer-m2", s)))
+            ratio = f" ({_x(ratio)})" if ratio else ""
             value = f"{r['rel_l2']:.4g}"
             value = f"**{value}**" if r["rel_l2"] == best[s] else value
             cells.append(f"{value}{ratio} @ {r['flops_fraction']:.3f}")
         source = next(by[m, s]["source"] for s in settings if (m, s) in by)
         lines.append(f"| {ROWS.get(m, m)} | {source} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def _ratio(record: dict, reference: dict | None) -> Interval | None:
+    """The paired per-sample ratio of ``record`` to ``reference`` (the ratio of means for old records)."""
+    if reference is None:
+        return None
+    a, b = record.get("rel_l2_samples"), reference.get("rel_l2_samples")
+    if a and b and len(a) == len(b):
+        return paired_ratio(a, b)
+    return Interval(record["rel_l2"] / reference["rel_l2"], float("nan"), float("nan"))
+
+
+def _x(ratio: Interval) -> str:
+    """``0.66x [0.60, 0.72]`` (the interval left out where undefined)."""
+    return f"{ratio.value:.2f}x" + ("" if ratio.low != ratio.low else f" [{ratio.low:.2f}, {ratio.high:.2f}]")
+
+
+VERDICT_PAIRS = [("static", "taylorseer-m2"), ("static", "rfc"), ("static", "diffusers-taylorseer-m2")]
+
+
+def verdicts(records: list[dict]) -> str:
+    """One line per (pair, setting): the paired ratio with its interval and what it says."""
+    by = {(r["method"], r["setting"]): r for r in records}
+    settings = list(dict.fromkeys(r["setting"] for r in records if r["method"] != "full"))
+    lines = ["| A / B | " + " | ".join(settings) + " |", "|---|" + "---|" * len(settings)]
+    for a, b in VERDICT_PAIRS:
+        cells = []
+        for s in settings:
+            ratio = _ratio(by[a, s], by.get((b, s))) if (a, s) in by else None
+            if ratio is None:
+                cells.append("-")
+                continue
+            word = {"lower": "A lower", "higher": "A higher", "tie": "no clear difference"}[ratio.verdict()]
+            cells.append(f"{_x(ratio)}: {word}" if ratio.low == ratio.low else f"{_x(ratio)} (no per-sample errors)")
+        lines.append(f"| {ROWS.get(a, a)} / {ROWS.get(b, b)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -57,6 +98,8 @@ def main() -> None:
         records = json.loads(path.read_text())
         print(f"\n{records[0]['model']} ({path.name}, {records[0]['samples']} samples)\n")
         print(table(records))
+        print()
+        print(verdicts(records))
 
 
 if __name__ == "__main__":

@@ -1,18 +1,27 @@
-"""Shipped (calibrated, static) profiles against TaylorSeer and dynamic RFC at the same cost,
-and how well the calibration's error model ranks schedules.
+"""Shipped (calibrated, static) profiles against TaylorSeer, dynamic RFC and diffusers' TaylorSeer hook
+at the same cost, on test inputs no choice saw, and how well the calibration's error model ranks schedules.
 
-    python benchmarks/calibration.py --samples 10 --rank 24
+    python benchmarks/calibration.py --samples 12 --rank 24
 
-For each shipped toy profile, on held-out inputs (classes 0-9, seeds not used in calibration),
-one sample at a time (batch = the CFG pair), error to full compute (relative L2, PSNR) of:
-the profile's static schedule; TaylorSeer m=2 with its own interval schedule at the profile's
-NFC; and dynamic RFC (RFE + RCS, m=2, decided per sample at run time) with ``tau`` bisected so
-its mean FLOP fraction matches the profile's.
+For each shipped toy profile, on test inputs (classes ``i % 10``, seeds 5000 + i: disjoint from
+every seed in the profile's ``provenance.inputs``, which is checked), one sample at a time (batch
+= the CFG pair), error to full compute (relative L2 per sample) of: the profile's static schedule;
+TaylorSeer m=2 with its interval schedule at the profile's NFC, placed as TaylorSeer's code places
+it (warm-up 2, then a full step every N); diffusers' TaylorSeer hook (m=2) at the same NFC; and
+dynamic RFC (RFE + RCS, m=2, decided per sample at run time) with ``tau`` bisected on separate
+tuning inputs (seeds 6000 + i) so its mean FLOP fraction matches the profile's. Each error is the
+mean over samples with its 95 % bootstrap interval; each comparison is the paired per-sample
+ratio with its interval ("lower"/"higher" only where the interval excludes 1).
 
-``--rank N``: on the calibration inputs ``rfc-calibrate`` uses (classes 0-7, seed 0), the error
+``--rank N``: on the calibration inputs ``rfc-calibrate`` uses (classes 0-7, seeds 0-7), the error
 model is fitted as in calibration, then ``N`` distinct candidates drawn at random from the search
 space within budget 0.4 are scored by the model and run for real; prints the Spearman rank
-correlation between estimated and measured error (and the fit's own R² and spread).
+correlation between estimated and measured error over these candidates, none of which the model
+was fitted on (and, labelled in-sample, the fit's own R² and spread).
+
+``--ratio-steps``: on the same calibration inputs, whether the relation ratio ``s`` varies with the
+step (method.md): per unit, R² of ``||ΔO|| ≈ s ||ΔI||`` with ``s`` constant and linear in the step,
+and the linear fit's relative change of ``s`` over the trajectory.
 """
 
 from __future__ import annotations
@@ -23,10 +32,14 @@ import statistics
 import torch
 
 import rfcache
-from rfcache.evaluate import psnr, relative_l2
-from rfcache.runtime.policies import interval_for_nfc
+from rfcache.evaluate import relative_l2
+from rfcache.evaluate.methods import BenchContext, Target
+from rfcache.evaluate.peers import PEERS
+from rfcache.schedules.masks import interval_for_nfc
+from rfcache.stats import mean_interval, paired_ratio
 
 PROFILES = ["toy-b0.25", "toy-b0.4", "toy-b0.6"]
+TEST_SEED, TUNE_SEED = 5000, 6000
 
 
 def _generate(pipe, label: int, seed: int) -> torch.Tensor:
@@ -35,52 +48,93 @@ def _generate(pipe, label: int, seed: int) -> torch.Tensor:
     ).images
 
 
-def _run(pipe, inputs, enable_args: tuple, enable_kwargs: dict) -> tuple[torch.Tensor, float, float]:
+def _run(pipe, inputs, apply, *, ours: bool = True) -> tuple[list[torch.Tensor], float, float]:
+    """Per-sample outputs, mean FLOP fraction and mean NFC (rfcache's counters: ``ours`` only) under ``apply()``.
+
+    ``apply()`` returns ``(remove, reset)``; ``reset`` runs before every sample (a peer's hook state).
+    """
     outs, fracs, nfcs = [], [], []
-    rfcache.enable(pipe, *enable_args, **enable_kwargs)
+    remove, reset = apply()
     try:
         for label, seed in inputs:
+            reset()
             outs.append(_generate(pipe, label, seed))
-            s = rfcache.summary(pipe)
-            fracs.append(s.flops_fraction)
-            nfcs.append(s.num_full_steps)
+            if ours:
+                s = rfcache.summary(pipe)
+                fracs.append(s.flops_fraction)
+                nfcs.append(s.num_full_steps)
     finally:
-        rfcache.disable(pipe)
-    return torch.cat(outs), statistics.mean(fracs), statistics.mean(nfcs)
+        remove()
+    return outs, (statistics.mean(fracs) if fracs else float("nan")), (statistics.mean(nfcs) if nfcs else float("nan"))
 
 
-def compare_profiles(pipe, samples: int, profiles: list[str]) -> None:
-    inputs = [(i % 10, 5000 + i) for i in range(samples)]
-    reference = torch.cat([_generate(pipe, label, seed) for label, seed in inputs])
-    print(f"\nToy DiT, 50 DDIM steps, {samples} held-out samples one at a time, guidance 2")
-    print(f"{'profile':<11} {'method':<24} {'NFC':>6} {'FLOP frac':>9} {'rel-L2':>8} {'PSNR dB':>8} {'vs TS':>6}")
+def _ours(pipe, *args, **kwargs):
+    def apply():
+        rfcache.enable(pipe, *args, **kwargs)
+        return (lambda: rfcache.disable(pipe)), (lambda: None)  # the session resets itself per generation
+
+    return apply
+
+
+def _diffusers_taylorseer(pipe, nfc: int):
+    def apply():
+        applied = PEERS["diffusers-taylorseer-m2"].apply(pipe, Target(f"NFC {nfc}", nfc, 1.0, 1.0), None, ctx)
+        return applied.remove, applied.reset
+
+    ctx = BenchContext(steps=50)
+    return apply
+
+
+def _dynamic_rfc_tau(pipe, tune_inputs, fraction: float) -> float:
+    """``tau`` whose mean FLOP fraction on the tuning inputs is the largest not above ``fraction``."""
+    lo, hi, best = 0.0, 4.0, (4.0, 0.0)
+    for _ in range(10):
+        tau = (lo + hi) / 2
+        _, f, _ = _run(pipe, tune_inputs, _ours(pipe, method="rfc", order=2, warmup=2, tau=tau))
+        if f <= fraction and f > best[1]:
+            best = (tau, f)
+        lo, hi = (tau, hi) if f > fraction else (lo, tau)
+    return best[0]
+
+
+def compare_profiles(pipe, samples: int, profiles: list[str], tune: int = 2) -> None:
+    inputs = [(i % 10, TEST_SEED + i) for i in range(samples)]
+    tune_inputs = [(i % 10, TUNE_SEED + i) for i in range(tune)]
+    reference = [_generate(pipe, label, seed) for label, seed in inputs]
+    print(f"\nToy DiT, 50 DDIM steps, guidance 2, {samples} test samples one at a time (seeds {TEST_SEED}..)")
+    print("rel-L2: mean per sample [95% bootstrap CI]; vs TS / vs RFC: paired per-sample ratio [95% CI]")
+    header = f"{'profile':<10} {'method':<28} {'NFC':>5} {'FLOP frac':>9} {'rel-L2 [95% CI]':<27}"
+    print(f"{header} {'vs TS [95% CI]':<25} {'vs RFC [95% CI]':<25}")
     for name in profiles:
         profile = rfcache.load_profile(name)
-        name = profile.name
-        rows = []
-        out, frac, nfc = _run(pipe, inputs, (profile,), {})
-        rows.append(("static profile", nfc, frac, out))
-        interval, warmup, _ = interval_for_nfc(50, profile.nfc)
-        out, frac_ts, nfc_ts = _run(
-            pipe, inputs, (), {"method": "taylorseer", "order": 2, "interval": interval, "warmup": warmup}
-        )
-        rows.append(("TaylorSeer m=2 interval", nfc_ts, frac_ts, out))
-        lo, hi = 0.0, 4.0
-        best = None
-        for _ in range(10):
-            tau = (lo + hi) / 2
-            out, f, n = _run(pipe, inputs, (), {"method": "rfc", "order": 2, "warmup": 2, "tau": tau})
-            if f <= profile.budget.achieved and (best is None or f > best[1]):
-                best = (tau, f, n, out)
-            lo, hi = (tau, hi) if f > profile.budget.achieved else (lo, tau)
-        if best is not None:
-            rows.append((f"dynamic RFC tau={best[0]:.3g}", best[2], best[1], best[3]))
-        ts_err = relative_l2(rows[1][3], reference)
-        for method, n, f, o in rows:
-            err = relative_l2(o, reference)
+        used = {item.seed for items in profile.provenance.inputs.values() for item in items}
+        assert not used & {seed for _, seed in inputs + tune_inputs}, f"{name}: test seeds were used in calibration"
+        interval, warmup, _ = interval_for_nfc(50, profile.nfc, warmup=rfcache.get_adapter(pipe).taylorseer_warmup)
+        tau = _dynamic_rfc_tau(pipe, tune_inputs, profile.budget.achieved)
+        rows = {}
+        for label, apply in [
+            ("static profile", _ours(pipe, profile)),
+            (
+                f"TaylorSeer m=2 N={interval} w={warmup}",
+                _ours(pipe, method="taylorseer", order=2, interval=interval, warmup=warmup),
+            ),
+            (f"dynamic RFC tau={tau:.3g}", _ours(pipe, method="rfc", order=2, warmup=2, tau=tau)),
+            ("diffusers TaylorSeer m=2", _diffusers_taylorseer(pipe, profile.nfc)),
+        ]:
+            outs, frac, nfc = _run(pipe, inputs, apply, ours=not label.startswith("diffusers"))
+            rows[label] = ([relative_l2(o, r) for o, r in zip(outs, reference, strict=True)], frac, nfc)
+        ts, rfc = list(rows.values())[1][0], list(rows.values())[2][0]
+        for label, (errors, frac, nfc) in rows.items():
+            vs_ts, vs_rfc = paired_ratio(errors, ts), paired_ratio(errors, rfc)
+            cells = [
+                f"{vs.value:.2f}x [{vs.low:.2f}, {vs.high:.2f}] {'' if vs.verdict() == 'tie' else vs.verdict()}"
+                for vs in (vs_ts, vs_rfc)
+            ]
+            frac_text = "-" if frac != frac else f"{frac:.3f}"
+            nfc_text = f"{profile.nfc}" if nfc != nfc else f"{nfc:.2f}"
+            error = mean_interval(errors).format(".4f")
             print(
-                f"{name:<11} {method:<24} {n:>6.2f} {f:>9.3f} {err:>8.4f} {psnr(o, reference):>8.2f} "
-                f"{err / ts_err:>5.2f}x"
+                f"{profile.name:<10} {label:<28} {nfc_text:>5} {frac_text:>9} {error:<27} {cells[0]:<25} {cells[1]:<25}"
             )
 
 
@@ -95,7 +149,8 @@ def rank_check(pipe, count: int, *, budget: float = 0.4, steps: int = 50) -> Non
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     call = {"class_labels": list(range(8)), "num_inference_steps": steps, "guidance_scale": 2.0, "output_type": "pt"}
-    trace, out = record_trace(pipe, {**call, "generator": torch.Generator().manual_seed(0)})
+    seeds = lambda: [torch.Generator().manual_seed(i) for i in range(8)]  # noqa: E731  (rfc-calibrate's seeds 0-7)
+    trace, out = record_trace(pipe, {**call, "generator": seeds()})
     reference = out.images
 
     def real_error(params: dict, pattern: str) -> float:
@@ -103,7 +158,7 @@ def rank_check(pipe, count: int, *, budget: float = 0.4, steps: int = 50) -> Non
         mask = tuple(c == "C" for c in pattern)
         rfcache.enable(pipe, method="static", mask=mask, predictor=params["predictor"], order=params["order"], **extra)
         try:
-            return relative_l2(pipe(**call, generator=torch.Generator().manual_seed(0)).images, reference)
+            return relative_l2(pipe(**call, generator=seeds()).images, reference)
         finally:
             rfcache.disable(pipe)
 
@@ -131,21 +186,43 @@ def rank_check(pipe, count: int, *, budget: float = 0.4, steps: int = 50) -> Non
     rho = spearmanr([r[0] for r in rows], [r[1] for r in rows])[0]
     top = sorted(rows, key=lambda r: r[0])[: max(3, count // 3)]
     rho_top = spearmanr([r[0] for r in top], [r[1] for r in top])[0]
-    print(f"\nError model on the toy (budget {budget}, {steps} steps, calibration inputs 0-7, seed 0)")
-    print(f"fit: R² {model.r2:.3f} of log errors, median deviation {100 * model.spread:.0f}% over {model.runs} runs")
+    print(f"\nError model on the toy (budget {budget}, {steps} steps, calibration inputs 0-7, seeds 0-7)")
+    fit = f"R² {model.r2:.3f} of log errors, median deviation {100 * model.spread:.0f}%"
+    print(f"in-sample fit: {fit} over its {model.runs} runs")
     print(f"sensitivity knots (first, middle, last step): {', '.join(f'{k:.4f}' for k in model.knots)}")
-    print(f"{len(rows)} random candidates within budget: Spearman {rho:.3f}; best third by estimate: {rho_top:.3f}")
+    print(
+        f"out of sample, {len(rows)} random candidates within budget (none in the fit): Spearman {rho:.3f}; "
+        f"best third by estimate: {rho_top:.3f}"
+    )
     print(f"{'family':<9} {'predictor':<10} {'m':>1} {'NFC':>3} {'estimate':>9} {'real':>8}")
     for est, real, cand in sorted(rows, key=lambda r: r[1]):
         p, nfc = cand.params, cand.pattern.count("C")
         print(f"{p['family']:<9} {p['predictor']:<10} {p['order']:>1} {nfc:>3} {est:>9.4f} {real:>8.4f}")
 
 
+def ratio_steps(pipe, *, steps: int = 50) -> None:
+    """Constant vs step-linear relation ratio per unit, on rfc-calibrate's calibration inputs."""
+    import numpy as np
+
+    from rfcache.calibrate import fit_ratio_steps, record_trace
+
+    call = {"class_labels": list(range(8)), "num_inference_steps": steps, "guidance_scale": 2.0, "output_type": "pt"}
+    trace, _ = record_trace(pipe, {**call, "generator": [torch.Generator().manual_seed(i) for i in range(8)]})
+    fit = fit_ratio_steps(trace)
+    print(f"\nRelation ratio s per unit ({len(trace.units)} units, {steps} steps, calibration inputs 0-7, seeds 0-7)")
+    print(f"{'unit':<28} {'R² const':>8} {'R² linear':>9} {'s change':>8}")
+    for unit, c, lin, ch in zip(trace.units, fit.r2_constant, fit.r2_linear, fit.relative_change, strict=True):
+        print(f"{unit:<28} {c:>8.3f} {lin:>9.3f} {ch:>+8.2f}")
+    gain = np.array(fit.r2_linear) - np.array(fit.r2_constant)
+    print(f"median R² gain of a step-linear s: {np.median(gain):.3f} (max {gain.max():.3f})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=10, help="held-out samples for the profile comparison (0: skip)")
+    parser.add_argument("--samples", type=int, default=12, help="test samples for the profile comparison (0: skip)")
     parser.add_argument("--rank", type=int, default=0, help="random candidates for the error model's rank check")
     parser.add_argument("--profiles", nargs="+", default=PROFILES, help="profile names or files to compare")
+    parser.add_argument("--ratio-steps", action="store_true", help="whether the relation ratio varies with the step")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
@@ -154,6 +231,8 @@ def main() -> None:
         compare_profiles(pipe, args.samples, args.profiles)
     if args.rank:
         rank_check(pipe, args.rank)
+    if args.ratio_steps:
+        ratio_steps(pipe)
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ def run(storage: str, study: str, workers: int, args: argparse.Namespace, out: P
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     command = [sys.executable, "-m", "rfcache.cli.main", "calibrate", "--storage", storage, "--study", study]
     command += ["--trials", str(args.trials), "--steps", str(args.steps), "--samples", str(args.samples)]
-    command += ["--heldout", str(args.heldout), "--budget", str(args.budget), "--no-json"]
+    command += ["--test", str(args.test), "--budget", str(args.budget), "--no-json"]
     start = time.perf_counter()
     procs = [
         subprocess.Popen(
@@ -55,7 +55,7 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=24)
     parser.add_argument("--steps", type=int, default=50)
     parser.add_argument("--samples", type=int, default=8)
-    parser.add_argument("--heldout", type=int, default=8)
+    parser.add_argument("--test", type=int, default=8)
     parser.add_argument("--budget", type=float, default=0.4)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

@@ -54,7 +54,7 @@ def search_run(tmp: Path, storage_kind: str, trials: int, rng: random.Random, ru
     storage = f"sqlite:///{tmp / f'study{run}.db'}" if storage_kind == "sqlite" else str(tmp / f"study{run}.journal")
     study, at = f"crash{run}", rng.randint(1, trials - 2)
     command = _cli("--storage", storage, "--study", study, "--trials", str(trials), "--steps", "20")
-    command += ["--samples", "4", "--heldout", "2", "--out", str(tmp / f"p{run}.yaml")]
+    command += ["--samples", "4", "--selection", "1", "--test", "2", "--out", str(tmp / f"p{run}.yaml")]
     proc = subprocess.Popen(command, env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     _kill_when(proc, lambda: sum(t.state == COMPLETE for t in _trials(storage, study)) >= at)
     before = {t.number: t.params for t in _trials(storage, study) if t.state == COMPLETE}

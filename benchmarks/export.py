@@ -30,8 +30,8 @@ import rfcache
 from rfcache.export import OrtRunner, export, load_bundle
 from rfcache.models.toy import random_dit_pipeline
 from rfcache.runtime.identity import model_identity
-from rfcache.runtime.policies import interval_for_nfc, interval_mask
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.schedules.masks import interval_for_nfc, interval_mask
 
 STEPS = 50
 LABELS = [3]

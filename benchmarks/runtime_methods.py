@@ -1,61 +1,282 @@
 """rfcache's runtime methods at matched cost, and wall-clock speed-up on a larger random DiT.
 
     python benchmarks/runtime_methods.py                 # toy model, 50 DDIM steps, NFC 14/10/7
-    python benchmarks/runtime_methods.py --samples 10 --speed-only
+    python benchmarks/runtime_methods.py --speed-only    # wall clock at 64 and 256 tokens
+    python benchmarks/runtime_methods.py --speed-only --tokens 64 --steps 20 --repeats 1   # quick look
 
-A thin front to :func:`rfcache.evaluate.bench.run_bench` (the engine of ``rfc-bench``) with
-rfcache's own methods only; ``rfc-bench`` adds calibrated profiles and other libraries' methods.
-Part 1 (embedded toy model): the same seeds and classes for every method; interval methods take
-the interval schedule of each NFC, ``rcs``/``rfc`` get the ``tau`` whose measured FLOP fraction
-matches it. Each sample is generated alone (batch = the CFG pair), so dynamic schedules are
-decided per sample, as in the paper.
-Part 2 (a random DiT, hidden 384, 12 layers, 16x16x4 latent, CFG batch 2): wall-clock
-full/cached ratio at NFC 14, measured in one process with methods interleaved after a warm-up,
-next to the ideal 1/FLOP fraction.
+Part 1 (embedded toy model) is a thin front to :func:`rfcache.evaluate.bench.run_bench` (the
+engine of ``rfc-bench``) with rfcache's own methods only: the same seeds and classes for every
+method; interval methods take the interval schedule of each NFC, ``rcs``/``rfc`` get the ``tau``
+whose measured FLOP fraction matches it.
+
+Part 2 (a random DiT sized like DiT-S: hidden 384, 12 layers, CFG batch 2, NFC 14 by TaylorSeer's
+placement): every run in one process, interleaved after a warm-up round, median of ``--repeats``.
+Per method: seconds, speed-up against the unmodified pipeline and against the pipeline with shared
+conditioning alone (``method="none", share_conditioning=True``), the FLOP ideal (1 / FLOP
+fraction, analytic) and the *attainable* limit: the speed-up if every cached step cost only the
+skeleton (units returning constants, conditioning served) and every full step what it costs with
+shared conditioning, all measured in the same run. Then the parts of a cached step (ms, median).
+
+Allocator: glibc returns large freed blocks to the OS and faults them in again at every step,
+which made the 256-token full step 21 % slower; the script re-executes itself with
+``MALLOC_MMAP_THRESHOLD_=33554432`` (32 MiB) unless it is set already or ``--system-malloc`` is
+given, and prints which it ran under.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
 
 import torch
 
-from rfcache.evaluate.bench import BenchConfig, run_bench
-from rfcache.evaluate.tables import format_table
-from rfcache.evaluate.workload import Workload
-from rfcache.models.toy import random_dit_pipeline
-
+MMAP_THRESHOLD = "33554432"
 STEPS = 50
 METHODS = ("fora", "taylorseer-m1", "taylorseer-m2", "rfe-m1", "rfe-m2", "rcs", "rfc")
-
-
-def speed_workload() -> Workload:
-    """A DiT-S-sized random model in the toy pipeline: big enough for compute to dominate hook overhead."""
-    pipe = random_dit_pipeline()
-    return Workload("random DiT 384x12", pipe, STEPS, {"guidance_scale": 2.0}, "class", num_classes=10)
+# name -> enable() arguments; interval 4 after a warm-up of 2 is NFC 14 at 50 steps
+SPEED_METHODS: dict[str, dict[str, Any]] = {
+    "fora": {"method": "fora", "interval": 4},
+    "taylorseer-m1": {"method": "taylorseer", "interval": 4, "order": 1},
+    "taylorseer-m2": {"method": "taylorseer", "interval": 4, "order": 2},
+    "rfe-m1": {"method": "rfe", "interval": 4, "order": 1},
+    "rfe-m2": {"method": "rfe", "interval": 4, "order": 2},
+}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--samples", type=int, default=20)
-    parser.add_argument("--nfc", default="14,10,7")
-    parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--speed-only", action="store_true")
+    parser.add_argument("--samples", type=int, default=20, help="part 1: samples per method")
+    parser.add_argument("--nfc", default="14,10,7", help="part 1: NFC targets")
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after the warm-up (median)")
+    parser.add_argument("--speed-only", action="store_true", help="skip part 1")
+    parser.add_argument("--tokens", default="64,256", help="part 2: image tokens (64 = 16x16 latent, 256 = 32x32)")
+    parser.add_argument("--steps", type=int, default=STEPS, help="part 2: sampling steps (NFC scales with them)")
+    parser.add_argument("--methods", default=",".join(SPEED_METHODS), help="part 2: methods")
+    parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default large-allocation handling")
     args = parser.parse_args()
+    if not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads it at start-up only
     torch.set_grad_enabled(False)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     if not args.speed_only:
+        from rfcache.evaluate.bench import BenchConfig, run_bench
+        from rfcache.evaluate.tables import format_table
+
         nfc = tuple(int(x) for x in args.nfc.split(","))
         result = run_bench(BenchConfig(nfc=nfc, methods=METHODS, samples=args.samples, repeats=0))
         print(f"\nToy DiT, {STEPS} DDIM steps, {args.samples} samples, guidance 2: error to full compute")
         print(format_table(result))
-    speed = speed_workload()
-    cfg = BenchConfig(nfc=(14,), methods=("fora", "taylorseer-m2", "rfe-m2", "rfc"), samples=1, repeats=args.repeats)
-    result = run_bench(cfg, workload=speed)
-    print(f"\n{speed.name}, 16x16x4 latent, CFG batch 2, {STEPS} steps, NFC 14 (wall clock, CPU)")
-    print(f"{'method':<14} {'seconds':>8} {'speed-up':>9} {'1/FLOP frac':>12}")
-    print(f"{'full':<14} {result.reference['seconds']:>8.2f} {1:>8.2f}x {1:>11.2f}x")
-    for r in result.records:
-        print(f"{r.method:<14} {r.seconds:>8.2f} {r.speedup:>8.2f}x {1 / r.flops_fraction:>11.2f}x")
+    malloc = os.environ.get("MALLOC_MMAP_THRESHOLD_")
+    print(
+        f"\nallocator: {'MALLOC_MMAP_THRESHOLD_=' + malloc if malloc else 'glibc default'}; "
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads"
+    )
+    methods = [m for m in args.methods.split(",") if m]
+    for tokens in (int(x) for x in args.tokens.split(",")):
+        speed_report(tokens, steps=args.steps, repeats=args.repeats, methods=methods)
+
+
+# -- part 2 -----------------------------------------------------------------------------------------
+
+
+class StepTimer:
+    """Wall time of every transformer call (the session's own hooks included)."""
+
+    def __init__(self, model: torch.nn.Module) -> None:
+        self.times: list[float] = []
+        self._start = 0.0
+        self._handles = [
+            model.register_forward_pre_hook(self._before, prepend=True),
+            model.register_forward_hook(self._after),
+        ]
+
+    def _before(self, *_: Any) -> None:
+        self._start = time.perf_counter()
+
+    def _after(self, *_: Any) -> None:
+        self.times.append(time.perf_counter() - self._start)
+
+    def remove(self) -> None:
+        for h in self._handles:
+            h.remove()
+
+
+def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -> None:
+    import rfcache
+    from rfcache.models.toy import random_dit_pipeline
+
+    pipe = random_dit_pipeline(sample_size=round(tokens**0.5) * 2)  # patch 2
+    model = pipe.transformer
+
+    def generate() -> None:
+        pipe(
+            class_labels=[3], num_inference_steps=steps, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)
+        )
+
+    runs: dict[str, dict[str, Any] | None] = {"unmodified": None, "shared conditioning": {"method": "none"}}
+    runs.update({m: SPEED_METHODS[m] for m in methods})
+    seconds: dict[str, list[float]] = {name: [] for name in runs}
+    step_times: dict[str, list[tuple[str, float]]] = {name: [] for name in runs}
+    fractions: dict[str, float] = {}
+    parts = StepParts(pipe, steps=steps)
+    part_times: dict[str, list[float]] = {}
+    for round_index in range(repeats + 1):  # round 0 warms up; parts are timed between the runs
+        for name, params in runs.items():
+            if params is not None:
+                rfcache.enable(pipe, **params, share_conditioning=True)
+            timer = StepTimer(model)
+            try:
+                start = time.perf_counter()
+                generate()
+                elapsed = time.perf_counter() - start
+                pattern = rfcache.summary(pipe).pattern if params is not None else "C" * steps
+                if params is not None:
+                    fractions[name] = rfcache.summary(pipe).flops_fraction
+            finally:
+                timer.remove()
+                if params is not None:
+                    rfcache.disable(pipe)
+            if round_index:
+                seconds[name].append(elapsed)
+                step_times[name] += list(zip(pattern, timer.times, strict=True))
+                for part, value in parts.measure().items():
+                    part_times.setdefault(part, []).append(value)
+
+    median = {name: statistics.median(v) for name, v in seconds.items()}
+    part = {name: statistics.median(v) for name, v in part_times.items()}
+    full_unmodified = _median_step(step_times["unmodified"], "C")
+    full_shared = _median_step(step_times["shared conditioning"], "C")
+    nfc = _nfc(steps)
+    # the ceiling: full steps as they cost with shared conditioning, cached steps costing the skeleton alone
+    attainable_s = nfc * full_shared + (steps - nfc) * part[SKELETON_SHARED] + part[BATCHED]
+    attainable = full_unmodified * steps / attainable_s
+    base, shared = median["unmodified"], median["shared conditioning"]
+    print(
+        f"\nrandom DiT 384x12, {tokens} tokens, CFG batch 2, {steps} DDIM steps, NFC {nfc} (wall clock, CPU, "
+        f"median of {repeats}; attainable: cached steps costing the skeleton alone)"
+    )
+    print(
+        f"{'method':<20} {'seconds':>8} {'vs unmodified':>14} {'vs shared cond.':>16} "
+        f"{'FLOP ideal':>11} {'attainable':>11}"
+    )
+    for name in runs:
+        cached = name in fractions and name != "shared conditioning"
+        ideal = f"{1 / fractions[name]:.2f}x" if cached else ""
+        limit = f"{attainable:.2f}x" if cached else ""
+        print(
+            f"{name:<20} {median[name]:>8.2f} {base / median[name]:>13.2f}x {shared / median[name]:>15.2f}x "
+            f"{ideal:>11} {limit:>11}"
+        )
+    print(f"\nparts of a step, {tokens} tokens (ms, median)")
+    rows = [("full step, unmodified", full_unmodified), ("full step, shared conditioning", full_shared)]
+    rows += [(f"cached step, {name}", _median_step(step_times[name], "P")) for name in methods]
+    rows += list(part.items())
+    if "fora" in methods:  # hooks, step detection, FLOP counting: what the session adds to the bare skeleton
+        rows.append(("session bookkeeping (cached fora step - skeleton alone)", rows[2][1] - part[SKELETON_SHARED]))
+    for label, value in rows:
+        print(f"{label:<62} {value * 1e3:>7.2f}")
+
+
+SKELETON_SHARED = "skeleton alone (units free, conditioning shared)"
+BATCHED = "shared conditioning: one batched pass for all steps"
+
+
+class StepParts:
+    """The parts of a cached step, each timed on its own on one step's real inputs and cache state."""
+
+    def __init__(self, pipe: Any, *, steps: int) -> None:
+        import rfcache
+        from rfcache.runtime.api import get_session
+
+        self.pipe, self.steps = pipe, steps
+        model = pipe.transformer
+        self.adapter = rfcache.get_adapter(model)
+        captured: dict[str, Any] = {}
+
+        def capture(module: Any, args: tuple, kwargs: dict) -> None:
+            captured.setdefault("kwargs", {**dict(zip(("hidden_states",), args, strict=False)), **kwargs})
+
+        rfcache.enable(pipe, method="taylorseer", interval=4, order=2)
+        handle = model.register_forward_pre_hook(capture, with_kwargs=True)
+        try:
+            pipe(
+                class_labels=[3],
+                num_inference_steps=steps,
+                guidance_scale=2.0,
+                generator=torch.Generator().manual_seed(0),
+            )
+        finally:
+            handle.remove()
+        self.session = get_session(pipe)  # its state is kept for the predictor timing
+        self.branch = self.session._branches[0]
+        rfcache.disable(pipe)
+        self.first = captured["kwargs"]
+        self.outputs = {u: s.differences[0][0] for u, s in self.branch.units.items()}
+
+    def measure(self, rounds: int = 5) -> dict[str, float]:
+        from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+        from rfcache.runtime.conditioning import build_conditioning_store
+
+        model, adapter, session = self.pipe.transformer, self.adapter, self.session
+        store = build_conditioning_store(model, adapter, self.first, self.pipe.scheduler)
+        assert store is not None
+        row = self.steps // 2
+        inputs = dict(self.first, timestep=self.pipe.scheduler.timesteps[row].expand(self.first["timestep"].shape[0]))
+        out: dict[str, float] = {}
+        out[BATCHED] = _timed(lambda: build_conditioning_store(model, adapter, self.first, self.pipe.scheduler), rounds)
+        out["shared conditioning: per step"] = out[BATCHED] / self.steps
+        attach_unit_hooks(model, adapter, lambda unit, o, a, k: self.outputs[unit.index], name="bench")
+        try:
+            out["skeleton alone (units free, conditioning per step)"] = _timed(lambda: model(**inputs), rounds)
+            paths = adapter.conditioning_paths(model)
+            attach_module_hooks(model, paths, lambda path, o, a, k: store.outputs[path][row], name="bench")
+            out[SKELETON_SHARED] = _timed(lambda: model(**inputs), rounds)
+            sample = model(**inputs).sample
+        finally:
+            detach_unit_hooks(model, name="bench")
+        out["conditioning per step (the difference)"] = out["skeleton alone (units free, conditioning per step)"]
+        out["conditioning per step (the difference)"] -= out[SKELETON_SHARED]
+        session._step = self.branch.last_full + 2
+        units = [(u, self.branch.units[u.index]) for u in session.units]
+        out["predictor arithmetic (taylor m=2, all units)"] = _timed(
+            lambda: [session._predict(u, s, s.differences[0][0]) for u, s in units], rounds
+        )
+        out["non-finite guard (once per step)"] = _timed(lambda: bool(torch.isfinite(sample).all()), rounds)
+        return out
+
+
+def _timed(fn: Callable[[], Any], rounds: int) -> float:
+    fn()
+    values = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        values.append(time.perf_counter() - start)
+    return statistics.median(values)
+
+
+def _nfc(steps: int, interval: int = 4, warmup: int = 2) -> int:
+    from rfcache.runtime.policies import IntervalPolicy
+
+    policy = IntervalPolicy(interval=interval, warmup=warmup).new_state()
+    full, last = 0, -1
+    for step in range(steps):
+        if policy.decide(step, step - last if last >= 0 else step + 1, None):
+            full, last = full + 1, step
+    return full
+
+
+def _median_step(entries: list[tuple[str, float]], kind: str) -> float:
+    values = [t for k, t in entries if k == kind]
+    return statistics.median(values) if values else float("nan")
 
 
 if __name__ == "__main__":

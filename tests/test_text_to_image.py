@@ -49,7 +49,7 @@ def test_family_through_every_command(family, folders, tmp_path, capsys):
     profile = tmp_path / f"{family}.yaml"
     code, out, err = _cli(
         "calibrate", "--model", model, "--prompts", prompts, "--steps", 6, "--trials", 3, "--samples", 2,
-        "--heldout", 1, "--confirm", 1, "--out", profile, "--json", *run,
+        "--selection", 1, "--test", 1, "--allow-overlap", "--confirm", 1, "--out", profile, "--json", *run,
         capsys=capsys,
     )  # fmt: skip
     assert code == 0, err

@@ -15,7 +15,7 @@ import optuna
 import pytest
 
 # a calibration small enough for a test: 10 steps, 2 inputs, 1 held-out input on the embedded model
-TINY_RUN = ("--steps", "10", "--samples", "2", "--heldout", "1", "--no-json")
+TINY_RUN = ("--steps", "10", "--samples", "2", "--selection", "1", "--test", "1", "--no-json")
 
 
 def calibrate_command(*args: str) -> list[str]:

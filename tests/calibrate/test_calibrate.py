@@ -6,9 +6,9 @@ import torch
 
 import rfcache
 from rfcache.calibrate import StudyMismatchError, Trace, calibrate, fit_ratios, record_trace
-from rfcache.calibrate.search import uniform_seeds, warped_mask
+from rfcache.calibrate.search import uniform_seeds
 from rfcache.cli.main import main
-from rfcache.runtime.policies import interval_mask
+from rfcache.schedules.masks import interval_mask, warped_mask
 
 STEPS = 10
 
@@ -47,13 +47,24 @@ def test_seeds_and_warped_masks_fit_the_budget():
 
 def test_calibrate_end_to_end_and_resume(tiny_pipe, tmp_path):
     storage = f"sqlite:///{tmp_path / 'study.db'}"
-    kwargs = {"budget": 0.5, "num_inference_steps": STEPS, "samples": 2, "heldout": 2, "storage": storage}
+    kwargs = {"budget": 0.5, "num_inference_steps": STEPS, "samples": 2, "selection": 1, "test": 2, "storage": storage}
+    kwargs["seed"] = 18  # seeds 18-22: the tiny random model's images are not all saturated to 0 or 1
     result = calibrate(tiny_pipe, trials=5, progress=False, name="tiny", **kwargs)
     p = result.profile
     assert len(p.schedule) == STEPS and p.budget.achieved <= 0.5 and p.provenance.trials == 5
-    assert p.quality["heldout_rel_l2"] == result.heldout_rel_l2 >= 0  # tiny random models saturate
+    assert p.quality["test_rel_l2"] == result.test_rel_l2 >= 0  # tiny random models saturate
+    assert p.quality["taylorseer_rel_l2"] == result.taylorseer_rel_l2 and "selection_rel_l2" in p.quality
+    # three disjoint input sets, recorded in the profile; seeds never repeat
+    inputs = p.provenance.inputs
+    assert [len(inputs[k]) for k in ("calibration", "selection", "test")] == [2, 1, 2]
+    seeds = [item.seed for items in inputs.values() for item in items]
+    assert len(set(seeds)) == len(seeds) and all(item.label is not None for item in inputs["test"])
     # the error model was fitted on real runs and its estimates were checked against real runs
-    assert result.error_model.runs >= 3 and {"errmodel_r2", "errmodel_spread", "errmodel_runs"} <= set(p.diagnostics)
+    assert result.error_model.runs >= 3 and {
+        "errmodel_r2_in_sample",
+        "errmodel_spread_in_sample",
+        "errmodel_in_sample_runs",
+    } <= set(p.diagnostics)
     assert result.confirmed and all(c.estimate is not None and np.isfinite(c.estimate) for c in result.confirmed)
     assert all(c.flops_fraction <= 0.5 for c in result.confirmed)
     path = p.save(tmp_path / "tiny.yaml")
@@ -85,6 +96,15 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
     assert not (tmp_path / "p.yaml").exists()
 
 
+def test_cli_refuses_a_prompt_file_too_short_for_three_disjoint_sets(tmp_path, capsys):
+    prompts = tmp_path / "prompts.txt"
+    prompts.write_text("a cat\na dog\na bird\n")
+    assert main(["calibrate", "--prompts", str(prompts), "--out", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "3 distinct prompts cannot keep calibration (8), selection (4) and test (8) apart" in err
+    assert "--allow-overlap" in err and "\n" not in err and not (tmp_path / "p.yaml").exists()
+
+
 def test_cli_empty_prompt_file(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("\n  \n")
@@ -98,14 +118,17 @@ def test_cli_calibrates_the_embedded_model(tmp_path, capsys):
     assert main(["calibrate", "--budget", "0.4", "--trials", "6", "--out", str(out), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["flops_fraction"] <= 0.4 and record["profile"] == str(out)
-    assert {"nfc", "heldout_rel_l2", "taylorseer_rel_l2", "seconds", "budget_target"} <= set(record)
+    assert {"nfc", "test_rel_l2", "taylorseer_rel_l2", "seconds", "budget_target"} <= set(record)
+    assert record["inputs"] == {"calibration": 8, "selection": 4, "test": 8}  # the zero-argument defaults
+    low, high = record["ratio_to_taylorseer_ci95"]
+    assert low <= record["ratio_to_taylorseer"] <= high and record["verdict"] in ("lower", "higher", "tie")
     assert rfcache.load_profile(out).nfc == record["nfc"]
 
 
 def test_sharded_recording_merges_and_resumes(tiny_pipe, tmp_path):
     from rfcache.calibrate import load_shards, record_shard
 
-    common = {"num_inference_steps": STEPS, "samples": 3, "out_dir": tmp_path}
+    common = {"num_inference_steps": STEPS, "samples": 3, "out_dir": tmp_path, "seed": 18}  # unsaturated images
     with pytest.raises(rfcache.RfcacheError, match="shards 0/2, 1/2 are not recorded yet|no trace shards"):
         load_shards(tmp_path)
     first = record_shard(tiny_pipe, shard=0, num_shards=2, **common)
@@ -117,7 +140,16 @@ def test_sharded_recording_merges_and_resumes(tiny_pipe, tmp_path):
     trace = load_shards(tmp_path)
     assert trace.input_delta.shape[-1] == 2 * 3  # inputs 0, 2 and 1, each a CFG pair
     result = calibrate(
-        tiny_pipe, budget=0.5, num_inference_steps=STEPS, samples=3, heldout=2, trials=3, progress=False, trace=trace
+        tiny_pipe,
+        budget=0.5,
+        num_inference_steps=STEPS,
+        samples=3,
+        selection=1,
+        test=2,
+        trials=3,
+        progress=False,
+        trace=trace,
+        seed=18,
     )
     assert len(result.fit.ratios) == len(trace.units)
 
@@ -129,3 +161,17 @@ def test_cli_shard_flags(tmp_path, capsys):
     assert "--shard needs --trace-dir" in capsys.readouterr().err
     assert main(["calibrate", "--trace-dir", str(tmp_path / "empty")]) == 2
     assert "no trace shards" in capsys.readouterr().err
+
+
+def test_fit_ratio_steps_tells_a_constant_ratio_from_one_that_drifts_over_the_steps():
+    from rfcache.calibrate import fit_ratio_steps
+
+    rng = np.random.default_rng(0)
+    steps, lags, samples = 20, 3, 2
+    x = rng.uniform(0.5, 2.0, (steps, 2, lags, samples))
+    tau = (np.arange(steps) / (steps - 1) - 0.5)[:, None, None]
+    y = np.stack([3.0 * x[:, 0], 2.0 * (1 + 0.8 * tau) * x[:, 1]], axis=1)  # unit 0 constant, unit 1 drifts
+    fit = fit_ratio_steps(Trace(["a", "b"], x, y))
+    assert fit.r2_constant[0] == pytest.approx(1.0) and abs(fit.relative_change[0]) < 1e-9
+    assert fit.r2_linear[1] == pytest.approx(1.0) and fit.r2_constant[1] < 0.99
+    assert fit.relative_change[1] == pytest.approx(0.8)

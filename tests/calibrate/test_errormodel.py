@@ -18,7 +18,8 @@ from rfcache.calibrate.errormodel import (
 )
 from rfcache.calibrate.scoring import Scorer, pattern_text
 from rfcache.calibrate.sketch import count_sketch
-from rfcache.runtime.policies import DynamicPolicy, interval_mask
+from rfcache.runtime.policies import DynamicPolicy
+from rfcache.schedules.masks import interval_mask
 
 STEPS = 10
 

@@ -191,9 +191,10 @@ def test_tensorrt_backend_names_the_extra_when_missing(tmp_path):
     if _tensorrt_available():
         pytest.skip("tensorrt and a GPU are present; the missing-extra path cannot be seen here")
     pipe = make_tiny_digits_pipeline()
-    with pytest.raises(rfcache.RfcacheError, match=r"rfcache\[tensorrt\]|CUDA"):
+    with pytest.raises(rfcache.RfcacheError, match=r"rfcache\[tensorrt\]|CUDA") as info:
         export(pipe, make_profile(pipe, SCHEDULE), tmp_path / "b", backend="tensorrt")
     assert not (tmp_path / "b").exists()
+    assert "\n" not in str(info.value) and "unverified" in str(info.value)  # one line, and honest about it
 
 
 @pytest.mark.tensorrt
@@ -206,7 +207,13 @@ def test_tensorrt_bundle_matches_the_pytorch_runtime(tmp_path):
     pipe = make_tiny_digits_pipeline()
     profile = make_profile(pipe, SCHEDULE)
     bundle = load_bundle(export(pipe, profile, tmp_path / "b", backend="tensorrt"))
-    result = open_runner(bundle, device="cuda").generate(LABELS, seed=0)
+    runner = open_runner(bundle, device="cuda")
+    result = runner.generate(LABELS, seed=0)
     reference, pattern = _torch_images(pipe, profile)
     assert result.pattern == pattern
     assert np.abs(result.images - reference).max() < 1e-3
+    steps = runner.steps(2)  # a step's output stays on the GPU
+    x = torch.randn(2, 1, 8, 8, device="cuda")
+    labels = torch.tensor([1, 10], device="cuda")
+    out = steps({"hidden_states": x, "timestep": torch.full((2,), 999, device="cuda"), "class_labels": labels})
+    assert isinstance(out, torch.Tensor) and out.is_cuda

@@ -4,10 +4,16 @@ import pytest
 import torch
 
 from rfcache.runtime.predictors import (
+    difference_gram,
+    gram_pair_weights,
     relation_ratio,
     relational_forecast,
+    stack_gram,
+    stacked_relational_forecast,
+    taylor_coefficients,
     taylor_forecast,
     update_differences,
+    weighted_sum,
 )
 
 
@@ -90,7 +96,7 @@ def test_relational_needs_two_full_steps():
 
 
 def test_gram_form_of_rfe_matches_the_direct_one():
-    from rfcache.runtime.predictors import difference_gram, gram_relational_forecast, taylor_coefficients
+    from rfcache.runtime.predictors import gram_relational_forecast
 
     g = torch.Generator().manual_seed(0)
     diffs = [torch.randn(2, 5, 4, generator=g) for _ in range(3)]
@@ -100,3 +106,19 @@ def test_gram_form_of_rfe_matches_the_direct_one():
         direct = relational_forecast(diffs, k, ratio, x, x_full)
         gram = gram_relational_forecast(diffs, taylor_coefficients(k, 3), difference_gram(diffs), ratio, x, x_full)
         torch.testing.assert_close(gram, direct, rtol=1e-5, atol=1e-6)
+        values = torch.tensor(taylor_coefficients(k, 3))
+        stacked = stacked_relational_forecast(
+            diffs, values, gram_pair_weights(values), stack_gram(difference_gram(diffs)), ratio, x, x_full
+        )
+        torch.testing.assert_close(stacked, direct, rtol=1e-5, atol=1e-6)
+
+
+def test_fused_weighted_sum_leaves_the_differences_alone():
+    g = torch.Generator().manual_seed(0)
+    diffs = [torch.randn(2, 3, generator=g, dtype=torch.float64) for _ in range(3)]
+    before = [d.clone() for d in diffs]
+    for coeffs in ([1.0, 2.0, 2.0], [1.0, torch.tensor(2.0, dtype=torch.float64), torch.tensor(2.0)]):
+        out = weighted_sum(diffs, coeffs)
+        torch.testing.assert_close(out, diffs[0] + 2 * diffs[1] + 2 * diffs[2], rtol=0, atol=1e-12)
+        assert all(torch.equal(d, b) for d, b in zip(diffs, before, strict=True))  # in place only on a temporary
+    assert weighted_sum(diffs[:1], [1.0]) is diffs[0]  # reuse: no copy

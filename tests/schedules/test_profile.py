@@ -1,3 +1,5 @@
+import dataclasses
+
 import pytest
 import yaml
 
@@ -95,3 +97,26 @@ def test_mismatch_is_named():
     with pytest.raises(ProfileError, match=r"sampling\.num_steps=6, got 50"):
         p.check_sampling(scheduler="DDIMScheduler", num_steps=50, resolution=(8, 8))
     p.check_sampling(scheduler="DDIMScheduler", num_steps=6, resolution=(8, 8))
+
+
+def test_provenance_inputs_round_trip_and_old_profiles_load(tmp_path):
+    from rfcache.schedules import InputItem
+
+    profile = make_profile()
+    assert (
+        Profile.from_yaml(profile.to_yaml().replace("  inputs: {}\n", "")).provenance.inputs == {}
+    )  # profiles without the field still load
+    inputs = {
+        "calibration": (InputItem(seed=0, label=3), InputItem(seed=1, label=4)),
+        "selection": (InputItem(seed=2, prompt="a cat"),),
+        "test": (InputItem(seed=3, label=5),),
+    }
+    with_inputs = dataclasses.replace(profile, provenance=dataclasses.replace(profile.provenance, inputs=inputs))
+    text = with_inputs.to_yaml()
+    assert "- seed: 2\n      prompt: a cat" in text and "label: null" not in text and "prompt: null" not in text
+    assert Profile.from_yaml(text) == with_inputs
+    bad = dataclasses.replace(with_inputs.provenance, inputs={**inputs, "test": (InputItem(seed=0, label=1),)})
+    with pytest.raises(ProfileError, match="a seed repeats"):
+        dataclasses.replace(with_inputs, provenance=bad)
+    with pytest.raises(ProfileError, match="exactly one of prompt and label"):
+        InputItem(seed=1)

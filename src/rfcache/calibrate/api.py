@@ -1,4 +1,10 @@
-"""`calibrate`: record, fit, search, confirm on held-out inputs, freeze into a `Profile`."""
+"""`calibrate`: record, fit, search, confirm, select, freeze into a `Profile`, report on test inputs.
+
+Three disjoint input sets (:mod:`rfcache.calibrate.inputs`): *calibration* inputs for recording,
+fits, search and the confirmation runs; *selection* inputs to choose among the confirmed
+candidates; *test* inputs, reported only (the profile's and TaylorSeer's error, per sample, with
+intervals), never used for any choice.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,7 @@ import numpy as np
 import torch
 
 from rfcache.calibrate.errormodel import ErrorModel
+from rfcache.calibrate.inputs import InputSets, split_inputs
 from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer
 from rfcache.calibrate.search import Candidate, completed_trials, error_model_runs, max_nfc, search_schedules
 from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
@@ -24,27 +31,42 @@ from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
 from rfcache.runtime.identity import model_identity
-from rfcache.runtime.policies import interval_for_nfc
 from rfcache.runtime.runspec import RunSpec, captured_call, conditioning, pipeline_call, run_setup
-from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.schedules import Budget, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.schedules.masks import interval_for_nfc
+from rfcache.stats import Interval, mean_interval, paired_ratio
 
-__all__ = ["CalibrationResult", "calibrate", "default_prompts", "load_shards", "record_shard"]
+__all__ = ["CalibrationResult", "calibrate", "default_prompts", "input_sets", "load_shards", "record_shard"]
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
 class CalibrationResult:
-    """The frozen profile and the figures the closing table reports."""
+    """The frozen profile and the figures the closing table reports.
+
+    ``test`` and ``taylorseer``: mean per-sample rel-L2 on the test inputs with 95 % bootstrap
+    intervals; ``ratio``: the paired per-sample ratio profile / TaylorSeer with its interval.
+    """
 
     profile: Profile
-    heldout_rel_l2: float
-    taylorseer_rel_l2: float
+    test: Interval
+    taylorseer: Interval
+    ratio: Interval
     seconds: float
     candidates: tuple[Candidate, ...]
     fit: RatioFit
     error_model: ErrorModel
     confirmed: tuple[Candidate, ...]
+    inputs: InputSets
+
+    @property
+    def test_rel_l2(self) -> float:
+        return self.test.value
+
+    @property
+    def taylorseer_rel_l2(self) -> float:
+        return self.taylorseer.value
 
 
 def default_prompts() -> list[str]:
@@ -79,7 +101,9 @@ def calibrate(
     call_args: dict[str, Any] | None = None,
     record_batch: int | None = None,
     samples: int = 8,
-    heldout: int = 8,
+    selection: int = 4,
+    test: int = 8,
+    allow_overlap: bool = False,
     trials: int = 200,
     confirm: int = 4,
     storage: str | None = None,
@@ -106,13 +130,16 @@ def calibrate(
 
     The search scores candidates with the error model (:mod:`rfcache.calibrate.errormodel`),
     fitted on a few real runs of the seed schedules; the ``confirm`` best distinct candidates are
-    then run for real on the calibration inputs and the best three by measured error on held-out
-    inputs; the best of those is frozen.
+    then run for real on the ``samples`` calibration inputs, the best three of those on the
+    ``selection`` inputs, and the best of those is frozen. Its error and TaylorSeer's (m=2, the
+    interval schedule nearest its NFC) are then measured on the ``test`` inputs, which no choice
+    saw. Every input has its own seed (``seed``, ``seed + 1``, ...); prompts never repeat across
+    the sets unless ``allow_overlap``.
     """
     if not 0 < budget <= 1:
         raise RfcacheError(f"budget must be in (0, 1], got {budget}")
-    if samples < 1 or heldout < 1 or trials < 1 or confirm < 0 or num_inference_steps < 2:
-        raise RfcacheError("samples, heldout and trials must be >= 1, confirm >= 0 and steps >= 2")
+    if min(samples, selection, test, trials) < 1 or confirm < 0 or num_inference_steps < 2:
+        raise RfcacheError("samples, selection, test and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
     model = get_transformer(pipe)
     adapter = get_adapter(model)
@@ -127,18 +154,18 @@ def calibrate(
         seed=seed,
         call_args=dict(call_args or {}),
     )
-    calib_kwargs = _inputs(pipe, prompts, samples, offset=0)
-    held_kwargs = _inputs(pipe, prompts, heldout, offset=samples)
     common = {**spec.call_kwargs(pipe), "output_type": "np"}
+    sets = input_sets(pipe, prompts, (samples, selection, test), seed=seed, allow_overlap=allow_overlap)
+    calib_kwargs = _call(sets.calibration)
 
-    def run(kwargs: dict[str, Any], run_seed: int) -> torch.Tensor:
-        call = {**kwargs, **common, "generator": torch.Generator().manual_seed(run_seed)}
+    def run(items: tuple[InputItem, ...]) -> torch.Tensor:
+        call = {**_call(items), **common, "generator": _generators(items)}
         return _images(pipeline_call(pipe, call, what="calibration"))
 
     # one timed transformer step on one input: checks the run before anything is recorded or stored
     first = {k: v[:1] for k, v in calib_kwargs.items()}
     with captured_call(pipe) as call:
-        pipeline_call(pipe, {**first, **common, "generator": _gen(seed)}, what="calibration")
+        pipeline_call(pipe, {**first, **common, "generator": _generators(sets.calibration[:1])}, what="calibration")
     estimate = call["seconds"] * num_inference_steps * samples
     line = (
         f"estimated recording time {estimate:.0f} s ({call['seconds'] * 1e3:.0f} ms per step and input x "
@@ -150,7 +177,7 @@ def calibrate(
     resolution = [call["resolution"]]
     if trace is None and (record_batch is None or record_batch >= samples):
         with _progress(pipe, progress, "recording"):
-            trace, reference_out = _record(pipe, {**calib_kwargs, **common, "generator": _gen(seed)})
+            trace, reference_out = _record(pipe, {**calib_kwargs, **common, "generator": _generators(sets.calibration)})
         reference = _images(reference_out)
     else:  # recorded in groups or elsewhere (shards); the search needs this machine's full-compute output
         if trace is None:
@@ -158,21 +185,22 @@ def calibrate(
             if record_batch < 1:
                 raise RfcacheError(f"record_batch must be >= 1, got {record_batch}")
             groups = []
-            ((key, values),) = calib_kwargs.items()
-            for g in range(0, len(values), record_batch):
-                call_g = {key: values[g : g + record_batch], **common, "generator": _gen(seed + g)}
-                with _progress(pipe, progress, f"recording {g + 1}-{min(g + record_batch, len(values))}"):
+            items = sets.calibration
+            for g in range(0, len(items), record_batch):
+                group = items[g : g + record_batch]
+                call_g = {**_call(group), **common, "generator": _generators(group)}
+                with _progress(pipe, progress, f"recording {g + 1}-{g + len(group)} of {len(items)}"):
                     groups.append(_record(pipe, call_g)[0])
             trace = Trace.merge(groups)
-        reference = run(calib_kwargs, seed)
+        reference = run(sets.calibration)
     fit = fit_ratios(trace)
     if fit.poor():
         logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
 
-    def run_cached(kwargs: dict[str, Any], run_seed: int, *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
+    def run_cached(items: tuple[InputItem, ...], *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
         enable(pipe, *args, **cache)
         try:
-            return run(kwargs, run_seed), summary(pipe)
+            return run(items), summary(pipe)
         finally:
             disable(pipe)
 
@@ -181,7 +209,7 @@ def calibrate(
         cache: dict[str, Any] = {"predictor": params["predictor"], "order": int(params["order"])}
         if params["predictor"] == "relational" and params.get("calibrated"):
             cache["ratios"] = fit.ratios
-        out, _ = run_cached(calib_kwargs, seed, method="static", mask=tuple(c == "C" for c in pattern), **cache)
+        out, _ = run_cached(sets.calibration, method="static", mask=tuple(c == "C" for c in pattern), **cache)
         return _rel_l2(out, reference)
 
     # the error model: forecast errors replayed on the trace, their propagation fitted on a few real runs
@@ -195,8 +223,8 @@ def calibrate(
         "config_hash": identity.config_hash,
         "steps": str(num_inference_steps),
         "budget": repr(budget),
-        "inputs": _hash({**calib_kwargs, **common}, 0.0, seed),
-        "objective": "error-model estimate v1",
+        "inputs": _hash(sets.calibration, repr(sorted(common.items()))),
+        "objective": "error-model estimate v2",  # v2: interval schedules placed as TaylorSeer places them,
     }
     study, candidates = search_schedules(
         scorer.estimate,
@@ -214,29 +242,60 @@ def calibrate(
 
     confirmed, diagnostics = confirm_candidates(scorer, candidates, measured, real_error, count=confirm)
 
-    held_reference = run(held_kwargs, seed + 1)
+    selection_reference = run(sets.selection)
     sampling = run_setup(pipe, spec, resolution[0])
     best: tuple[float, Profile] | None = None
-    for cand in confirmed[:3]:  # the best few on held-out inputs
-        profile = _profile(name, identity, sampling, cand, fit, budget, seed, completed_trials(study), calib_kwargs)
+    for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
+        profile = _profile(name, identity, sampling, cand, fit, budget, seed, completed_trials(study), sets)
         profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
-        out, s = run_cached(held_kwargs, seed + 1, profile)
-        err = _rel_l2(out, held_reference)
+        out, s = run_cached(sets.selection, profile)
+        err = _rel_l2(out, selection_reference)
         if best is None or err < best[0]:
-            quality = {**profile.quality, "heldout_rel_l2": err}
+            quality = {**profile.quality, "selection_rel_l2": err}
             best = (err, replace(profile, budget=Budget(budget, s.flops_fraction), quality=quality))
     assert best is not None
-    heldout_err, profile = best
+    _, profile = best
 
-    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(num_inference_steps, profile.nfc)
-    out, _ = run_cached(held_kwargs, seed + 1, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
-    ts_err = _rel_l2(out, held_reference)
-    baseline = {"taylorseer_rel_l2": ts_err, "taylorseer_nfc": float(ts_nfc)}
-    profile = replace(profile, quality={**profile.quality, **baseline})
+    # reported only: the test inputs, never used for a choice
+    test_reference = run(sets.test)
+    out, _ = run_cached(sets.test, profile)
+    test_errors = _rel_l2_per_sample(out, test_reference)
+    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(
+        num_inference_steps, profile.nfc, warmup=adapter.taylorseer_warmup
+    )
+    out, _ = run_cached(sets.test, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
+    ts_errors = _rel_l2_per_sample(out, test_reference)
+    test_err, ts_err, ratio = mean_interval(test_errors), mean_interval(ts_errors), paired_ratio(test_errors, ts_errors)
+    reported = {
+        **_interval_fields("test_rel_l2", test_err),
+        **_interval_fields("taylorseer_rel_l2", ts_err),
+        "taylorseer_nfc": float(ts_nfc),
+        "taylorseer_warmup": float(ts_warmup),
+        **_interval_fields("ratio_to_taylorseer", ratio),
+    }
+    profile = replace(profile, quality={**profile.quality, **reported})
     seconds = time.perf_counter() - start
     return CalibrationResult(
-        profile, heldout_err, ts_err, seconds, tuple(candidates), fit, error_model, tuple(confirmed)
+        profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit, error_model, tuple(confirmed), sets
     )
+
+
+def input_sets(
+    pipe: Any,
+    prompts: list[str] | None,
+    sizes: tuple[int, int, int],
+    *,
+    seed: int,
+    allow_overlap: bool = False,
+) -> InputSets:
+    """The calibration, selection and test inputs for ``pipe``: class labels for a class-conditional
+    model (``0, 1, ...`` cycling), else ``prompts`` (default :func:`default_prompts`)."""
+    if conditioning(pipe) == "class":
+        if prompts:
+            raise RfcacheError(f"{type(pipe).__name__} is class-conditional: it takes no prompts")
+        num_classes = int(getattr(get_transformer(pipe).config, "num_embeds_ada_norm", None) or 1)
+        return split_inputs(sizes=sizes, seed=seed, labels=range(num_classes))
+    return split_inputs(sizes=sizes, seed=seed, prompts=prompts or default_prompts(), allow_overlap=allow_overlap)
 
 
 def record_shard(
@@ -259,10 +318,8 @@ def record_shard(
     processes or machines can record in parallel. A shard is recorded ``group_size`` inputs per
     pipeline call and each finished group is written at once (``trace-{i}-of-{n}.part-{g}-of-{G}.npz``,
     atomically), so a recording killed part-way resumes at the first group not yet written; the
-    complete shard is ``trace-{i}-of-{n}.npz`` and is never recorded again. A group's noise is
-    seeded by its first input's index, so a resumed shard equals an uninterrupted one. ``run``
-    takes :func:`calibrate`'s run arguments (``height``, ``width``, ``num_frames``, ``call_args``,
-    ``negative_prompt``).
+    complete shard is ``trace-{i}-of-{n}.npz`` and is never recorded again. Every input's noise is
+    seeded by its own seed, so a resumed shard equals an uninterrupted one.
     """
     if not 0 <= shard < num_shards:
         raise RfcacheError(f"shard must be i/n with 0 <= i < n, got {shard}/{num_shards}")
@@ -273,8 +330,9 @@ def record_shard(
     if path.exists():
         logger.info("%s is complete; not recorded again", path)
         return path
-    key, values = next(iter(_inputs(pipe, prompts, samples, offset=0).items()))
-    indices = list(range(len(values)))[shard::num_shards]
+    # the calibration set is the first of the three; its items do not depend on the other sizes
+    items = input_sets(pipe, prompts, (samples, 1, 1), seed=seed, allow_overlap=True).calibration
+    indices = list(range(len(items)))[shard::num_shards]
     if not indices:
         raise RfcacheError(f"shard {shard}/{num_shards} has no inputs: use at most {samples} shards")
     groups = [indices[g : g + group_size] for g in range(0, len(indices), group_size)]
@@ -288,7 +346,8 @@ def record_shard(
     for g, (group, part) in enumerate(zip(groups, parts, strict=True)):
         if part.exists():
             continue
-        call = {key: [values[i] for i in group], **common, "generator": _gen(seed + group[0])}
+        group_items = tuple(items[i] for i in group)
+        call = {**_call(group_items), **common, "generator": _generators(group_items)}
         with _progress(pipe, True, f"recording shard {shard}/{num_shards}, group {g + 1}/{len(groups)}"):
             trace, _ = _record(pipe, call)
         trace.save(part)
@@ -347,9 +406,9 @@ def _profile(
     budget: float,
     seed: int,
     trials: int,
-    calib_kwargs: dict[str, Any],
+    sets: InputSets,
 ) -> Profile:
-    """The profile of a candidate; the achieved budget and held-out quality are filled in later."""
+    """The profile of a candidate; the achieved budget and selection/test quality are filled in later."""
     import diffusers
     import optuna
 
@@ -366,7 +425,7 @@ def _profile(
         schedule=cand.pattern,
         budget=Budget(budget, cand.flops_fraction),
         provenance=Provenance(
-            inputs_hash=_hash(calib_kwargs, 0.0, seed),
+            inputs_hash=_hash(sets.calibration, 0.0),
             seed=seed,
             trials=trials,
             created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
@@ -376,6 +435,7 @@ def _profile(
                 "diffusers": diffusers.__version__,
                 "optuna": optuna.__version__,
             },
+            inputs=sets.as_dict(),
         ),
         ratios=fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
         quality={
@@ -391,16 +451,20 @@ def _profile(
     )
 
 
-def _inputs(pipe: Any, prompts: list[str] | None, n: int, *, offset: int) -> dict[str, Any]:
-    """The calibration (``offset`` 0) or held-out inputs: class labels cycling the model's classes,
-    or prompts cycling ``prompts`` (default: :func:`default_prompts`)."""
-    if conditioning(pipe) == "class":
-        if prompts:
-            raise RfcacheError(f"{type(pipe).__name__} is class-conditional: it takes no prompts")
-        num_classes = int(getattr(get_transformer(pipe).config, "num_embeds_ada_norm", None) or 1)
-        return {"class_labels": [(offset + i) % num_classes for i in range(n)]}
-    pool = prompts or default_prompts()
-    return {"prompt": [pool[(offset + i) % len(pool)] for i in range(n)]}
+def _call(items: tuple[InputItem, ...]) -> dict[str, Any]:
+    """The pipeline's input arguments for ``items`` (all class labels or all prompts)."""
+    if items and items[0].label is not None:
+        return {"class_labels": [int(item.label) for item in items if item.label is not None]}
+    return {"prompt": [str(item.prompt) for item in items]}
+
+
+def _generators(items: tuple[InputItem, ...]) -> list[torch.Generator]:
+    """One generator per input, seeded by the input's own seed (the pipeline draws each sample's noise from it).
+
+    CPU generators on purpose: diffusers draws the noise on the CPU and moves it to the model's
+    device, so a calibration run on a GPU starts from the same noise as one on a CPU.
+    """
+    return [torch.Generator().manual_seed(item.seed) for item in items]
 
 
 def _record(pipe: Any, call: dict[str, Any]) -> tuple[Trace, Any]:
@@ -419,9 +483,16 @@ def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
     return float((out.double() - ref).norm() / ref.norm().clamp_min(1e-30))
 
 
-def _hash(kwargs: dict[str, Any], guidance: float, seed: int) -> str:
-    return hashlib.sha256(repr((sorted(kwargs.items()), guidance, seed)).encode()).hexdigest()[:16]
+def _rel_l2_per_sample(out: torch.Tensor, ref: torch.Tensor) -> list[float]:
+    """:func:`_rel_l2` of each sample (the first dimension) on its own."""
+    return [_rel_l2(o, r) for o, r in zip(out, ref, strict=True)]
 
 
-def _gen(seed: int) -> torch.Generator:
-    return torch.Generator().manual_seed(seed)
+def _interval_fields(name: str, interval: Interval) -> dict[str, float]:
+    """``name``, ``name_ci95_low``, ``name_ci95_high``; undefined bounds left out (a profile holds finite numbers)."""
+    fields = {name: interval.value, f"{name}_ci95_low": interval.low, f"{name}_ci95_high": interval.high}
+    return {k: v for k, v in fields.items() if np.isfinite(v)}
+
+
+def _hash(items: tuple[InputItem, ...], guidance: Any) -> str:
+    return hashlib.sha256(repr((items, guidance)).encode()).hexdigest()[:16]

@@ -49,6 +49,7 @@ import numpy as np
 from rfcache.calibrate.trace import Trace
 from rfcache.errors import RfcacheError
 from rfcache.runtime.predictors import estimate_predictor_flops
+from rfcache.schedules import masks
 
 __all__ = [
     "ErrorModel",
@@ -297,46 +298,20 @@ def optimal_masks(
 ) -> dict[int, tuple[bool, ...]]:
     """The mask the error model rates best for each number of full steps ``warmup+1 .. max_nfc``.
 
-    Dynamic programming over the positions of the full steps (the first ``warmup`` are fixed):
-    the squared estimate is a sum over runs of cached steps, and a run's error depends only on
-    the full steps before it (at most ``order + 1`` of them; for order 2 the third is taken from
-    the best path so far, which makes the search exact for orders 0-1 and near-exact for 2).
-    At most ``max_gap - 1`` cached steps in a row.
+    :func:`rfcache.schedules.masks.optimal_masks` on this predictor's replayed forecast errors
+    and the model's sensitivity curve (the first ``warmup`` steps, at least the predictor's own
+    forced full steps, are fixed).
     """
-    s_total = errors.num_steps
-    warmup = min(max(warmup, errors.min_full, 1), s_total)
-    w = model.sensitivity
-    # state: tuple of the last full steps (latest first, up to 2) -> (cost, full steps of the best path)
-    layer: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {
-        tuple(range(warmup - 1, max(-1, warmup - 3), -1)): (0.0, tuple(range(warmup)))
-    }
-    best: dict[int, tuple[float, tuple[int, ...]]] = {}
-    runs: dict[tuple[int, ...], np.ndarray] = {}
-    for n in range(warmup, max_nfc + 1):
-        nxt: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {}
-        for state, (cost, path) in layer.items():
-            a = state[0]
-            fulls = tuple(reversed(path[-(errors.keep + 1) :]))
-            run = runs.get(fulls)
-            if run is None:  # run[j]: weighted error of the cached steps a+1 .. a+j
-                seg = errors.segment(fulls, max_gap) * w[a + 1 : a + 1 + max_gap]
-                run = runs[fulls] = np.concatenate([[0.0], np.cumsum(seg)])
-            seg_len = len(run) - 1
-            if s_total - 1 - a <= seg_len:  # finish here: cache every remaining step
-                total = cost + run[s_total - 1 - a] ** 2
-                if n not in best or total < best[n][0]:
-                    best[n] = (total, path)
-            if n == max_nfc:
-                continue
-            for f in range(a + 1, min(a + max_gap, s_total - 1) + 1):
-                new_cost = cost + run[f - a - 1] ** 2
-                key = (f, a)
-                if key not in nxt or new_cost < nxt[key][0]:
-                    nxt[key] = (new_cost, (*path, f))
-        layer = nxt
-        if not layer:
-            break
-    return {n: tuple(i in set(path) for i in range(s_total)) for n, (_, path) in best.items()}
+    warmup = min(max(warmup, errors.min_full, 1), errors.num_steps)
+    return masks.optimal_masks(
+        errors.num_steps,
+        errors.segment,
+        model.sensitivity,
+        keep=errors.keep,
+        warmup=warmup,
+        max_nfc=max_nfc,
+        max_gap=max_gap,
+    )
 
 
 def rcs_mask(
@@ -344,34 +319,15 @@ def rcs_mask(
 ) -> tuple[bool, ...]:
     """The pattern RCS (runtime ``DynamicPolicy``, batch decision on the largest per-sample error) gives on the trace.
 
-    Replayed on the recorded first-unit inputs of the full-compute run, so a real run, whose
-    inputs carry its own prediction errors, can decide a step or two differently.
+    Replayed on the recorded first-unit inputs of the full-compute run
+    (:func:`rfcache.schedules.masks.rcs_mask`), so a real run, whose inputs carry its own
+    prediction errors, can decide a step or two differently.
     """
     if trace.first_input is None:
         raise RfcacheError("the trace has no first-unit inputs (recorded by an older rfcache); record it again")
-    x = trace.first_input.astype(np.float64)  # (S, B, D)
-    l1 = np.abs(x).sum(-1)  # (S, B)
-    diffs: list[np.ndarray] = []
-    last, accumulated, num_full, out = -1, 0.0, 0, []
-    for step in range(x.shape[0]):
-        since = step - last if last >= 0 else step + 1
-        if step < warmup or not diffs or (max_cached is not None and since > max_cached):
-            full = True
-        else:
-            k = step - last
-            forecast = sum(d * (k**i / math.factorial(i)) for i, d in enumerate(diffs))
-            error = np.abs(x[step] - forecast).sum(-1) / np.maximum(l1[step], _EPS)
-            accumulated += float(error.max())
-            full = accumulated > tau
-        full = full or num_full < min_full
-        if full:
-            distance = step - last if diffs else 1
-            new = [x[step]]
-            for i in range(min(order, len(diffs))):
-                new.append((new[i] - diffs[i]) / distance)
-            diffs, last, accumulated, num_full = new, step, 0.0, num_full + 1
-        out.append(full)
-    return tuple(out)
+    return masks.rcs_mask(
+        trace.first_input, tau=tau, order=order, warmup=warmup, max_cached=max_cached, min_full=min_full
+    )
 
 
 def flops_fraction(trace: Trace, pattern: Sequence[bool], predictor: str, order: int) -> float:

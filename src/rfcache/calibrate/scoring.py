@@ -27,9 +27,9 @@ from rfcache.calibrate.errormodel import (
     optimal_masks,
     rcs_mask,
 )
-from rfcache.calibrate.search import Candidate, warped_mask
+from rfcache.calibrate.search import Candidate
 from rfcache.calibrate.trace import Trace
-from rfcache.runtime.policies import interval_mask
+from rfcache.schedules.masks import interval_mask, warped_mask
 
 __all__ = ["Scorer", "confirm_candidates", "fit_scorer", "pattern_text", "run_key"]
 
@@ -152,9 +152,10 @@ def confirm_candidates(
     """Real runs of the ``count`` best distinct candidates by estimate; returns them best first, and diagnostics.
 
     Candidates already run (``measured``: the error model's own runs) join the pool at no cost.
-    The diagnostics are the error model's fit and how its estimates ranked the confirmed
-    candidates (Spearman over all of them, and over the fresh runs alone: out of the fit's sample),
-    plus how well RCS's input-error signal tracks the module errors (:func:`fit_input_proxy`).
+    The diagnostics say how well the error model's estimates match the real errors of the confirmed
+    candidates it was not fitted on (Spearman, R² of log errors: out of sample), the fit's own
+    R² and spread (labelled in-sample), and how well RCS's input-error signal tracks the module
+    errors (:func:`fit_input_proxy`).
     """
     confirmed: list[Candidate] = []
     fresh: list[Candidate] = []
@@ -173,22 +174,34 @@ def confirm_candidates(
     assert model is not None
     proxy = fit_input_proxy(scorer.trace, scorer.errors({"predictor": "relational", "order": 1}), scorer.fit_patterns)
     diagnostics = {
-        "errmodel_r2": model.r2,
-        "errmodel_spread": model.spread,
-        "errmodel_runs": float(model.runs),
+        # out of sample: the confirmed candidates the error model was not fitted on
+        "errmodel_spearman_out_of_sample": _spearman(fresh),
+        "errmodel_r2_out_of_sample": _log_r2(fresh),
+        "errmodel_out_of_sample_runs": float(len(fresh)),
+        # in sample: the fit's own real runs (labelled so; they flatter the model)
+        "errmodel_r2_in_sample": model.r2,
+        "errmodel_spread_in_sample": model.spread,
+        "errmodel_in_sample_runs": float(model.runs),
         **{f"errmodel_sensitivity_{i}": w for i, w in enumerate(model.knots)},
-        "errmodel_spearman": _spearman(confirmed),
-        "errmodel_spearman_fresh": _spearman(fresh),
-        "errmodel_confirmed": float(len(confirmed)),
         "input_proxy_r2_median": float(np.median(proxy.unit_r2)),
         "input_proxy_step_r2": proxy.step_r2,
     }
     logger.info(
-        "estimate vs real error over %d confirmed candidates: Spearman %.2f",
-        len(confirmed),
-        diagnostics["errmodel_spearman"],
+        "estimate vs real error over %d candidates the error model was not fitted on: Spearman %.2f",
+        len(fresh),
+        diagnostics["errmodel_spearman_out_of_sample"],
     )
     return confirmed, {k: float(v) for k, v in diagnostics.items() if np.isfinite(v)}  # a profile holds finite numbers
+
+
+def _log_r2(candidates: Sequence[Candidate]) -> float:
+    """R² of the measured log errors explained by the estimates (1 - SS(log real - log est) / SS(log real))."""
+    pairs = [(c.estimate, c.error) for c in candidates if c.estimate and c.error and c.estimate > 0 and c.error > 0]
+    if len(pairs) < 3:
+        return float("nan")
+    est, real = np.log(np.array(pairs)).T
+    ss_tot = float(((real - real.mean()) ** 2).sum())
+    return 1 - float(((real - est) ** 2).sum()) / ss_tot if ss_tot > 0 else float("nan")
 
 
 def _spearman(candidates: Sequence[Candidate]) -> float:

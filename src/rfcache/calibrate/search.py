@@ -11,9 +11,9 @@ a model run). The error is the objective and ``flops_fraction - budget`` the con
   calibration inputs (all in one batch, so it is one pattern: the static mask it freezes into);
 - ``warped``: ``nfc`` full steps after the warm-up placed by a spacing that blends uniform
   (``alpha = 0``) with cosine spacing (``alpha = 1``: denser at both ends, where trajectories
-  bend most), see :func:`warped_mask`;
+  bend most), see :func:`rfcache.schedules.masks.warped_mask`;
 - ``optimal``: the free-form mask with ``nfc`` full steps that the error model rates best
-  (dynamic programming, :func:`rfcache.calibrate.errormodel.optimal_masks`).
+  (dynamic programming, :func:`rfcache.schedules.masks.optimal_masks`).
 
 Predictors searched: ``relational`` (RFE, run-time or calibrated ratio) and ``taylor``. The study
 is seeded with the uniform schedules that fit the budget and the error model's favourite mask
@@ -34,12 +34,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import optuna
 
 from rfcache.calibrate.storage import open_storage, worker_name
 from rfcache.errors import RfcacheError
-from rfcache.runtime.policies import interval_mask
+from rfcache.schedules.masks import interval_mask
 
 __all__ = [
     "FAMILIES",
@@ -50,7 +49,6 @@ __all__ = [
     "max_nfc",
     "search_schedules",
     "uniform_seeds",
-    "warped_mask",
 ]
 
 FAMILIES = ("interval", "rcs", "warped", "optimal")
@@ -127,20 +125,6 @@ def error_model_runs(num_steps: int, budget: float) -> list[dict[str, Any]]:
 def max_nfc(budget: float, num_steps: int) -> int:
     """The most full steps a candidate can have within ``budget`` (predictions cost something too)."""
     return max(1, math.floor(budget * num_steps))
-
-
-def warped_mask(num_steps: int, nfc: int, warmup: int, alpha: float) -> tuple[bool, ...]:
-    """``warmup`` full steps, then ``nfc - warmup`` more spread by a blend of uniform and cosine spacing."""
-    rest = max(0, nfc - warmup)
-    u = np.linspace(0.0, 1.0, rest + 1)[:-1] if rest else np.zeros(0)
-    warped = (1 - alpha) * u + alpha * (1 - np.cos(np.pi * u)) / 2
-    full = set(range(min(warmup, num_steps)))
-    for w in warped:
-        step = warmup + round(float(w) * (num_steps - warmup))
-        while step in full and step < num_steps - 1:
-            step += 1
-        full.add(min(step, num_steps - 1))
-    return tuple(i in full for i in range(num_steps))
 
 
 def search_schedules(

@@ -29,7 +29,7 @@ from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.predictors import per_sample_norm
 
-__all__ = ["RatioFit", "Trace", "fit_ratios", "record_trace"]
+__all__ = ["RatioFit", "RatioStepFit", "Trace", "fit_ratio_steps", "fit_ratios", "record_trace"]
 
 logger = logging.getLogger(__name__)
 
@@ -247,3 +247,38 @@ def fit_ratios(trace: Trace, *, min_lag: int = 2) -> RatioFit:
         ratios.append(s)
         r2s.append(r2)
     return RatioFit(tuple(ratios), tuple(r2s), tuple(spreads))
+
+
+@dataclass(frozen=True)
+class RatioStepFit:
+    """Does the ratio ``s`` vary with the step? Per unit, ``||ΔO|| ≈ s(t) ||ΔI||`` with ``s`` constant
+    and with ``s(t) = a + b (t / (S - 1) - 1/2)`` (linear in the step): the R² of each, and the
+    relative change of the linear ``s`` over the trajectory, ``b / a``."""
+
+    r2_constant: tuple[float, ...]
+    r2_linear: tuple[float, ...]
+    relative_change: tuple[float, ...]
+
+
+def fit_ratio_steps(trace: Trace, *, min_lag: int = 2) -> RatioStepFit:
+    """Least squares of the constant and the step-linear ratio per unit (method.md: measure whether ``s`` varies)."""
+    steps = trace.input_delta.shape[0]
+    tau = np.arange(steps, dtype=np.float64) / max(steps - 1, 1) - 0.5
+    r2c, r2l, change = [], [], []
+    for u in range(len(trace.units)):
+        x = trace.input_delta[:, u, min_lag - 1 :]  # (S, L, B)
+        y = trace.output_delta[:, u, min_lag - 1 :]
+        t = np.broadcast_to(tau[:, None, None], x.shape)
+        ok = np.isfinite(x) & np.isfinite(y) & (x > 0)
+        x, y, t = x[ok], y[ok], t[ok]
+        ss_tot = float(((y - y.mean()) ** 2).sum()) if y.size else 0.0
+        fits = []
+        for design in (x[:, None], np.stack([x, x * t], axis=1)):
+            coef = np.linalg.lstsq(design, y, rcond=None)[0] if y.size else np.zeros(design.shape[1])
+            residual = float(((y - design @ coef) ** 2).sum())
+            fits.append((1 - residual / ss_tot if ss_tot > 0 else 0.0, coef))
+        r2c.append(fits[0][0])
+        r2l.append(fits[1][0])
+        a, b = fits[1][1]
+        change.append(float(b / a) if a else 0.0)
+    return RatioStepFit(tuple(r2c), tuple(r2l), tuple(change))

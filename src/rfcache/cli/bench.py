@@ -40,6 +40,7 @@ class BenchCommandConfig(RunFlags):
     tune_samples: int = option(2, "samples used to match each swept method's FLOP fraction")
     repeats: int = option(3, "timed rounds after one warm-up round (0: no timing)")
     calibrate_trials: int = option(24, "Optuna trials per calibrated static profile")
+    reference: str = option("taylorseer-m2", "method every other is compared with, per sample (paired ratio)")
     device: str = option("cpu", "torch device")
     dtype: str = option("float32", "float32, float16 or bfloat16")
     json: Path | None = option(None, "write the records as a JSON list")
@@ -66,6 +67,7 @@ def run_bench_command(cfg: BenchCommandConfig):
             tune_samples=cfg.tune_samples,
             repeats=cfg.repeats,
             calibrate_trials=cfg.calibrate_trials,
+            reference=cfg.reference,
             device=cfg.device,
             dtype=_dtype(cfg.dtype),
             progress=cfg.progress,
@@ -95,7 +97,9 @@ def report(cfg: BenchCommandConfig, outcome) -> str:
     result, written = outcome
     head = (
         f"{result.model}: {result.steps} steps, {result.samples} samples; FLOP frac measured (FlopCounterMode, "
-        "transformer), speed-up measured (wall clock), quality against full compute of the same seeds"
+        "transformer), speed-up measured (wall clock), quality against full compute of the same seeds "
+        "(rel-L2: mean per sample, 95% bootstrap interval; vs ref: paired per-sample ratio, 'lower'/'higher' "
+        "only where its interval excludes 1)"
     )
     return "\n".join([head, format_table(result), *(f"wrote {p}" for p in written)])
 

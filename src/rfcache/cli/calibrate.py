@@ -23,6 +23,7 @@ EXAMPLES = """examples:
   rfc-calibrate --model ./my-pixart --prompts prompts.txt --steps 20 --height 512 --width 768 \
       --call-args '{"use_resolution_binning": false}' --device cuda --out pixart.yaml
   rfc-calibrate --model ./my-wan --prompts prompts.txt --steps 30 --height 480 --width 832 --num-frames 33
+  # 20 distinct prompts are needed for --samples 8 --selection 4 --test 8 (or --allow-overlap)
   # record on two machines, then calibrate from the merged traces:
   rfc-calibrate --shard 0/2 --trace-dir traces/   # and --shard 1/2 elsewhere
   rfc-calibrate --trace-dir traces/ --budget 0.4
@@ -44,8 +45,10 @@ class CalibrateConfig(RunFlags):
     )
     study: str | None = option(None, "Optuna study name (default: derived from model, steps, budget)")
     out: Path = option(Path("profile.yaml"), "profile to write")
-    samples: int = option(8, "calibration inputs (class labels or prompts)")
-    heldout: int = option(8, "held-out inputs used to confirm the best candidates")
+    samples: int = option(8, "calibration inputs (recording, fits, search, confirmation runs)")
+    selection: int = option(4, "selection inputs: choose among the confirmed candidates")
+    test: int = option(8, "test inputs: reported only, never used for a choice")
+    allow_overlap: bool = option(False, "let prompts repeat across the three input sets when the prompt file is short")
     device: str = option("cpu", "torch device")
     shard: str | None = option(None, "record only shard i/n of the calibration inputs into --trace-dir, then stop")
     trace_dir: Path | None = option(None, "folder of trace shards: written with --shard, merged without it")
@@ -110,7 +113,9 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         result = calibrate(
             pipe,
             budget=cfg.budget,
-            heldout=cfg.heldout,
+            selection=cfg.selection,
+            test=cfg.test,
+            allow_overlap=cfg.allow_overlap,
             trials=cfg.trials,
             confirm=cfg.confirm,
             storage=storage,
@@ -135,13 +140,21 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         "num_steps": p.sampling.num_steps,
         "schedule": p.schedule,
         "method": f"{p.method.predictor} m={p.method.order}, {p.method.schedule_family}",
-        "heldout_rel_l2": result.heldout_rel_l2,
-        "taylorseer_rel_l2": result.taylorseer_rel_l2,
+        "test_rel_l2": result.test.value,
+        "test_rel_l2_ci95": result.test.ci95,
+        "taylorseer_rel_l2": result.taylorseer.value,
+        "taylorseer_rel_l2_ci95": result.taylorseer.ci95,
         "taylorseer_nfc": int(p.quality["taylorseer_nfc"]),
+        "ratio_to_taylorseer": result.ratio.value,
+        "ratio_to_taylorseer_ci95": result.ratio.ci95,
+        "verdict": result.ratio.verdict(),
+        "inputs": {name: len(items) for name, items in result.inputs.as_dict().items()},
         "seconds": round(result.seconds, 1),
         "trials": p.provenance.trials,
-        "errmodel_r2": p.diagnostics.get("errmodel_r2"),
-        "errmodel_spearman": p.diagnostics.get("errmodel_spearman"),
+        "errmodel_spearman_out_of_sample": p.diagnostics.get("errmodel_spearman_out_of_sample"),
+        "errmodel_r2_out_of_sample": p.diagnostics.get("errmodel_r2_out_of_sample"),
+        "errmodel_out_of_sample_runs": int(p.diagnostics.get("errmodel_out_of_sample_runs", 0)),
+        "errmodel_r2_in_sample": p.diagnostics.get("errmodel_r2_in_sample"),
         "confirmed": len(result.confirmed),
         "storage": storage,
         "json": cfg.json,
@@ -151,15 +164,22 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
 def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
     if "trace" in r:
         return f"wrote {r['trace']}" + (f"\n{json.dumps({'trace': r['trace']})}" if r.pop("json") else "")
-    ratio = r["heldout_rel_l2"] / r["taylorseer_rel_l2"] if r["taylorseer_rel_l2"] else float("nan")
+    n = r["inputs"]
+    verdict = {"lower": "lower than TaylorSeer's", "higher": "higher than TaylorSeer's", "tie": "no clear difference"}
     lines = [
         f"wrote {r['profile']}",
         f"budget            target {r['budget_target']:.3f}, achieved {r['flops_fraction']:.3f} of module FLOPs",
         f"schedule          {r['schedule']}  (NFC {r['nfc']} of {r['num_steps']}; {r['method']})",
-        f"held-out rel-L2   {r['heldout_rel_l2']:.4f} profile vs {r['taylorseer_rel_l2']:.4f} TaylorSeer m=2 "
-        f"at NFC {r['taylorseer_nfc']} ({ratio:.2f}x)",
-        f"error model       R² {_num(r['errmodel_r2'])} on its real runs; ranks {r['confirmed']} confirmed candidates "
-        f"with Spearman {_num(r['errmodel_spearman'])} against their real errors",
+        f"inputs            {n['calibration']} calibration, {n['selection']} selection, {n['test']} test "
+        "(disjoint seeds; test inputs only reported)",
+        f"test rel-L2       {_ci(r['test_rel_l2'], r['test_rel_l2_ci95'])} profile vs "
+        f"{_ci(r['taylorseer_rel_l2'], r['taylorseer_rel_l2_ci95'])} TaylorSeer m=2 at NFC {r['taylorseer_nfc']} "
+        "(mean per sample, 95% interval)",
+        f"paired ratio      {_ci(r['ratio_to_taylorseer'], r['ratio_to_taylorseer_ci95'], '.2f', 'x')} "
+        f"profile / TaylorSeer per test sample: {verdict[r['verdict']]}",
+        f"error model       out of sample (the {r['errmodel_out_of_sample_runs']} confirmed candidates it was not "
+        f"fitted on): Spearman {_num(r['errmodel_spearman_out_of_sample'])}, R² {_num(r['errmodel_r2_out_of_sample'])}"
+        f" of log errors; in-sample R² {_num(r['errmodel_r2_in_sample'])}",
         f"time              {r['seconds']:.1f} s, {r['trials']} trials in {r['storage']}",
     ]
     if r.pop("json"):
@@ -169,6 +189,13 @@ def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
 
 def _num(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.2f}"
+
+
+def _ci(value: float, ci95: list[float | None], spec: str = ".4f", unit: str = "") -> str:
+    """``value [low, high]``, or the value alone where the interval is undefined (one sample)."""
+    if None in ci95:
+        return f"{value:{spec}}{unit}"
+    return f"{value:{spec}}{unit} [{ci95[0]:{spec}}, {ci95[1]:{spec}}]"
 
 
 def _parse_shard(text: str) -> tuple[int, int]:

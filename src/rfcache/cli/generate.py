@@ -24,7 +24,8 @@ EXAMPLES = """examples:
   rfc-generate --model ./my-flux --profile flux.yaml --prompt "a red fox in snow" --out fox.png
   rfc-generate --model ./my-pixart --prompts prompts.txt --height 512 --width 768 --out grid.png
   rfc-generate --model ./my-wan --profile wan.yaml --prompt "a cat surfing" --out cat.gif   # or .mp4, or .png (a strip)
-  rfc-generate --model ./my-dit --class 207 --steps 25 --device cuda --dtype bfloat16
+  rfc-generate --num 10 --profile toy-b0.4 --compile   # the same under torch.compile (two variants)
+  rfc-generate --model ./my-dit --class 207 --steps 25 --device cuda --dtype float16
 """
 
 
@@ -44,10 +45,12 @@ class GenerateConfig(RunFlags):
     warmup: int = option(2, "full steps at the start")
     tau: float = option(0.3, "RCS threshold on the accumulated input-forecast error (rcs, rfc)")
     max_cached: int | None = option(None, "cap on consecutive cached steps (rcs, rfc)")
+    compile: bool = option(False, "torch.compile the transformer: two variants, full and cached step (fixed schedules)")
 
 
 def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     """Generate ``cfg.num`` images (or videos) into one file; returns the path and the cache summary, if any."""
+    from rfcache.errors import RfcacheError
     from rfcache.pipelines import load_pipeline
     from rfcache.runtime import enable, summary
     from rfcache.schedules import load_profile
@@ -56,12 +59,16 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     spec = run_spec(cfg, profile.sampling if profile is not None else None)
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=_dtype(cfg.dtype))
     inputs = run_inputs(pipe, spec, cfg.num)
+    cached = cfg.profile is not None or cfg.method != "none"
+    if cfg.compile and not cached:
+        raise RfcacheError("--compile needs --profile or a fixed-schedule --method (fora, taylorseer, rfe)")
     if profile is not None:
-        enable(pipe, profile, run=spec)
+        enable(pipe, profile, run=spec, compile=cfg.compile)
     elif cfg.method != "none":
         enable(
             pipe,
             method=cfg.method,
+            compile=cfg.compile,
             interval=cfg.interval,
             order=cfg.order,
             warmup=cfg.warmup,

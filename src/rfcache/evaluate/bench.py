@@ -6,8 +6,10 @@ For each target cost (an NFC of the interval schedules, or a FLOP fraction) and 
    bisected (log scale, on ``tune_samples`` inputs that are not evaluated) until their measured
    FLOP fraction is nearest the target's;
 2. generate every sample under one FLOP counter (:mod:`rfcache.evaluate.cost`) and compare the
-   images with the full-compute images of the same seeds: relative L2, PSNR, SSIM, and for the
-   embedded digits model class accuracy and a Fréchet distance to the real digits;
+   images with the full-compute images of the same seeds: relative L2 per sample (its mean with a
+   95 % bootstrap interval, and the paired per-sample ratio to the ``reference`` method at the same
+   cost, with its interval: :mod:`rfcache.stats`), PSNR, SSIM, and for the embedded digits model
+   class accuracy and a Fréchet distance to the real digits;
 3. time every (method, setting) in one process after a warm-up round, all interleaved, as the
    ratio to full compute.
 
@@ -33,10 +35,12 @@ from rfcache.evaluate.methods import OURS, Applied, BenchContext, MethodSpec, Ta
 from rfcache.evaluate.metrics import psnr, relative_l2, ssim
 from rfcache.evaluate.peers import PEERS
 from rfcache.evaluate.workload import TUNE_OFFSET, Workload, load_workload
+from rfcache.models import get_adapter
 from rfcache.runtime import get_session
-from rfcache.runtime.policies import interval_for_nfc
+from rfcache.schedules.masks import interval_for_nfc
+from rfcache.stats import mean_interval, paired_ratio
 
-__all__ = ["DEFAULT_METHODS", "BenchConfig", "BenchRecord", "BenchResult", "run_bench"]
+__all__ = ["DEFAULT_METHODS", "BenchConfig", "BenchRecord", "BenchResult", "pair_with_reference", "run_bench"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,6 +72,7 @@ class BenchConfig:
     tune_samples: int = 2
     repeats: int = 3
     calibrate_trials: int = 24
+    reference: str = "taylorseer-m2"
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     progress: bool = True
@@ -77,7 +82,12 @@ class BenchConfig:
 @dataclass
 class BenchRecord:
     """One (method, setting): its cost and quality against full compute. ``nfc`` counts steps that
-    spent more than half a full step's FLOPs (measured), averaged over samples."""
+    spent more than half a full step's FLOPs (measured), averaged over samples.
+
+    ``rel_l2`` is the mean of the per-sample ``rel_l2_samples`` with its 95 % bootstrap interval
+    ``rel_l2_ci95``; ``ratio`` is the geometric mean of the per-sample ratios to the ``reference``
+    method at the same setting, with ``ratio_ci95`` (the method is lower only when it lies below 1).
+    """
 
     method: str
     setting: str
@@ -97,6 +107,11 @@ class BenchRecord:
     params: dict[str, Any] = field(default_factory=dict)
     step_fractions: list[float] = field(default_factory=list)
     skips_work: bool = True
+    rel_l2_ci95: list[float | None] = field(default_factory=lambda: [None, None])
+    rel_l2_samples: list[float] = field(default_factory=list)
+    reference: str | None = None
+    ratio: float | None = None
+    ratio_ci95: list[float | None] = field(default_factory=lambda: [None, None])
 
     def to_json(self) -> dict[str, Any]:
         return {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in asdict(self).items()}
@@ -192,7 +207,7 @@ class _Bench:
         if not self.cfg.budgets:
             out = []
             for nfc in self.cfg.nfc:
-                _, _, got = interval_for_nfc(self.cfg.steps, nfc)
+                _, _, got = interval_for_nfc(self.cfg.steps, nfc, warmup=get_adapter(self.work.pipe).taylorseer_warmup)
                 target = Target(f"NFC {got}", got, 1.0, 1.0)
                 _, measured, analytic = self.run(probe, target, None, [i])
                 out.append(Target(f"NFC {got}", got, self.fraction(measured), analytic or 1.0))
@@ -237,6 +252,8 @@ class _Bench:
         if spec.knob is not None:
             params[spec.knob] = float(f"{knob:.4g}")
         fraction = self.fraction(measured)
+        per_sample = [relative_l2(measured[i].images, self.full_run(i).images) for i in self.eval_idx]
+        error = mean_interval(per_sample)
         record = BenchRecord(
             method=spec.name,
             setting=target.label,
@@ -244,7 +261,7 @@ class _Bench:
             nfc=statistics.mean(sum(f > 0.5 for f in p) for p in patterns),
             target_fraction=target.fraction,
             flops_fraction=fraction,
-            rel_l2=relative_l2(out, ref),
+            rel_l2=error.value,
             psnr=psnr(out, ref),
             ssim=ssim(out, ref),
             state_mib=max(m.state_bytes for m in measured.values()) / 2**20,
@@ -252,6 +269,8 @@ class _Bench:
             params=params,
             step_fractions=[round(f, 4) for f in patterns[0]],
             skips_work=fraction < 0.99,
+            rel_l2_ci95=error.ci95,
+            rel_l2_samples=per_sample,
         )
         if not record.skips_work:
             logger.warning("%s at %s spent %.3f of full FLOPs: it did not skip work", spec.name, target.label, fraction)
@@ -331,6 +350,7 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
                 logger.exception("%s failed at %s", spec.name, target.label)
                 skipped[spec.name] = f"failed at {target.label}: {type(exc).__name__}: {exc}"
                 logger.warning("skipping %s: %s", spec.name, skipped[spec.name])
+        pair_with_reference(records, cfg.reference)
         accuracy, frechet = bench.digits_scores(torch.cat([bench.full_run(i).images for i in bench.eval_idx]))
         reference: dict[str, Any] = {"flops": bench.full_run(0).flops, "class_accuracy": accuracy, "frechet": frechet}
         if cfg.repeats > 0:
@@ -344,3 +364,14 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
                     skipped[f"{record.method} timing"] = f"failed at {record.setting}: {failures[str(k)]}"
                     logger.warning("timing %s at %s failed: %s", record.method, record.setting, failures[str(k)])
     return BenchResult(work.name, cfg.steps, cfg.samples, records, reference, skipped)
+
+
+def pair_with_reference(records: list[BenchRecord], reference: str) -> None:
+    """Set each record's paired per-sample ratio to the ``reference`` method's record at its setting."""
+    base = {r.setting: r for r in records if r.method == reference}
+    for record in records:
+        ref = base.get(record.setting)
+        if ref is None or len(ref.rel_l2_samples) != len(record.rel_l2_samples) or not record.rel_l2_samples:
+            continue
+        ratio = paired_ratio(record.rel_l2_samples, ref.rel_l2_samples)
+        record.reference, record.ratio, record.ratio_ci95 = reference, ratio.value, ratio.ci95

@@ -13,8 +13,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from rfcache.errors import RfcacheError
+from rfcache.models import get_adapter
 from rfcache.runtime import disable, enable, get_session
-from rfcache.runtime.policies import interval_for_nfc
+from rfcache.schedules.masks import interval_for_nfc
 
 __all__ = [
     "OURS",
@@ -97,7 +98,7 @@ def _enable(pipe: Any, params: dict[str, Any], profile: Any = None) -> Applied:
 
 def _interval(method: str, order: int | None) -> Callable[[Any, Target, float | None, BenchContext], Applied]:
     def apply(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) -> Applied:
-        interval, warmup, _ = interval_for_nfc(ctx.steps, target.nfc)
+        interval, warmup, _ = interval_for_nfc(ctx.steps, target.nfc, warmup=get_adapter(pipe).taylorseer_warmup)
         params = {"method": method, "interval": interval, "warmup": warmup}
         return _enable(pipe, params if order is None else {**params, "order": order})
 
@@ -124,6 +125,7 @@ def _static(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) ->
             budget=target.budget,
             num_inference_steps=ctx.steps,
             trials=ctx.calibrate_trials,
+            test=2,  # calibration's own test report is not used here: the benchmark evaluates on its own samples
             progress=False,
             name=f"bench-{target.label.replace(' ', '')}",
             prompts=ctx.prompts,

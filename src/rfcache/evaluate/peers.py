@@ -41,7 +41,7 @@ import torch
 
 from rfcache.evaluate.methods import Applied, BenchContext, MethodSpec, Target
 from rfcache.models import get_adapter, get_transformer
-from rfcache.runtime.policies import interval_for_nfc
+from rfcache.schedules.masks import interval_for_nfc
 
 __all__ = ["PEERS", "peer_method"]
 

@@ -18,7 +18,8 @@ _COLUMNS = [
     ("NFC", "nfc", "{:.1f}"),
     ("FLOP frac", "flops_fraction", "{:.3f}"),
     ("speed-up", "speedup", "{:.2f}x"),
-    ("rel-L2", "rel_l2", "{:.4g}"),
+    ("rel-L2 [95% CI]", "rel_l2", "{:.4g}"),
+    ("vs ref [95% CI]", "ratio", "{:.2f}x"),
     ("PSNR dB", "psnr", "{:.2f}"),
     ("SSIM", "ssim", "{:.4f}"),
     ("state MiB", "state_mib", "{:.2f}"),
@@ -39,9 +40,23 @@ def _rows(result: BenchResult, *, params: bool = False) -> tuple[list[str], list
             if isinstance(value, dict):
                 value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
             ok = value is not None and not (isinstance(value, float) and math.isnan(value))
-            row.append(fmt.format(value) if ok else "-")
+            row.append(_with_interval(record, attr, fmt.format(value)) if ok else "-")
         rows.append(row)
-    return [c[0] for c in columns], rows
+    reference = next((r.reference for r in result.records if r.reference), None)
+    header = [f"vs {reference} [95% CI]" if c[1] == "ratio" and reference else c[0] for c in columns]
+    return header, rows
+
+
+def _with_interval(record: BenchRecord, attr: str, text: str) -> str:
+    """The 95 % interval after a mean rel-L2 or a paired ratio; a ratio says "lower"/"higher" when it excludes 1."""
+    bounds = {"rel_l2": (record.rel_l2_ci95, "{:.4g}"), "ratio": (record.ratio_ci95, "{:.2f}")}.get(attr)
+    if bounds is None or None in bounds[0] or len(bounds[0]) != 2:
+        return text
+    (low, high), fmt = bounds
+    text = f"{text} [{fmt.format(low)}, {fmt.format(high)}]"
+    if attr == "ratio" and record.method != record.reference:
+        text += " lower" if high < 1 else " higher" if low > 1 else ""
+    return text
 
 
 def format_table(result: BenchResult) -> str:

@@ -103,8 +103,10 @@ class StepGraphs:
     def probe(self, inputs: dict[str, torch.Tensor]) -> None:
         """Run one full step eagerly to learn what each unit returns and the state's shapes."""
         self._state_specs.clear()  # with no known state, the step reads none (a first full step)
+        first = next(iter(inputs.values()))
+        distance = torch.ones((), device=first.device)  # on the model's device, as every step input
         with torch.no_grad():
-            self.full_module()(*[inputs[n] for n in self.input_names], torch.ones(()), _probe=True)
+            self.full_module()(*[inputs[n] for n in self.input_names], distance, _probe=True)
 
     @property
     def state(self) -> list[StateTensor]:
@@ -173,7 +175,7 @@ class StepGraphs:
             if spec.predictor == "reuse":
                 preds.append(diffs[0])
             elif spec.predictor == "taylor":
-                preds.append(weighted_sum(diffs, ctx.coeffs))
+                preds.append(weighted_sum(diffs, ctx.weights()))
             else:
                 x = self.adapter.unit_input(self.model, unit, args, kwargs)
                 if spec.ratios is not None:
@@ -185,7 +187,7 @@ class StepGraphs:
                     for a in range(1, spec.keep + 1)
                     for b in range(a, spec.keep + 1)
                 }
-                preds.append(gram_relational_forecast(diffs, ctx.coeffs, gram, ratio, x, ctx.state_in[f"u{u}.in"]))
+                preds.append(gram_relational_forecast(diffs, ctx.weights(), gram, ratio, x, ctx.state_in[f"u{u}.in"]))
         return _unflatten(preds, layout)
 
 
@@ -197,6 +199,11 @@ class _StepContext:
     state_out: dict[str, torch.Tensor] | None = None
     graphs: StepGraphs | None = None
     probing: bool = False
+
+    def weights(self) -> list[Any]:
+        """The step's ``coeffs`` with ``D_0``'s weight as the constant 1 it always is (no pass to scale it)."""
+        assert self.coeffs is not None
+        return [1.0, *self.coeffs.unbind()[1:]]
 
     def out(self, name: str, tensor: torch.Tensor) -> None:
         assert self.state_out is not None and self.graphs is not None

@@ -3,9 +3,13 @@
 Optional: needs the ``tensorrt`` extra and a CUDA GPU, imported only inside these functions. The
 engines are built from the very graphs ONNX Runtime runs (FP16 optional), with one optimisation
 profile over the dynamic batch axis, and saved beside them as ``<graph>.plan``. The runner keeps
-the cache state in two sets of CUDA tensors swapped after each full step, like the ONNX runner.
+the cache state in two sets of CUDA tensors swapped after each full step, like the ONNX runner,
+and everything else on the GPU too: inputs are torch tensors moved (or already) on the device,
+the step's output stays there, and ``generate`` keeps latents and the scheduler's state there, so
+no step goes through numpy or the host.
 
-Not run on the development machines (TensorRT cannot be installed there); see the README.
+Unverified: never run, because TensorRT cannot be installed on the development or GPU machines;
+where it is missing, using it fails with one line saying so. See the README.
 """
 
 from __future__ import annotations
@@ -34,7 +38,8 @@ def require_tensorrt() -> Any:
     except Exception as exc:  # ImportError, or the bindings present without their libraries
         raise RfcacheError(
             "the tensorrt backend needs TensorRT and a CUDA GPU: pip install 'rfcache[tensorrt]' "
-            f"({type(exc).__name__}: {first_line(exc)})"
+            f"({type(exc).__name__}: {first_line(exc)}); note: this backend is unverified, TensorRT could not be "
+            "installed where rfcache is tested"
         ) from None
     return tensorrt
 
@@ -89,33 +94,43 @@ class TrtRunner(BundleRunner):
             n: runtime.deserialize_cuda_engine(bundle.file(e["file"]).read_bytes()) for n, e in engines.items()
         }
         self.contexts = {n: e.create_execution_context() for n, e in self.engines.items()}
-        self.stream = torch.cuda.Stream()
         self.torch = torch
+        logger.warning("the TensorRT runner is unverified (never run where rfcache is tested)")
+
+    @property
+    def input_device(self) -> Any:
+        return self.torch.device("cuda")
 
     def steps(self, batch: int) -> StepRunner:
         return _TrtSteps(self, batch)
 
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
+    def decode_latents(self, latents: Any) -> np.ndarray:
         image = self.bundle.graphs["decoder"].outputs[0]
-        out = self._empty(image.shape, image.dtype, latents.shape[0])
-        self.execute("decoder", {"latents": self.torch.from_numpy(latents).cuda(), image.name: out})
-        return out.cpu().numpy()
+        z = self.to_device(latents, self.bundle.graphs["decoder"].inputs[0].dtype)
+        out = self._empty(image.shape, image.dtype, z.shape[0])
+        self.execute("decoder", {"latents": z, image.name: out})
+        return out.cpu().numpy()  # once, at the end of a generation
+
+    def to_device(self, value: Any, dtype: str) -> Any:
+        """An input (numpy array or tensor) as a contiguous CUDA tensor of ``dtype``; a no-op when it is one."""
+        torch = self.torch
+        return torch.as_tensor(value).to("cuda", getattr(torch, dtype), non_blocking=True).contiguous()
 
     def _empty(self, shape: Sequence[int | str], dtype: str, batch: int) -> Any:
         dims = [batch if d == "batch" else d for d in shape]
         return self.torch.zeros(dims, dtype=getattr(self.torch, dtype), device="cuda")
 
     def execute(self, graph: str, tensors: dict[str, Any]) -> None:
-        """Bind every input and output tensor by name and run ``graph``'s engine on the stream."""
+        """Bind every input and output tensor by name and enqueue ``graph``'s engine on torch's stream."""
         context = self.contexts[graph]
         engine = self.engines[graph]
         for name, tensor in tensors.items():
             if engine.get_tensor_mode(name).name == "INPUT":
                 context.set_input_shape(name, tuple(tensor.shape))
             context.set_tensor_address(name, tensor.data_ptr())
-        if not context.execute_async_v3(self.stream.cuda_stream):
+        # torch's current stream: ordered with the torch ops that made the inputs, no host sync
+        if not context.execute_async_v3(self.torch.cuda.current_stream().cuda_stream):
             raise RfcacheError(f"TensorRT failed to run the {graph} engine")
-        self.stream.synchronize()
 
 
 class _TrtSteps(StepRunner):
@@ -131,23 +146,23 @@ class _TrtSteps(StepRunner):
         self._dtypes = {t.name: t.dtype for t in full.inputs}
         self._full_reads = [t.name.removeprefix("prev.") for t in full.inputs if t.name.startswith("prev.")]
 
-    def _inputs(self, inputs: dict[str, np.ndarray], constant: str, value: Any) -> dict[str, Any]:
-        torch = self.trt.torch
-        out = {n: torch.from_numpy(np.ascontiguousarray(a, dtype=self._dtypes[n])).cuda() for n, a in inputs.items()}
-        out[constant] = torch.as_tensor(np.asarray(value, dtype=self._dtypes["distance"])).cuda()
+    def _inputs(self, inputs: dict[str, Any], constant: str, value: Any) -> dict[str, Any]:
+        to_device = self.trt.to_device
+        out = {n: to_device(a, self._dtypes[n]) for n, a in inputs.items()}
+        out[constant] = to_device(value, self._dtypes["distance"])  # a few floats: the step's only upload
         out[self._sample_name] = self._sample
         return out
 
-    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
-        tensors = self._inputs(inputs, "distance", distance)
+    def run_full(self, inputs: dict[str, Any], distance: int) -> Any:
+        tensors = self._inputs(inputs, "distance", float(distance))
         tensors.update({f"prev.{n}": self._current[n] for n in self._full_reads})
         tensors.update(self._next)
         self.trt.execute("full", tensors)
         self._current, self._next = self._next, self._current
-        return self._sample.cpu().numpy()
+        return self._sample.clone()  # stays on the GPU; the buffer is reused by the next step
 
-    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
+    def run_cached(self, inputs: dict[str, Any], coeffs: list[float]) -> Any:
         tensors = self._inputs(inputs, "coeffs", coeffs)
         tensors.update(self._current)
         self.trt.execute("cached", tensors)
-        return self._sample.cpu().numpy()
+        return self._sample.clone()

@@ -103,6 +103,8 @@ class BlockAdapter:
         model_classes: exact diffusers class names this adapter handles (matched along the MRO).
         block_lists: attribute names of the block lists, in execution order.
         module_kinds: per block list, the cacheable sub-module attribute paths inside one block.
+        taylorseer_warmup: leading full steps of the interval schedules (TaylorSeer's
+            ``first_enhance`` for this family where its code publishes one; DiT's 2 otherwise).
     """
 
     family: ClassVar[str]
@@ -110,6 +112,7 @@ class BlockAdapter:
     block_lists: ClassVar[tuple[str, ...]]
     module_kinds: ClassVar[dict[str, tuple[str, ...]]]
     timestep_arg: ClassVar[str] = "timestep"
+    taylorseer_warmup: ClassVar[int] = 2
     # shared conditioning: the transformer inputs the conditioning modules read besides the timestep,
     # and what the pipeline divides the scheduler's timesteps by before passing them (Flux: 1000)
     conditioning_inputs: ClassVar[tuple[str, ...]] = ()

@@ -9,7 +9,7 @@ are never replaced, only their sub-modules' forwards wrapped.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -24,6 +24,7 @@ class DiTAdapter(BlockAdapter):
     model_classes = ("DiTTransformer2DModel",)
     block_lists = ("transformer_blocks",)
     module_kinds = {"transformer_blocks": ("attn1", "ff")}
+    taylorseer_warmup: ClassVar[int] = 2  # TaylorSeer's DiT code: first_enhance = 2
 
     def step_shape(self, model: torch.nn.Module, inputs: dict[str, Any]) -> StepShape:
         x = inputs["hidden_states"]  # (B, C, H, W)

@@ -60,6 +60,7 @@ class FluxAdapter(BlockAdapter):
         "transformer_blocks": ("attn", "ff", "ff_context"),
         "single_transformer_blocks": ("proj_mlp", "attn", "proj_out"),
     }
+    taylorseer_warmup: ClassVar[int] = 3  # TaylorSeer's FLUX code: first_enhance = 3
 
     #: packed latent grid (rows, cols) and text tokens in ``example_inputs``
     example_grid: ClassVar[tuple[int, int]] = (4, 4)

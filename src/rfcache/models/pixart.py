@@ -37,6 +37,7 @@ class PixArtAdapter(BlockAdapter):
     model_classes = ("PixArtTransformer2DModel",)
     block_lists = ("transformer_blocks",)
     module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {"transformer_blocks": ("attn1", "attn2", "ff")}
+    taylorseer_warmup: ClassVar[int] = 2  # TaylorSeer publishes no PixArt setting: DiT's 2
 
     #: caption tokens in ``example_inputs``
     example_text_tokens: ClassVar[int] = 6

@@ -39,6 +39,7 @@ class SD3Adapter(BlockAdapter):
     model_classes = ("SD3Transformer2DModel",)
     block_lists = ("transformer_blocks",)
     module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {"transformer_blocks": ("attn", "attn2", "ff", "ff_context")}
+    taylorseer_warmup: ClassVar[int] = 2  # TaylorSeer publishes no SD3 setting: DiT's 2
 
     #: text tokens in ``example_inputs``
     example_text_tokens: ClassVar[int] = 6

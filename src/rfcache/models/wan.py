@@ -39,6 +39,7 @@ class WanAdapter(BlockAdapter):
     model_classes = ("WanTransformer3DModel",)
     block_lists = ("blocks",)
     module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {"blocks": ("attn1", "attn2", "ffn")}
+    taylorseer_warmup: ClassVar[int] = 2  # TaylorSeer's own code has no Wan setting: DiT's 2
 
     #: latent video (frames, height, width) and text tokens in ``example_inputs``
     example_latent: ClassVar[tuple[int, int, int]] = (2, 8, 8)

@@ -10,6 +10,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import has_unit_hooks
+from rfcache.runtime.compile import CompiledSchedule
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.runspec import RunSpec, run_setup
@@ -22,7 +23,14 @@ _SESSION_ATTR = "_rfcache_session"
 
 
 def enable(
-    pipe_or_model: Any, profile: Any = None, *, method: str = "rfc", run: RunSpec | None = None, **params: Any
+    pipe_or_model: Any,
+    profile: Any = None,
+    *,
+    method: str = "rfc",
+    compile: bool = False,
+    cuda_graphs: bool = False,
+    run: RunSpec | None = None,
+    **params: Any,
 ) -> CacheSession:
     """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
 
@@ -35,6 +43,11 @@ def enable(
     a profile enabled part-way through a generation. With a profile, every generation is checked
     against the setup it records (steps, resolution, and the guidance mode where the pipeline says
     its scale); ``run`` (the :class:`~rfcache.runtime.runspec.RunSpec` about to run) is checked now.
+
+    ``compile=True`` runs a fixed schedule (a profile, or an interval method) under
+    ``torch.compile`` in two compiled variants, full step and cached step, with no recompilation
+    on later generations of the same shape (compile.py); ``cuda_graphs=True`` (CUDA only) also
+    captures each variant as a CUDA graph and replays it.
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
@@ -63,7 +76,13 @@ def enable(
             profile.check_setup(run_setup(pipe_or_model, run))
     pipeline = None if isinstance(pipe_or_model, torch.nn.Module) else pipe_or_model
     session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler, pipeline=pipeline)
+    if cuda_graphs and not compile:
+        raise RfcacheError("cuda_graphs=True needs compile=True (the CUDA graphs capture the compiled variants)")
+    compiled = CompiledSchedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first
     session.attach()
+    if compiled is not None:
+        compiled.attach()
+        session.compiled = compiled
     if config.max_cache_bytes is not None:  # the smallest generation the model can run must fit
         try:
             param = next(model.parameters(), None)

@@ -1,6 +1,7 @@
 """Policies: when a step is computed in full. The decision is per step, taken before any unit runs.
 
-- ``interval``: full for the first ``warmup`` steps, then every ``interval``-th step.
+- ``interval``: full for the first ``warmup`` steps, then whenever ``interval`` steps have passed
+  since the last full one (TaylorSeer's placement, :func:`rfcache.schedules.masks.interval_mask`).
 - ``dynamic`` (RCS): full when the accumulated relative-L1 error of the Taylor forecast of the
   first unit's input since the last full step exceeds ``tau``; after ``warmup`` full steps, and at
   most ``max_cached`` cached steps in a row. In a batched call the decision covers the whole
@@ -16,6 +17,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.runtime.predictors import per_sample_norm, taylor_forecast, update_differences
+from rfcache.schedules.masks import interval_for_nfc, interval_mask, is_interval_full
 
 __all__ = ["DynamicPolicy", "IntervalPolicy", "Policy", "StaticPolicy", "interval_for_nfc", "interval_mask"]
 
@@ -36,27 +38,6 @@ class Policy:
         return self
 
 
-def interval_mask(num_steps: int, interval: int, warmup: int) -> list[bool]:
-    """The interval policy's pattern over ``num_steps`` steps (True = full)."""
-    return [s < warmup or (s - warmup) % interval == 0 for s in range(num_steps)]
-
-
-def interval_for_nfc(num_steps: int, nfc: int) -> tuple[int, int, int]:
-    """The interval schedule (``interval``, ``warmup``, its NFC) whose NFC is nearest ``nfc``.
-
-    Warm-ups of 1 to 3 steps are tried (2 preferred, TaylorSeer's DiT default); where no
-    combination gives ``nfc`` exactly, the nearest wins, preferring more full steps, so a method
-    compared against it is never favoured.
-    """
-    options = []
-    for warmup in (1, 2, 3):
-        for interval in range(1, num_steps + 1):
-            n = sum(interval_mask(num_steps, interval, warmup))
-            options.append((abs(n - nfc), -n, warmup != 2, interval, warmup, n))
-    *_, interval, warmup, n = min(options)
-    return interval, warmup, n
-
-
 @dataclass
 class IntervalPolicy(Policy):
     interval: int
@@ -67,7 +48,7 @@ class IntervalPolicy(Policy):
             raise ValueError(f"interval must be >= 1 and warmup >= 0, got {self.interval}, {self.warmup}")
 
     def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
-        return step < self.warmup or (step - self.warmup) % self.interval == 0
+        return is_interval_full(step, self.interval, self.warmup)
 
 
 @dataclass

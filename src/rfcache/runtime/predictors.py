@@ -10,6 +10,17 @@ passed since ``t``. Steps are counted in sampling order here, so ``N`` and ``k``
   magnitude the input change predicts: ``O(t) + s * ||I(t-k) - I(t)|| * d(k) / ||d(k)||`` with
   ``s = ||O(t) - O(t+N)|| / ||I(t) - I(t+N)||``. Norms are per sample (dim 0), because a CFG batch
   holds two different trajectories.
+
+Precision (bf16 and fp16 models): the cache state -- ``O(t)``, the differences ``D_i`` and
+``I(t)`` -- is kept in the model's dtype, and every norm and inner product (``||I(t-k) - I(t)||``,
+``||d(k)||``, the Gram entries ``<D_i, D_j>``, the ratio ``s``) is taken in float32
+(:func:`per_sample_norm`, :func:`difference_gram`); the per-sample scale they give is cast to the
+state's dtype once. ``D_1 = (O(t) - O(t+N)) / N`` subtracts two outputs already rounded to the
+model's dtype, which is exact when they are within a factor 2 of each other, so half-precision
+differences add about one rounding of the output, no more than the model's own arithmetic;
+float32 state would double the cache for no measurable gain (tests/runtime/test_precision.py:
+cached bf16 is as close to cached fp32 as full bf16 is to full fp32, on every family). Norms in
+half precision would overflow (fp16) or lose the small input changes the ratio divides by.
 """
 
 from __future__ import annotations
@@ -24,11 +35,14 @@ __all__ = [
     "PREDICTORS",
     "difference_gram",
     "estimate_predictor_flops",
+    "gram_pair_weights",
     "gram_relational_forecast",
     "per_sample_norm",
     "relation_ratio",
     "relational_forecast",
     "rescaled_forecast",
+    "stack_gram",
+    "stacked_relational_forecast",
     "taylor_coefficients",
     "taylor_forecast",
     "update_differences",
@@ -159,6 +173,44 @@ def gram_relational_forecast(
     cached-step graph uses it; the norm of the input change is still taken at run time.
     """
     square = sum((1 if i == j else 2) * coefficients[i] * coefficients[j] * g for (i, j), g in gram.items())
+    return _scaled_change(differences, coefficients, square, ratio, input_now, input_at_full)
+
+
+def gram_pair_weights(coefficients: torch.Tensor) -> torch.Tensor:
+    """``w`` with ``||sum_{i>=1} c_i D_i||^2 = G @ w``, ``G`` from :func:`stack_gram`: ``(P,)``, once per step."""
+    c = coefficients
+    pairs = [(1 if i == j else 2) * c[i] * c[j] for i in range(1, len(c)) for j in range(i, len(c))]
+    return torch.stack(pairs) if pairs else c.new_zeros(0)
+
+
+def stack_gram(gram: dict[tuple[int, int], torch.Tensor]) -> torch.Tensor:
+    """The Gram entries of :func:`difference_gram` side by side, in its pair order: ``(B, P)``."""
+    return torch.stack(list(gram.values()), dim=1)
+
+
+def stacked_relational_forecast(
+    differences: list[torch.Tensor],
+    coefficients: torch.Tensor,
+    pair_weights: torch.Tensor,
+    gram: torch.Tensor,
+    ratio: torch.Tensor,
+    input_now: torch.Tensor,
+    input_at_full: torch.Tensor,
+) -> torch.Tensor:
+    """:func:`gram_relational_forecast` with the Gram entries stacked ``(B, P)`` and the step's weights
+    prepared once (:func:`gram_pair_weights`): ``||d(k)||^2`` is one product, the runtime's hot path."""
+    return _scaled_change(differences, coefficients, gram @ pair_weights, ratio, input_now, input_at_full)
+
+
+def _scaled_change(
+    differences: list[torch.Tensor],
+    coefficients: Sequence[Any],
+    square: torch.Tensor,
+    ratio: torch.Tensor,
+    input_now: torch.Tensor,
+    input_at_full: torch.Tensor,
+) -> torch.Tensor:
+    """``D_0 + sum_{i>=1} (scale c_i) D_i`` with ``scale = s ||I(t-k) - I(t)|| / sqrt(square)``, per sample."""
     norm = torch.sqrt(torch.clamp(square, min=0.0))  # (B,)
     scale = ratio * per_sample_norm(input_now - input_at_full) / norm.clamp_min(_EPS)  # (B,)
     weights = [_per_sample(scale * coefficients[i], differences[0]) for i in range(1, len(differences))]  # (B, 1, ...)

@@ -58,8 +58,10 @@ from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, Stat
 from rfcache.runtime.predictors import (
     difference_gram,
     estimate_predictor_flops,
-    gram_relational_forecast,
+    gram_pair_weights,
     relation_ratio,
+    stack_gram,
+    stacked_relational_forecast,
     taylor_coefficients,
     update_differences,
     weighted_sum,
@@ -104,11 +106,15 @@ class CacheSummary:
         return "\n".join(lines)
 
 
+# a cached step's forecast weights: per term (D_0's the constant 1), all as one tensor, RFE's Gram pair weights
+_Coefficients = tuple[list[Any], torch.Tensor, torch.Tensor]
+
+
 @dataclass
 class _UnitState:
     differences: list[list[torch.Tensor]] = field(default_factory=list)  # per output tensor: D_0..D_m
     ratios: list[torch.Tensor] = field(default_factory=list)  # per output tensor: s, (B,)
-    grams: list[dict[tuple[int, int], torch.Tensor]] = field(default_factory=list)  # per output: <D_i, D_j>
+    grams: list[torch.Tensor] = field(default_factory=list)  # per output: <D_i, D_j> (1 <= i <= j), (B, P)
     input_at_full: torch.Tensor | None = None
     last_full: int = -1
     layout: tuple[bool, ...] | None = None  # which output positions hold tensors
@@ -160,8 +166,9 @@ class CacheSession:
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
         self._post_hook: Any = None
+        self.compiled: Any = None  # a compile.CompiledSchedule when enabled with compile=True
         self._retrying = False  # re-running a cached step in full
-        self._coefficients: dict[tuple, list[Any]] = {}  # (k, count, device, dtype) -> k^i / i!
+        self._coefficients: dict[tuple, _Coefficients] = {}  # (k, count, device, dtype) -> k^i / i!
         self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device) -> s, (B,)
         self._policy_template = self._make_policy()
         self._flop_cache: dict[tuple, int] = {}
@@ -182,6 +189,9 @@ class CacheSession:
         self._post_hook = self.model.register_forward_hook(self._after_forward, with_kwargs=True)
 
     def detach(self) -> None:
+        if self.compiled is not None:
+            self.compiled.detach()
+            self.compiled = None
         detach_unit_hooks(self.model, name=HOOK_NAME)
         for hook in (self._pre_hook, self._post_hook):
             if hook is not None:
@@ -367,7 +377,10 @@ class CacheSession:
         state.differences = [update_differences(prev, o, distance, keep) for prev, o in zip(old, tensors, strict=True)]
         if kind == "relational":
             state.input_at_full = x.detach().clone()
-            state.grams = [difference_gram(d) for d in state.differences]  # ||d(k)|| without a pass over d(k)
+            # ||d(k)|| at any k from <D_i, D_j>, without a pass over d(k); none before D_1 exists
+            state.grams = [
+                stack_gram(difference_gram(d)) if len(d) > 1 else d[0].new_zeros(0) for d in state.differences
+            ]
         state.last_full = step
         numel_out = sum(t.numel() for t in tensors)
         self._counters.predictor += estimate_predictor_flops(kind, order, numel_out, x.numel(), full=True)
@@ -380,27 +393,30 @@ class CacheSession:
             if kind == "reuse" or len(diffs) == 1:
                 pred = diffs[0]
             else:
-                coeffs = self._step_coefficients(k, len(diffs), diffs[0])
+                coeffs, values, pairs = self._step_coefficients(k, len(diffs), diffs[0])
                 if kind == "taylor":
                     pred = weighted_sum(diffs, coeffs)
                 else:
                     ratio = self._ratio(unit, state, i)
-                    pred = gram_relational_forecast(diffs, coeffs, state.grams[i], ratio, x, state.input_at_full)
+                    grams = state.grams[i]
+                    pred = stacked_relational_forecast(diffs, values, pairs, grams, ratio, x, state.input_at_full)
             outs.append(pred)
         numel_out = sum(t.numel() for t in outs)
         self._counters.predictor += estimate_predictor_flops(kind, self.config.order, numel_out, x.numel(), full=False)
         return _unflatten(outs, state.layout, state.single)
 
-    def _step_coefficients(self, k: int, count: int, like: torch.Tensor) -> list[Any]:
-        """``[1, k/1!, k^2/2!, ...]``: 0-d tensors on ``like``'s device and dtype, made once per k (no host
-        value enters the predictor, so the arithmetic traces the same at every k)."""
+    def _step_coefficients(self, k: int, count: int, like: torch.Tensor) -> _Coefficients:
+        """The forecast weights at ``k``, made once per k (and device, dtype), as tensors on the device
+        so no host value enters the arithmetic: ``[1, k/1!, k^2/2!, ...]`` (D_0's weight the constant 1,
+        no pass to scale it), the same as one float32 tensor, and RFE's Gram pair weights."""
         key = (k, count, like.device, like.dtype)
-        coeffs = self._coefficients.get(key)
-        if coeffs is None:
-            values = torch.tensor(taylor_coefficients(k, count), dtype=like.dtype).to(like.device)
-            coeffs = [1.0, *values[1:].unbind()]  # D_0's weight is always 1: no pass to scale it
-            self._coefficients[key] = coeffs
-        return coeffs
+        prepared = self._coefficients.get(key)
+        if prepared is None:
+            values = torch.tensor(taylor_coefficients(k, count), dtype=torch.float32).to(like.device)
+            terms = [1.0, *values.to(like.dtype)[1:].unbind()]
+            prepared = (terms, values, gram_pair_weights(values))
+            self._coefficients[key] = prepared
+        return prepared
 
     def _ratio(self, unit: CacheUnit, state: _UnitState, position: int) -> torch.Tensor:
         calibrated = self.config.ratios

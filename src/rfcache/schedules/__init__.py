@@ -5,6 +5,7 @@ from __future__ import annotations
 from rfcache.schedules.profile import (
     SCHEMA_VERSION,
     Budget,
+    InputItem,
     MethodSpec,
     ModelIdentity,
     Profile,
@@ -17,6 +18,7 @@ from rfcache.schedules.profile import (
 __all__ = [
     "SCHEMA_VERSION",
     "Budget",
+    "InputItem",
     "MethodSpec",
     "ModelIdentity",
     "Profile",

@@ -29,6 +29,7 @@ from rfcache.errors import RfcacheError
 __all__ = [
     "SCHEMA_VERSION",
     "Budget",
+    "InputItem",
     "MethodSpec",
     "ModelIdentity",
     "Profile",
@@ -93,12 +94,29 @@ class Budget:
 
 
 @dataclass(frozen=True)
+class InputItem:
+    """One calibration input: its seed and a prompt or a class label (``{seed, prompt}`` / ``{seed, label}``)."""
+
+    seed: int
+    prompt: str | None = None
+    label: int | None = None
+
+    def __post_init__(self) -> None:
+        if (self.prompt is None) == (self.label is None):
+            raise ProfileError(f"an input item needs exactly one of prompt and label (seed {self.seed})")
+
+
+@dataclass(frozen=True)
 class Provenance:
+    """Where a profile came from. ``inputs``: the disjoint ``calibration``, ``selection`` and ``test``
+    sets (empty in profiles made before they were recorded)."""
+
     inputs_hash: str
     seed: int
     trials: int
     created: str
     versions: dict[str, str] = field(default_factory=dict)
+    inputs: dict[str, tuple[InputItem, ...]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -277,11 +295,18 @@ def _validate(p: Profile) -> None:
         raise ProfileError(f"sampling.guidance must be none, cfg or embedded, got {_show(p.sampling.guidance)}")
     if p.sampling.num_steps < 1 or p.model.num_units < 1:
         raise ProfileError("sampling.num_steps and model.num_units must be >= 1")
+    if p.provenance.inputs and sorted(p.provenance.inputs) != ["calibration", "selection", "test"]:
+        found = ", ".join(sorted(p.provenance.inputs))
+        raise ProfileError(f"provenance.inputs must hold calibration, selection and test, got {found}")
+    seeds = [item.seed for items in p.provenance.inputs.values() for item in items]
+    if len(seeds) != len(set(seeds)):
+        raise ProfileError("provenance.inputs: a seed repeats across the input sets")
 
 
 def _to_plain(obj: Any) -> Any:
-    if dataclasses.is_dataclass(obj):
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)}
+    if dataclasses.is_dataclass(obj):  # optional fields left at None are not written
+        fields = [f for f in dataclasses.fields(obj) if not (f.default is None and getattr(obj, f.name) is None)]
+        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields}
     if isinstance(obj, tuple):
         return [_to_plain(v) for v in obj]
     if isinstance(obj, dict):

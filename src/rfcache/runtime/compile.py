@@ -1,0 +1,269 @@
+"""``enable(..., compile=True)``: a fixed schedule under ``torch.compile`` in two compiled variants.
+
+A fixed schedule (a profile's mask, or an interval) decides every step before the transformer
+runs, so the decision stays in eager Python (the session's forward pre-hook, step bookkeeping and
+FLOP counts included) and the transformer's forward is compiled with ``fullgraph=True`` (no graph
+break anywhere, blocks included). Inside it the unit wrappers read one Python bool, ``full``, on
+which dynamo guards: exactly two variants, the full step and the cached step.
+
+What would specialise per step is kept out of the graph as tensors:
+
+- the Taylor weights ``k^i / i!`` of a cached step (0 above the order the full steps so far
+  allow, as the bundle runner does) and the distance ``N`` of a full step are 0-d/1-d device
+  tensors, prepared once per (k, order) and reused;
+- the cache state has a fixed layout from the first step on: ``D_0..D_m`` per unit output (orders
+  not yet available hold finite values whose weight is 0), the input at the last full step and the
+  run-time ratio ``s``. Its first step per batch size runs eagerly to allocate it; every later
+  step, and every later generation of the same shape, replays the compiled variants.
+
+Shared conditioning is served the same way: the pre-hook picks the step's precomputed outputs
+(conditioning.py), the graphs read them as tensors. The session's once-per-step non-finite guard
+(its forward hook, outside the graph) re-runs a cached step in full through the full variant.
+With ``cuda_graphs=True`` (CUDA only) the variants are compiled with ``mode="reduce-overhead"``,
+whose CUDA-graph trees capture each variant once per batch size and replay it; not verified on
+the development machines (no GPU there).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from rfcache.errors import RfcacheError
+from rfcache.models import CacheUnit
+from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.predictors import estimate_predictor_flops, relation_ratio, rescaled_forecast, weighted_sum
+from rfcache.runtime.session import HOOK_NAME, CacheSession, _flatten, _unflatten
+
+__all__ = ["CompiledSchedule"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Slot:
+    """One unit's cache state in one CFG branch; fixed shapes, so the graphs never see it change."""
+
+    differences: list[list[torch.Tensor]]  # per output tensor: D_0..D_keep
+    ratios: list[torch.Tensor]  # per output tensor: s, (B,) (or a 0-d calibrated ratio)
+    input_at_full: torch.Tensor | None
+    layout: tuple[bool, ...]
+    single: bool
+    numel_out: int
+    numel_in: int
+
+
+@dataclass
+class _BranchSlots:
+    shape_key: tuple
+    slots: dict[int, _Slot] = field(default_factory=dict)
+    last_full: int = -1
+
+
+class CompiledSchedule:
+    """Runs a session's fixed schedule through ``torch.compile``; see the module docstring."""
+
+    def __init__(self, session: CacheSession, *, cuda_graphs: bool = False) -> None:
+        config = session.config
+        if config.policy == "dynamic":
+            raise RfcacheError(
+                f"compile=True needs a fixed schedule (a profile or an interval method); {config.method!r} decides "
+                "at run time from the first unit's input"
+            )
+        param = next(session.model.parameters())
+        if cuda_graphs and param.device.type != "cuda":
+            raise RfcacheError("cuda_graphs=True needs the model on a CUDA device")
+        self.session, self.model, self.adapter = session, session.model, session.adapter
+        self.keep = 0 if config.predictor == "reuse" else config.order
+        self.cuda_graphs = cuda_graphs
+        self.full = True  # the one Python value the graphs are specialised on
+        self.distance = torch.ones((), dtype=torch.float32, device=param.device)
+        self.coeffs = torch.ones(self.keep + 1, dtype=torch.float32, device=param.device)
+        self._coeff_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._distance_cache: dict[int, torch.Tensor] = {}
+        self._branches: list[_BranchSlots] = []
+        self._active: dict[int, _Slot] = {}
+        self._slots = _BranchSlots(shape_key=())
+        self._eager = True
+        self._conditioning: dict[str, Any] = {}  # this step's shared conditioning outputs, by module path
+        self._live = False  # inside this wrapper's transformer call (a constant to the graphs)
+        self._original_forward = self.model.forward
+        self._compiled = torch.compile(
+            self._original_forward, fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda_graphs else None
+        )
+        self._pre_hook: Any = None
+
+    # -- lifecycle ------------------------------------------------------------------------------
+
+    def attach(self) -> None:
+        """Swap the session's unit wrappers for the graph-friendly ones and wrap the forward."""
+        s = self.session
+        detach_unit_hooks(self.model, name=HOOK_NAME)  # the session's unit and conditioning wrappers
+        attach_unit_hooks(self.model, self.adapter, self._call_unit, name=HOOK_NAME, granularity=s.config.granularity)
+        if s.config.shares_conditioning:
+            paths = self.adapter.conditioning_paths(self.model)
+            attach_module_hooks(self.model, paths, self._call_conditioning, name=HOOK_NAME)
+        self._pre_hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        self.model.forward = self._forward
+
+    def detach(self) -> None:
+        self._live = False
+        if self._pre_hook is not None:
+            self._pre_hook.remove()
+            self._pre_hook = None
+        if "forward" in vars(self.model):
+            del self.model.forward  # the class's forward shows through again
+
+    # -- per step, eager ------------------------------------------------------------------------
+
+    def _on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        """After the session's pre-hook identified the step: decide it, count it, pick the state."""
+        s = self.session
+        if s._probe is not None:
+            return
+        if s._retrying:  # the session's guard re-runs a non-finite cached step in full
+            self._set_step(True, s._branches[s._branch_index].num_full)
+            return
+        while len(self._branches) <= s._branch_index:
+            self._branches.append(_BranchSlots(shape_key=()))
+        slots = self._branches[s._branch_index]
+        if slots.shape_key != s._shape_key:  # a new batch size: allocate its state eagerly
+            self._branches[s._branch_index] = slots = _BranchSlots(shape_key=s._shape_key)
+        if s._step == 0:
+            slots.last_full = -1
+        self._active, self._slots = slots.slots, slots
+        self._eager = not slots.slots
+        branch = s._branches[s._branch_index]
+        s._decide(branch, None)  # fixed policies need no input
+        self._set_step(branch.full, branch.num_full)
+        store, row = branch.conditioning, branch.conditioning_row
+        self._conditioning = {p: outs[row] for p, outs in store.outputs.items()} if row is not None else {}
+
+    def _set_step(self, full: bool, num_full: int) -> None:
+        s, slots = self.session, self._slots
+        self.full = full
+        if full:
+            distance = s._step - slots.last_full if slots.last_full >= 0 else 1
+            slots.last_full = s._step
+            self.distance = self._cached(self._distance_cache, distance, lambda: float(distance))
+        else:
+            k = s._step - slots.last_full
+            order = min(self.keep, num_full - 1)
+            self.coeffs = self._cached(
+                self._coeff_cache,
+                (k, order),
+                lambda: [k**i / math.factorial(i) if i <= order else 0.0 for i in range(self.keep + 1)],
+            )
+        self._count(full)
+
+    def _cached(self, cache: dict, key: Any, value: Any) -> torch.Tensor:
+        if key not in cache:
+            cache[key] = torch.tensor(value(), dtype=torch.float32, device=self.distance.device)
+        return cache[key]
+
+    def _count(self, full: bool) -> None:
+        s, c = self.session, self.session._counters
+        for unit in s.units:
+            flops = s._cached_flops(("unit", unit.index, s._shape_key), unit)
+            c.module += flops
+            c.computed += flops if full else 0
+            slot = self._active.get(unit.index)
+            if slot is not None:
+                kind, order = s.config.predictor, s.config.order
+                c.predictor += estimate_predictor_flops(kind, order, slot.numel_out, slot.numel_in, full=full)
+
+    def _forward(self, *args: Any, **kwargs: Any) -> Any:
+        if self.session._probe is not None or self.session._step < 0:  # a shape-only probe
+            return self._original_forward(*args, **kwargs)
+        self._live = True
+        try:
+            if self._eager:  # first step of this shape: allocate the state
+                out = self._original_forward(*args, **kwargs)
+                self._count_predictor_refresh()
+                return out
+            if self.cuda_graphs:
+                torch.compiler.cudagraph_mark_step_begin()
+            return self._compiled(*args, **kwargs)
+        finally:
+            self._live = False
+
+    def _count_predictor_refresh(self) -> None:
+        """The eager first step allocated the state: count its refresh as the session would have."""
+        kind, order, c = self.session.config.predictor, self.session.config.order, self.session._counters
+        for slot in self._active.values():
+            c.predictor += estimate_predictor_flops(kind, order, slot.numel_out, slot.numel_in, full=True)
+
+    # -- the unit wrapper: traced by dynamo, reads only ``full``, tensors and constants ---------------
+
+    def _call_unit(self, unit: CacheUnit, original: Any, args: tuple, kwargs: dict) -> Any:
+        if self.session._probe is not None or not self._live:  # eager only (shape probe, stray call)
+            return original(*args, **kwargs)
+        x = self.adapter.unit_input(self.model, unit, args, kwargs)
+        slot = self._active.get(unit.index)
+        if self.full or slot is None:
+            out = original(*args, **kwargs)
+            self._refresh(unit, slot, out, x)
+            return out
+        return self._predict(unit, slot, x)
+
+    def _call_conditioning(self, path: str, original: Any, args: tuple, kwargs: dict) -> Any:
+        """Shared conditioning (conditioning.py): this step's precomputed output, picked in the pre-hook."""
+        shared = self._conditioning.get(path) if self._live else None
+        return original(*args, **kwargs) if shared is None else shared
+
+    def _refresh(self, unit: CacheUnit, slot: _Slot | None, out: Any, x: torch.Tensor) -> None:
+        tensors, layout, single = _flatten(out)
+        config = self.session.config
+        relational = config.predictor == "relational"
+        if slot is None:  # eager: the first step of this shape allocates the state
+            slot = _Slot(
+                differences=[[o, *(torch.zeros_like(o) for _ in range(self.keep))] for o in tensors],
+                ratios=[self._initial_ratio(unit, o) for o in tensors],
+                input_at_full=x.detach().clone() if relational else None,
+                layout=layout,
+                single=single,
+                numel_out=sum(o.numel() for o in tensors),
+                numel_in=x.numel(),
+            )
+            self._active[unit.index] = slot
+            return
+        differences, ratios = [], []
+        for j, o in enumerate(tensors):
+            prev = slot.differences[j]
+            new = [o]
+            for i in range(self.keep):
+                new.append((new[i] - prev[i]) / self.distance)
+            differences.append(new)
+            if relational and config.ratios is None:
+                assert slot.input_at_full is not None
+                ratios.append(relation_ratio(o, prev[0], x, slot.input_at_full))
+            else:
+                ratios.append(slot.ratios[j])
+        slot.differences, slot.ratios = differences, ratios
+        if relational:
+            slot.input_at_full = x.detach().clone()
+
+    def _initial_ratio(self, unit: CacheUnit, o: torch.Tensor) -> torch.Tensor:
+        calibrated = self.session.config.ratios
+        value = float(calibrated[unit.index]) if calibrated is not None else 0.0
+        if calibrated is not None:
+            return torch.tensor(value, dtype=torch.float32, device=o.device)  # 0-d: broadcasts over the batch
+        return torch.zeros(o.shape[0], dtype=torch.float32, device=o.device)
+
+    def _predict(self, unit: CacheUnit, slot: _Slot, x: torch.Tensor) -> Any:
+        kind = self.session.config.predictor
+        outs = []
+        for j, diffs in enumerate(slot.differences):
+            if kind == "reuse":
+                outs.append(diffs[0])
+            elif kind == "taylor":
+                outs.append(weighted_sum(diffs, self.coeffs))
+            else:
+                assert slot.input_at_full is not None
+                direction = weighted_sum(diffs, self.coeffs, start=1)
+                outs.append(rescaled_forecast(diffs[0], direction, slot.ratios[j], x, slot.input_at_full))
+        return _unflatten(outs, slot.layout, slot.single)

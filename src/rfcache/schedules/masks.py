@@ -1,0 +1,174 @@
+"""Schedule families as pure functions: which steps are computed in full (True) and which predicted.
+
+One home for every mask generator, used alike by the runtime (``IntervalPolicy``), the search
+(:mod:`rfcache.calibrate.scoring`) and the benchmarks. numpy only, no torch:
+
+- :func:`interval_mask`: FORA's, TaylorSeer's and RFE's uniform schedule, placed as TaylorSeer's
+  reference code places it (``cal_type``): steps ``0..w-1`` full, then a full step whenever ``N``
+  steps have passed since the last one, i.e. full at ``w-1+jN``; :func:`interval_for_nfc` picks
+  the one with a given number of full steps;
+- :func:`warped_mask`: ``nfc`` full steps spread by a blend of uniform and cosine spacing;
+- :func:`rcs_mask`: the decisions RCS takes when replayed on recorded first-unit inputs;
+- :func:`optimal_masks`: the masks an additive error model rates best (dynamic programming).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+__all__ = ["interval_for_nfc", "interval_mask", "is_interval_full", "optimal_masks", "rcs_mask", "warped_mask"]
+
+_EPS = 1e-12
+
+
+def is_interval_full(step: int, interval: int, warmup: int) -> bool:
+    """Whether ``step`` is a full step of the interval schedule (TaylorSeer's placement).
+
+    ``warmup`` leading steps are full; after the last of them (step ``warmup - 1``) a full step
+    comes whenever ``interval`` steps have passed since the previous one. With ``warmup = 0`` the
+    first full step is step ``interval - 1``.
+    """
+    return step < warmup or (step >= warmup - 1 and (step - warmup + 1) % interval == 0)
+
+
+def interval_mask(num_steps: int, interval: int, warmup: int) -> tuple[bool, ...]:
+    """The interval schedule over ``num_steps`` steps (True = full); see :func:`is_interval_full`.
+
+    Example:
+        >>> "".join("C" if f else "P" for f in interval_mask(12, 4, 2))
+        'CCPPPCPPPCPP'
+    """
+    if interval < 1 or warmup < 0:
+        raise ValueError(f"interval must be >= 1 and warmup >= 0, got {interval}, {warmup}")
+    return tuple(is_interval_full(s, interval, warmup) for s in range(num_steps))
+
+
+def interval_for_nfc(num_steps: int, nfc: int, *, warmup: int = 2) -> tuple[int, int, int]:
+    """The interval schedule (``interval``, ``warmup``, its NFC) whose NFC is nearest ``nfc``.
+
+    ``warmup`` (the model family's TaylorSeer default, ``BlockAdapter.taylorseer_warmup``) is
+    preferred; warm-ups of 1 to 6 are tried where it cannot give ``nfc`` exactly. Where no
+    combination does, the nearest wins, preferring more full steps, so a method compared
+    against it is never favoured.
+    """
+    options = []
+    for w in dict.fromkeys((warmup, *range(1, 7))):
+        for interval in range(1, num_steps + 1):
+            n = sum(interval_mask(num_steps, interval, w))
+            options.append((abs(n - nfc), -n, w != warmup, interval, w, n))
+    *_, interval, w, n = min(options)
+    return interval, w, n
+
+
+def warped_mask(num_steps: int, nfc: int, warmup: int, alpha: float) -> tuple[bool, ...]:
+    """``warmup`` full steps, then ``nfc - warmup`` more spread by a blend of uniform and cosine spacing.
+
+    ``alpha = 0`` is uniform, ``alpha = 1`` cosine spacing (denser at both ends, where
+    trajectories bend most).
+    """
+    rest = max(0, nfc - warmup)
+    u = np.linspace(0.0, 1.0, rest + 1)[:-1] if rest else np.zeros(0)
+    warped = (1 - alpha) * u + alpha * (1 - np.cos(np.pi * u)) / 2
+    full = set(range(min(warmup, num_steps)))
+    for w in warped:
+        step = warmup + round(float(w) * (num_steps - warmup))
+        while step in full and step < num_steps - 1:
+            step += 1
+        full.add(min(step, num_steps - 1))
+    return tuple(i in full for i in range(num_steps))
+
+
+def rcs_mask(
+    first_input: np.ndarray, *, tau: float, order: int, warmup: int, max_cached: int | None, min_full: int
+) -> tuple[bool, ...]:
+    """The pattern RCS gives when replayed on recorded first-unit inputs ``(S, B, D)``.
+
+    The runtime ``DynamicPolicy``'s rule: full for ``warmup`` steps, then full when the relative-L1
+    error of the order-``order`` Taylor forecast of the input, accumulated since the last full step
+    (largest over the batch), exceeds ``tau``, or after ``max_cached`` cached steps; at least
+    ``min_full`` full steps before any prediction (the predictor's own need).
+    """
+    x = np.asarray(first_input, dtype=np.float64)  # (S, B, D)
+    l1 = np.abs(x).sum(-1)  # (S, B)
+    diffs: list[np.ndarray] = []
+    last, accumulated, num_full, out = -1, 0.0, 0, []
+    for step in range(x.shape[0]):
+        since = step - last if last >= 0 else step + 1
+        if step < warmup or not diffs or (max_cached is not None and since > max_cached):
+            full = True
+        else:
+            k = step - last
+            forecast = sum(d * (k**i / math.factorial(i)) for i, d in enumerate(diffs))
+            error = np.abs(x[step] - forecast).sum(-1) / np.maximum(l1[step], _EPS)
+            accumulated += float(error.max())
+            full = accumulated > tau
+        full = full or num_full < min_full
+        if full:
+            distance = step - last if diffs else 1
+            new = [x[step]]
+            for i in range(min(order, len(diffs))):
+                new.append((new[i] - diffs[i]) / distance)
+            diffs, last, accumulated, num_full = new, step, 0.0, num_full + 1
+        out.append(full)
+    return tuple(out)
+
+
+# segment(fulls, length): the weighted-free per-step errors of the ``length`` cached steps after
+# the latest full step ``fulls[0]`` (``fulls``: the last full steps, latest first)
+Segment = Callable[[tuple[int, ...], int], np.ndarray]
+
+
+def optimal_masks(
+    num_steps: int,
+    segment: Segment,
+    sensitivity: Sequence[float],
+    *,
+    keep: int,
+    warmup: int,
+    max_nfc: int,
+    max_gap: int = 10,
+) -> dict[int, tuple[bool, ...]]:
+    """The mask an additive error model rates best for each number of full steps ``warmup .. max_nfc``.
+
+    The model's squared estimate is ``Σ_runs (Σ_{c in run} w(c) e(c))²`` over runs of cached steps,
+    ``e`` from ``segment`` and ``w`` = ``sensitivity``. Dynamic programming over the positions of the
+    full steps (the first ``warmup`` fixed): a run's error depends only on the full steps before it
+    (at most ``keep + 1``; for ``keep = 2`` the third is taken from the best path so far, which
+    makes the search exact for ``keep`` 0-1 and near-exact for 2). At most ``max_gap - 1``
+    cached steps in a row.
+    """
+    w = np.asarray(sensitivity, dtype=np.float64)
+    # state: tuple of the last full steps (latest first, up to 2) -> (cost, full steps of the best path)
+    layer: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {
+        tuple(range(warmup - 1, max(-1, warmup - 3), -1)): (0.0, tuple(range(warmup)))
+    }
+    best: dict[int, tuple[float, tuple[int, ...]]] = {}
+    runs: dict[tuple[int, ...], np.ndarray] = {}
+    for n in range(warmup, max_nfc + 1):
+        nxt: dict[tuple[int, ...], tuple[float, tuple[int, ...]]] = {}
+        for state, (cost, path) in layer.items():
+            a = state[0]
+            fulls = tuple(reversed(path[-(keep + 1) :]))
+            run = runs.get(fulls)
+            if run is None:  # run[j]: weighted error of the cached steps a+1 .. a+j
+                seg = segment(fulls, max_gap) * w[a + 1 : a + 1 + max_gap]
+                run = runs[fulls] = np.concatenate([[0.0], np.cumsum(seg)])
+            seg_len = len(run) - 1
+            if num_steps - 1 - a <= seg_len:  # finish here: cache every remaining step
+                total = cost + run[num_steps - 1 - a] ** 2
+                if n not in best or total < best[n][0]:
+                    best[n] = (total, path)
+            if n == max_nfc:
+                continue
+            for f in range(a + 1, min(a + max_gap, num_steps - 1) + 1):
+                new_cost = cost + run[f - a - 1] ** 2
+                key = (f, a)
+                if key not in nxt or new_cost < nxt[key][0]:
+                    nxt[key] = (new_cost, (*path, f))
+        layer = nxt
+        if not layer:
+            break
+    return {n: tuple(i in set(path) for i in range(num_steps)) for n, (_, path) in best.items()}
