@@ -278,7 +278,7 @@ def _validate(p: Profile) -> None:
     if not p.schedule or set(p.schedule) - {"C", "P"}:
         raise ProfileError(f"schedule must be a non-empty string of C and P, got {_show(p.schedule)}")
     if len(p.schedule) != p.sampling.num_steps:
-        raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {p.sampling.num_steps}")
+        raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
     if p.ratios and len(p.ratios) != p.model.num_units:
         raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {p.model.num_units}")
     if any(r < 0 for r in p.ratios):
