@@ -8,7 +8,6 @@ import rfcache
 from rfcache.cli.main import main
 from rfcache.devices import cuda_available
 from rfcache.errors import RfcacheError
-from rfcache.schedules.masks import interval_mask
 from tests.conftest import generate, make_profile, make_tiny_digits_pipeline
 
 SCHEDULE = "CCCPPCPPPCPC"
@@ -81,8 +80,7 @@ def test_rfc_generate_compile(tmp_path, capsys):
     args = ["generate", "--method", "taylorseer", "--interval", "3", "--steps", "8", "--compile", "--out", str(out)]
     assert main(args) == 0
     printed = capsys.readouterr().out
-    expected = "".join("C" if full else "P" for full in interval_mask(8, 3, 2))
-    assert out.is_file() and f"pattern           {expected}" in printed
+    assert out.is_file() and "pattern           CCPPCPPC" in printed  # TaylorSeer placement: full at w-1+jN
 
 
 @pytest.mark.gpu
