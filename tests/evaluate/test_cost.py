@@ -27,7 +27,8 @@ def _generate(pipe) -> torch.Tensor:
 def test_counter_matches_analytic_flops_of_an_interval_schedule(interval: int) -> None:
     pipe = build_tiny_pipeline("dit")
     full = measure_generation(pipe.transformer, lambda: _generate(pipe))
-    rfcache.enable(pipe, method="fora", interval=interval, warmup=1)
+    # per-step conditioning: the analytic model counts it per call (shared, it is one pass at the first call)
+    rfcache.enable(pipe, method="fora", interval=interval, warmup=1, share_conditioning=False)
     try:
         cached = measure_generation(pipe.transformer, lambda: _generate(pipe))
         s = rfcache.summary(pipe)
@@ -74,3 +75,15 @@ def test_time_interleaved_reports_a_failing_method_and_times_the_rest() -> None:
     assert failures == {"bad": "RuntimeError: boom"}
     with pytest.raises(RuntimeError, match="boom"):
         time_interleaved(runs, repeats=1)
+
+
+def test_the_shared_conditioning_pass_counts_for_the_first_call() -> None:
+    pipe = build_tiny_pipeline("dit")
+    full = measure_generation(pipe.transformer, lambda: _generate(pipe))
+    rfcache.enable(pipe, method="none", share_conditioning=True)
+    try:
+        shared = measure_generation(pipe.transformer, lambda: _generate(pipe))
+    finally:
+        rfcache.disable(pipe)
+    assert shared.call_flops[0] > full.call_flops[0]  # every step's conditioning, in one batched pass
+    assert all(s < f for s, f in zip(shared.call_flops[1:], full.call_flops[1:], strict=True))  # then served

@@ -40,7 +40,9 @@ class BenchCommandConfig(RunFlags):
     tune_samples: int = option(2, "samples used to match each swept method's FLOP fraction")
     repeats: int = option(3, "timed rounds after one warm-up round (0: no timing)")
     calibrate_trials: int = option(24, "Optuna trials per calibrated static profile")
-    reference: str = option("taylorseer-m2", "method every other is compared with, per sample (paired ratio)")
+    reference: str = option(
+        "taylorseer-m2", "method every other is compared with per sample (paired ratio; none if it is not run)"
+    )
     device: str = option("cpu", "torch device")
     dtype: str = option("float32", "float32, float16 or bfloat16")
     json: Path | None = option(None, "write the records as a JSON list")

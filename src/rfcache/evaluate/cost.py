@@ -63,7 +63,8 @@ def measure_generation(
             peak[0] = max(peak[0], tensor_bytes(state_roots()))
 
     handles = [
-        transformer.register_forward_pre_hook(before, with_kwargs=True),
+        # first: work done in other pre-hooks (rfcache's shared conditioning pass) counts for this call
+        transformer.register_forward_pre_hook(before, with_kwargs=True, prepend=True),
         transformer.register_forward_hook(after, with_kwargs=True),
     ]
     try:
