@@ -281,7 +281,7 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
     for label, variant in variants.items():
         outs, _, _ = _run(pipe, inputs, _ours(pipe, variant))
         errors[label] = [relative_l2(o, r) for o, r in zip(outs, reference, strict=True)]
-    print(f"RFE m={rfe.order} on the picked schedule with each ratio, {samples} test samples (seeds {TEST_SEED}..): rel-L2 [95% CI]")
+    print(f"RFE m={rfe.order} on the picked schedule, each ratio, {samples} test samples (seeds {TEST_SEED}..):")
     for label, errs in errors.items():
         vs_c, vs_r = paired_ratio(errs, errors["constant"]), paired_ratio(errs, errors["runtime"])
         print(

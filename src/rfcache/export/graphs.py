@@ -99,9 +99,11 @@ class StepGraphs:
         input_names: tuple[str, ...],
         *,
         granularity: Granularity = "module",
+        constants: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.adapter, self.spec = model, adapter, spec
         self.input_names = input_names
+        self.constants = dict(constants or {})  # non-tensor transformer arguments, baked into the graphs
         self.granularity = granularity
         self.units: list[CacheUnit] = adapter.units(model, granularity)
         self._layouts: dict[int, _Layout] = {}
@@ -247,7 +249,7 @@ class _StepModule(torch.nn.Module):
             hook = g._cached_unit
         g._attach(lambda unit, original, args, kwargs: hook(unit, original, args, kwargs, ctx))
         try:
-            out = self.transformer(**model_inputs, return_dict=False)[0]
+            out = self.transformer(**model_inputs, **g.constants, return_dict=False)[0]
         finally:
             g._detach()
         if not self.full:
