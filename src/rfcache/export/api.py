@@ -105,6 +105,8 @@ def export(
                 "full": _export_graph(graphs, inputs, folder / f"full{ext}", full=True, backend=backend),
                 "cached": _export_graph(graphs, inputs, folder / f"cached{ext}", full=False, backend=backend),
             }
+            if graphs.conditioning:
+                specs["conditioning"] = _export_conditioning(graphs, inputs, folder / f"conditioning{ext}", backend)
             vae = getattr(pipe, "vae", None)
             if sampling is not None and vae is not None:
                 specs["decoder"] = _export_decoder(vae, inputs["hidden_states"], folder / f"decoder{ext}", backend)
@@ -186,14 +188,16 @@ def _export_graph(
     if full:
         module, state = graphs.full_module(), graphs.full_inputs
         constant = ("distance", torch.ones((), dtype=dtype, device=device))
-        in_names = [*names, "distance", *(f"prev.{s.name}" for s in state)]
+        in_names = [*names, "distance", *(c.name for c in graphs.conditioning), *(f"prev.{s.name}" for s in state)]
         outputs = [MODEL_OUTPUT, *(s.name for s in graphs.state)]
     else:
         module, state = graphs.cached_module(), graphs.state
         constant = ("coeffs", torch.ones(graphs.spec.keep + 1, dtype=dtype, device=device))
-        in_names = [*names, "coeffs", *(s.name for s in state)]
+        in_names = [*names, "coeffs", *(c.name for c in graphs.conditioning), *(s.name for s in state)]
         outputs = [MODEL_OUTPUT]
-    state_args = [torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in state]
+    state_args = [
+        torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in (*graphs.conditioning, *state)
+    ]
     args = (*model_args, constant[1], *state_args)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = [_batch_axis(a, batch) for a in model_args] + [None] + [{0: batch} for _ in state_args]
@@ -204,6 +208,40 @@ def _export_graph(
         "file": path.name,
         "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
         "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],
+    }
+
+
+_PROBE_STEPS = 5  # steps in the conditioning graph's example; the axis is dynamic
+
+
+def _export_conditioning(
+    graphs: StepGraphs, inputs: dict[str, torch.Tensor], path: Path, backend: str
+) -> dict[str, Any]:
+    """The conditioning graph: (every step's timestep, the condition inputs) -> every step's ``c.*``."""
+    timestep = graphs.adapter.timestep_arg
+    t = inputs[timestep]
+    timesteps = t.expand(_PROBE_STEPS, *t.shape).contiguous()  # (steps, batch)
+    conditions = [inputs[n] for n in graphs.condition_inputs]
+    module = graphs.conditioning_module(inputs)
+    steps, batch = torch.export.Dim("steps", min=1, max=10_000), torch.export.Dim("batch", min=1, max=4096)
+    dynamic = ({0: steps, 1: batch}, *(_batch_axis(c, batch) for c in conditions))
+    with torch.no_grad():
+        outputs = module(timesteps, *conditions)
+    names = [c.name for c in graphs.conditioning]
+    in_names = [timestep, *graphs.condition_inputs]
+    _save_graph(module, (timesteps, *conditions), (dynamic,), path, backend, input_names=in_names, output_names=names)
+
+    def stepped(name: str, tensor: torch.Tensor) -> dict[str, Any]:
+        spec = _spec(name, tensor[0], True)
+        return {**spec, "shape": ["steps", *spec["shape"]]}
+
+    return {
+        "file": path.name,
+        "inputs": [
+            stepped(timestep, timesteps),
+            *(_spec(n, c, True) for n, c in zip(graphs.condition_inputs, conditions, strict=True)),
+        ],
+        "outputs": [stepped(n, o) for n, o in zip(names, outputs, strict=True)],
     }
 
 
