@@ -40,7 +40,7 @@ def test_load_pipeline_refuses_cuda_before_loading():
 @pytest.mark.parametrize(
     "command",
     [
-        ["calibrate", "--trials", "2", "--samples", "1", "--heldout", "1", "--steps", "4"],
+        ["calibrate", "--trials", "2", "--samples", "1", "--steps", "4"],
         ["generate", "--steps", "2"],
         ["export", "--profile", "toy-b0.4"],
         ["run", "--bundle", "bundle"],

@@ -99,8 +99,12 @@ def test_cli_bad_input_is_one_line_and_exit_2(args, message, tmp_path, capsys):
 def test_cli_refuses_a_prompt_file_too_short_for_three_disjoint_sets(tmp_path, capsys):
     prompts = tmp_path / "prompts.txt"
     prompts.write_text("a cat\na dog\na bird\n")
-    assert main(["calibrate", "--prompts", str(prompts), "--out", str(tmp_path / "p.yaml")]) == 2
-    err = capsys.readouterr().err.strip()
+    from rfcache.models.tiny import build_tiny_pipeline
+
+    build_tiny_pipeline("pixart").save_pretrained(tmp_path / "pixart")  # a text model (the toy takes no prompts)
+    argv = ["calibrate", "--model", str(tmp_path / "pixart"), "--prompts", str(prompts)]
+    assert main([*argv, "--out", str(tmp_path / "p.yaml")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()[-1]  # after diffusers' loading bars
     assert "3 distinct prompts cannot keep calibration (8), selection (4) and test (8) apart" in err
     assert "--allow-overlap" in err and "\n" not in err and not (tmp_path / "p.yaml").exists()
 

@@ -71,6 +71,18 @@ def test_every_predictor_exports_with_parity(tmp_path, predictor, order, calibra
     assert np.abs(result.images - reference).max() < 1e-4  # float32 kernels differ (ORT vs PyTorch); measured ~2e-5
 
 
+def test_a_bundle_in_a_pipeline_shares_conditioning_and_matches_the_runtime(tiny_bundle):
+    pipe, profile, path = tiny_bundle
+    engine_pipe = load_bundle(path).into(make_tiny_digits_pipeline())
+    images = engine_pipe(
+        class_labels=LABELS, num_inference_steps=len(SCHEDULE), generator=torch.Generator().manual_seed(0)
+    )
+    reference, pattern = _torch_images(pipe, profile)
+    assert engine_pipe.transformer.executed == pattern
+    assert engine_pipe.transformer.conditioning_runs == 1  # the scheduler predicted every step
+    assert np.abs(images.images - reference).max() < 1e-4
+
+
 def test_one_bundle_serves_any_batch(tiny_bundle):
     _, _, path = tiny_bundle
     runner = OrtRunner(load_bundle(path))

@@ -14,7 +14,7 @@ import hashlib
 import logging
 import re
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -30,7 +30,8 @@ from rfcache.calibrate.trace import RatioFit, Trace, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
-from rfcache.runtime.identity import config_hash, input_resolution, model_identity
+from rfcache.runtime.identity import model_identity
+from rfcache.runtime.runspec import RunSpec, captured_call, conditioning, pipeline_call, run_setup
 from rfcache.schedules import Budget, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
 from rfcache.schedules.masks import interval_for_nfc
 from rfcache.stats import Interval, mean_interval, paired_ratio
@@ -91,8 +92,14 @@ def calibrate(
     *,
     budget: float = 0.4,
     num_inference_steps: int = 50,
-    guidance_scale: float = 2.0,
+    guidance_scale: float | None = None,
     prompts: list[str] | None = None,
+    negative_prompt: str | None = None,
+    height: int | None = None,
+    width: int | None = None,
+    num_frames: int | None = None,
+    call_args: dict[str, Any] | None = None,
+    record_batch: int | None = None,
     samples: int = 8,
     selection: int = 4,
     test: int = 8,
@@ -105,6 +112,7 @@ def calibrate(
     name: str = "profile",
     progress: bool = True,
     trace: Trace | None = None,
+    report: Callable[[str], None] | None = None,
 ) -> CalibrationResult:
     """Calibrate a static cache schedule for ``pipe`` that spends at most ``budget`` of the module FLOPs.
 
@@ -114,6 +122,11 @@ def calibrate(
         >>> result.profile.save("toy.yaml")
 
     ``trace`` (merged shards from :func:`record_shard`) replaces the in-process recording.
+    ``guidance_scale`` (``None``: the pipeline's default), ``negative_prompt``, ``height``, ``width``,
+    ``num_frames`` and ``call_args`` (other pipeline keywords) describe the run, as the CLI's flags
+    do (:class:`~rfcache.runtime.runspec.RunSpec`); the profile records them. ``record_batch``
+    records at most that many inputs per pipeline call (bounds memory). ``report`` receives the
+    estimated recording time, measured from a first timed transformer step, before recording starts.
 
     The search scores candidates with the error model (:mod:`rfcache.calibrate.errormodel`),
     fitted on a few real runs of the seed schedules; the ``confirm`` best distinct candidates are
@@ -130,28 +143,56 @@ def calibrate(
     start = time.perf_counter()
     model = get_transformer(pipe)
     adapter = get_adapter(model)
+    spec = RunSpec(
+        prompts=tuple(prompts or ()),
+        negative_prompt=negative_prompt,
+        height=height,
+        width=width,
+        num_frames=num_frames,
+        steps=num_inference_steps,
+        guidance=guidance_scale,
+        seed=seed,
+        call_args=dict(call_args or {}),
+    )
+    common = {**spec.call_kwargs(pipe), "output_type": "np"}
     sets = input_sets(pipe, prompts, (samples, selection, test), seed=seed, allow_overlap=allow_overlap)
     calib_kwargs = _call(sets.calibration)
-    common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
 
     def run(items: tuple[InputItem, ...]) -> torch.Tensor:
-        return _images(pipe(**_call(items), **common, generator=_generators(items)))
+        call = {**_call(items), **common, "generator": _generators(items)}
+        return _images(pipeline_call(pipe, call, what="calibration"))
 
-    resolution: list[tuple[int, ...]] = []
-    grab = model.register_forward_pre_hook(
-        lambda m, a, k: resolution.append(input_resolution(k.get("hidden_states", a[0] if a else None))),
-        with_kwargs=True,
+    # one timed transformer step on one input: checks the run before anything is recorded or stored
+    first = {k: v[:1] for k, v in calib_kwargs.items()}
+    with captured_call(pipe) as call:
+        pipeline_call(pipe, {**first, **common, "generator": _generators(sets.calibration[:1])}, what="calibration")
+    estimate = call["seconds"] * num_inference_steps * samples
+    line = (
+        f"estimated recording time {estimate:.0f} s ({call['seconds'] * 1e3:.0f} ms per step and input x "
+        f"{num_inference_steps} steps x {samples} inputs); the search and confirmation runs add about as much again"
     )
-    try:
+    logger.info("%s", line)
+    if report is not None:
+        report(line)
+    resolution = [call["resolution"]]
+    if trace is None and (record_batch is None or record_batch >= samples):
+        with _progress(pipe, progress, "recording"):
+            trace, reference_out = _record(pipe, {**calib_kwargs, **common, "generator": _generators(sets.calibration)})
+        reference = _images(reference_out)
+    else:  # recorded in groups or elsewhere (shards); the search needs this machine's full-compute output
         if trace is None:
-            with _progress(pipe, progress, "recording"):
-                call = {**calib_kwargs, **common, "generator": _generators(sets.calibration)}
-                trace, reference_out = record_trace(pipe, call)
-            reference = _images(reference_out)
-        else:  # recorded elsewhere (shards); the search still needs this machine's full-compute output
-            reference = run(sets.calibration)
-    finally:
-        grab.remove()
+            assert record_batch is not None
+            if record_batch < 1:
+                raise RfcacheError(f"record_batch must be >= 1, got {record_batch}")
+            groups = []
+            items = sets.calibration
+            for g in range(0, len(items), record_batch):
+                group = items[g : g + record_batch]
+                call_g = {**_call(group), **common, "generator": _generators(group)}
+                with _progress(pipe, progress, f"recording {g + 1}-{g + len(group)} of {len(items)}"):
+                    groups.append(_record(pipe, call_g)[0])
+            trace = Trace.merge(groups)
+        reference = run(sets.calibration)
     fit = fit_ratios(trace)
     if fit.poor():
         logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
@@ -182,7 +223,7 @@ def calibrate(
         "config_hash": identity.config_hash,
         "steps": str(num_inference_steps),
         "budget": repr(budget),
-        "inputs": _hash(sets.calibration, guidance_scale),
+        "inputs": _hash(sets.calibration, repr(sorted(common.items()))),
         "objective": "error-model estimate v2",  # v2: interval schedules placed as TaylorSeer places them,
     }
     study, candidates = search_schedules(
@@ -202,13 +243,7 @@ def calibrate(
     confirmed, diagnostics = confirm_candidates(scorer, candidates, measured, real_error, count=confirm)
 
     selection_reference = run(sets.selection)
-    sampling = SamplingSetup(
-        scheduler=type(pipe.scheduler).__name__,
-        num_steps=num_inference_steps,
-        guidance="cfg" if guidance_scale > 1 else "none",
-        resolution=resolution[0],
-        scheduler_config_hash=config_hash(pipe.scheduler.config),
-    )
+    sampling = run_setup(pipe, spec, resolution[0])
     best: tuple[float, Profile] | None = None
     for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
         profile = _profile(name, identity, sampling, cand, fit, budget, seed, completed_trials(study), sets)
@@ -254,11 +289,12 @@ def input_sets(
     allow_overlap: bool = False,
 ) -> InputSets:
     """The calibration, selection and test inputs for ``pipe``: class labels for a class-conditional
-    model given no prompts (``0, 1, ...`` cycling), else ``prompts`` (default :func:`default_prompts`)."""
-    config = get_transformer(pipe).config
-    num_classes = getattr(config, "num_embeds_ada_norm", None) if not prompts else None
-    if num_classes and "class_labels" in _call_params(pipe):
-        return split_inputs(sizes=sizes, seed=seed, labels=range(int(num_classes)))
+    model (``0, 1, ...`` cycling), else ``prompts`` (default :func:`default_prompts`)."""
+    if conditioning(pipe) == "class":
+        if prompts:
+            raise RfcacheError(f"{type(pipe).__name__} is class-conditional: it takes no prompts")
+        num_classes = int(getattr(get_transformer(pipe).config, "num_embeds_ada_norm", None) or 1)
+        return split_inputs(sizes=sizes, seed=seed, labels=range(num_classes))
     return split_inputs(sizes=sizes, seed=seed, prompts=prompts or default_prompts(), allow_overlap=allow_overlap)
 
 
@@ -269,11 +305,12 @@ def record_shard(
     num_shards: int,
     out_dir: str | Path,
     num_inference_steps: int = 50,
-    guidance_scale: float = 2.0,
+    guidance_scale: float | None = None,
     prompts: list[str] | None = None,
     samples: int = 8,
     seed: int = 0,
     group_size: int = 4,
+    **run: Any,
 ) -> Path:
     """Record shard ``shard`` of ``num_shards`` of the calibration inputs into ``out_dir``.
 
@@ -299,7 +336,8 @@ def record_shard(
     if not indices:
         raise RfcacheError(f"shard {shard}/{num_shards} has no inputs: use at most {samples} shards")
     groups = [indices[g : g + group_size] for g in range(0, len(indices), group_size)]
-    common = {"num_inference_steps": num_inference_steps, "guidance_scale": guidance_scale, "output_type": "np"}
+    spec = RunSpec(steps=num_inference_steps, guidance=guidance_scale, seed=seed, **run)
+    common = {**spec.call_kwargs(pipe), "output_type": "np"}
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [out_dir / f"{path.stem}.part-{g}-of-{len(groups)}.npz" for g in range(len(groups))]
     recorded = sum(part.exists() for part in parts)
@@ -311,7 +349,7 @@ def record_shard(
         group_items = tuple(items[i] for i in group)
         call = {**_call(group_items), **common, "generator": _generators(group_items)}
         with _progress(pipe, True, f"recording shard {shard}/{num_shards}, group {g + 1}/{len(groups)}"):
-            trace, _ = record_trace(pipe, call)
+            trace, _ = _record(pipe, call)
         trace.save(part)
     Trace.merge([Trace.load(part) for part in parts]).save(path)
     for stale in out_dir.glob(f"{path.stem}.part-*.npz"):
@@ -429,10 +467,14 @@ def _generators(items: tuple[InputItem, ...]) -> list[torch.Generator]:
     return [torch.Generator().manual_seed(item.seed) for item in items]
 
 
-def _call_params(pipe: Any) -> set[str]:
-    import inspect
-
-    return set(inspect.signature(type(pipe).__call__).parameters)
+def _record(pipe: Any, call: dict[str, Any]) -> tuple[Trace, Any]:
+    try:
+        return record_trace(pipe, call)
+    except RfcacheError:
+        raise
+    except (ValueError, TypeError, RuntimeError) as exc:  # a failure inside the pipeline call
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise RfcacheError(f"calibration failed while recording in {type(pipe).__name__}: {first}") from exc
 
 
 def _rel_l2(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -452,5 +494,5 @@ def _interval_fields(name: str, interval: Interval) -> dict[str, float]:
     return {k: v for k, v in fields.items() if np.isfinite(v)}
 
 
-def _hash(items: tuple[InputItem, ...], guidance: float) -> str:
+def _hash(items: tuple[InputItem, ...], guidance: Any) -> str:
     return hashlib.sha256(repr((items, guidance)).encode()).hexdigest()[:16]

@@ -14,9 +14,13 @@ __all__ = ["add_config_arguments", "config_from_args", "option"]
 T = TypeVar("T")
 
 
-def option(default: Any, help: str, *, flag: str | None = None, metavar: str | None = None) -> Any:
-    """A dataclass field that becomes a command-line flag."""
-    return dataclasses.field(default=default, metadata={"help": help, "flag": flag, "metavar": metavar})
+def option(
+    default: Any, help: str, *, flag: str | None = None, metavar: str | None = None, repeat: bool = False
+) -> Any:
+    """A dataclass field that becomes a command-line flag (``repeat``: given once per value, a tuple)."""
+    return dataclasses.field(
+        default=default, metadata={"help": help, "flag": flag, "metavar": metavar, "repeat": repeat}
+    )
 
 
 def _base_type(annotation: Any) -> Any:
@@ -41,19 +45,26 @@ def add_config_arguments(parser: argparse.ArgumentParser, cls: type) -> None:
             kwargs["metavar"] = meta["metavar"]
         if kind is bool:
             kwargs["action"] = argparse.BooleanOptionalAction
+        elif meta.get("repeat"):
+            (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
+            kwargs.update(action="append", type=item, default=None)
         elif typing.get_origin(kind) is tuple:
             (item,) = {a for a in typing.get_args(kind) if a is not Ellipsis}
             kwargs["type"] = _comma_list(item)
         else:
             kwargs["type"] = Path if kind is Path else kind
-        if field.default not in (None, ()) and kind is not bool:
+        if field.default not in (None, ()) and kind is not bool and not meta.get("repeat"):
             default = ",".join(map(str, field.default)) if isinstance(field.default, tuple) else field.default
             kwargs["help"] += f" (default: {default})"
         parser.add_argument(flag, **kwargs)
 
 
 def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
-    return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls)})
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(cls)}
+    for f in dataclasses.fields(cls):
+        if f.metadata.get("repeat"):
+            values[f.name] = tuple(values[f.name] or ())
+    return cls(**values)
 
 
 def _comma_list(item: type) -> Any:

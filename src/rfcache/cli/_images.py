@@ -1,4 +1,5 @@
-"""Generated images: which class labels to sample, and a grid of samples as one PNG, written atomically."""
+"""Generated images and videos: which class labels to sample; a grid of images as one PNG, videos as an
+animated GIF or MP4 or a PNG strip of their frames; every file written atomically."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cycle_labels", "save_grid"]
+__all__ = ["cycle_labels", "save_grid", "save_output"]
 
 
 def cycle_labels(requested: tuple[int, ...], num_classes: int, num: int) -> list[int]:
@@ -34,3 +35,52 @@ def save_grid(images: np.ndarray, out: Path, *, scale: int = 1, cols: int = 10) 
     image.save(tmp, format="PNG")
     tmp.replace(out)
     return out
+
+
+def save_output(samples: np.ndarray, out: Path, *, scale: int | None = None, fps: int = 8) -> Path:
+    """Images ``(N, H, W, C)`` as a PNG grid; videos ``(N, F, H, W, C)`` as ``.gif``/``.mp4``
+    (the videos side by side) or ``.png`` (one row of frames per video). Values in [0, 1]."""
+    from rfcache.errors import RfcacheError
+
+    suffix = out.suffix.lower()
+    if scale is None:
+        scale = 4 if samples.ndim == 4 and samples.shape[-2] < 64 else 1
+    if samples.ndim == 4:
+        if suffix != ".png":
+            raise RfcacheError(f"--out {out}: images are written as .png")
+        return save_grid(samples, out, scale=scale)
+    n, f, h, w, c = samples.shape
+    if suffix == ".png":
+        return save_grid(samples.reshape(n * f, h, w, c), out, scale=scale, cols=f)
+    if suffix not in (".gif", ".mp4"):
+        raise RfcacheError(f"--out {out}: a video is written as .gif, .mp4 or .png (a strip of frames)")
+    frames = np.concatenate(list(samples), axis=2).repeat(scale, axis=1).repeat(scale, axis=2)  # (F, H, N*W, C)
+    pixels = (np.clip(frames, 0, 1) * 255).round().astype("uint8")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.name}.tmp{suffix}")
+    try:
+        if suffix == ".gif":
+            from PIL import Image
+
+            images = [Image.fromarray(p[..., 0] if c == 1 else p) for p in pixels]
+            images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
+        else:
+            try:
+                import imageio.v3 as iio
+
+                iio.imwrite(tmp, pixels, fps=fps, codec="libx264", plugin="pyav" if _has("av") else None)
+            except (ImportError, ValueError, OSError, RuntimeError) as exc:
+                raise RfcacheError(
+                    f"--out {out}: cannot write MP4 here ({type(exc).__name__}); pip install imageio[ffmpeg] "
+                    "or write a .gif"
+                ) from exc
+        tmp.replace(out)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return out
+
+
+def _has(module: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(module) is not None

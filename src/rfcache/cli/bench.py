@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from rfcache.cli._args import option
+from rfcache.cli._run import RunFlags, run_spec
 
 __all__ = ["BenchCommandConfig", "run_bench_command"]
 
@@ -24,13 +25,14 @@ EXAMPLES = """examples:
   rfc-bench --budget 0.3,0.2 --methods rfc,static,diffusers-fbc --json bench.json
   rfc-bench --model tiny:flux --steps 20 --nfc 8,5 --samples 2
   rfc-bench --methods rfc,profile:toy-b0.4              # a shipped profile at its own cost
+  rfc-bench --model ./my-pixart --prompts prompts.txt --height 512 --width 768 --steps 20 --nfc 8 --samples 4
 """
 
 
 @dataclass(frozen=True)
-class BenchCommandConfig:
+class BenchCommandConfig(RunFlags):
     model: str = option("toy", "'toy', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a pipeline folder or hub id")
-    steps: int = option(50, "number of inference steps")
+    steps: int = option(50, "number of inference steps")  # type: ignore[assignment]
     nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules")
     budget: tuple[float, ...] = option((), "target costs as measured FLOP fractions (replaces --nfc)")
     methods: tuple[str, ...] = option((), "comma-separated methods (default: all; see the list above)")
@@ -71,6 +73,7 @@ def run_bench_command(cfg: BenchCommandConfig):
             device=cfg.device,
             dtype=_dtype(cfg.dtype),
             progress=cfg.progress,
+            run=run_spec(cfg) if _sets_run(cfg) else None,
         )
     )
     written = []
@@ -82,6 +85,12 @@ def run_bench_command(cfg: BenchCommandConfig):
         written.append(plot_quality(result, cfg.plot))
         written.append(plot_patterns(result, pattern_plot_path(cfg.plot)))
     return result, written
+
+
+def _sets_run(cfg: BenchCommandConfig) -> bool:
+    """Whether any run flag other than --steps was given (the workload's own arguments apply otherwise)."""
+    given = (cfg.prompt, cfg.prompts, cfg.negative_prompt, cfg.class_labels, cfg.height, cfg.width, cfg.num_frames)
+    return any(v not in (None, ()) for v in given) or cfg.guidance is not None or cfg.call_args is not None
 
 
 def report(cfg: BenchCommandConfig, outcome) -> str:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from rfcache.cli._args import option
+from rfcache.cli._run import RunFlags, run_spec
 
 __all__ = ["CalibrateConfig", "run_calibrate"]
 
@@ -18,7 +20,9 @@ logger = logging.getLogger(__name__)
 EXAMPLES = """examples:
   rfc-calibrate --budget 0.4                                  # embedded model -> profile.yaml
   rfc-calibrate --budget 0.25 --trials 400 --out toy-b0.25.yaml
-  rfc-calibrate --model ./my-pixart --prompts prompts.txt --steps 20 --device cuda
+  rfc-calibrate --model ./my-pixart --prompts prompts.txt --steps 20 --height 512 --width 768 \
+      --call-args '{"use_resolution_binning": false}' --device cuda --out pixart.yaml
+  rfc-calibrate --model ./my-wan --prompts prompts.txt --steps 30 --height 480 --width 832 --num-frames 33
   # 20 distinct prompts are needed for --samples 8 --selection 4 --test 8 (or --allow-overlap)
   # record on two machines, then calibrate from the merged traces:
   rfc-calibrate --shard 0/2 --trace-dir traces/   # and --shard 1/2 elsewhere
@@ -31,11 +35,9 @@ EXAMPLES = """examples:
 
 
 @dataclass(frozen=True)
-class CalibrateConfig:
+class CalibrateConfig(RunFlags):
     model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
     budget: float = option(0.4, "share of the module FLOPs the schedule may spend, in (0, 1]")
-    steps: int = option(50, "number of inference steps the profile is for")
-    prompts: Path | None = option(None, "text file, one prompt per line (text-conditioned models)")
     trials: int = option(200, "Optuna trials, scored by the error model (a resumed study counts its finished ones)")
     confirm: int = option(4, "best candidates by estimate confirmed by real runs on the calibration inputs")
     storage: str | None = option(
@@ -47,13 +49,13 @@ class CalibrateConfig:
     selection: int = option(4, "selection inputs: choose among the confirmed candidates")
     test: int = option(8, "test inputs: reported only, never used for a choice")
     allow_overlap: bool = option(False, "let prompts repeat across the three input sets when the prompt file is short")
-    guidance: float = option(2.0, "classifier-free guidance scale used while calibrating")
     device: str = option("cpu", "torch device")
-    seed: int = option(0, "seed of noise and sampler")
     shard: str | None = option(None, "record only shard i/n of the calibration inputs into --trace-dir, then stop")
     trace_dir: Path | None = option(None, "folder of trace shards: written with --shard, merged without it")
-    record_batch: int = option(
-        4, "inputs per pipeline call while recording a shard; each finished group is saved, so a killed run resumes"
+    record_batch: int | None = option(
+        None,
+        "inputs per pipeline call while recording (bounds memory; default: all at once, 4 per group for a "
+        "--shard, where each finished group is saved so a killed run resumes)",
     )
     json: bool = option(False, "print one JSON object as the last line")
 
@@ -66,52 +68,68 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
 
     if not 0 < cfg.budget <= 1:
         raise RfcacheError(f"--budget must be in (0, 1], got {cfg.budget}")
-    prompts = _read_prompts(cfg.prompts) if cfg.prompts is not None else None
+    spec = run_spec(cfg)
+    if spec.class_labels:
+        raise RfcacheError("--class: rfc-calibrate picks class labels itself (see --samples)")
     shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
     if shard is not None and cfg.trace_dir is None:
         raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
-    if shard is not None and cfg.record_batch < 1:
+    if cfg.record_batch is not None and cfg.record_batch < 1:
         raise RfcacheError(f"--record-batch must be >= 1, got {cfg.record_batch}")
     # merged traces are checked before the storage is opened (which may create a database file)
     trace = load_shards(cfg.trace_dir) if shard is None and cfg.trace_dir is not None else None
-    if shard is None and cfg.storage is None:
-        cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    storage = cfg.storage or f"sqlite:///{cfg.out.with_suffix('.optuna.db')}"
-    if shard is None:
-        _check_storage(storage)
-    import optuna
-
-    if not logging.getLogger().isEnabledFor(logging.INFO):
-        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says enough
     pipe = load_pipeline(cfg.model, device=cfg.device)
     pipe.set_progress_bar_config(disable=True)
     # the same calibration inputs, whether recorded here or in shards
     inputs = {
-        "num_inference_steps": cfg.steps,
-        "guidance_scale": cfg.guidance,
-        "prompts": prompts,
+        "num_inference_steps": spec.steps,
+        "guidance_scale": spec.guidance,
+        "prompts": list(spec.prompts) or None,
+        "negative_prompt": spec.negative_prompt,
+        "height": spec.height,
+        "width": spec.width,
+        "num_frames": spec.num_frames,
+        "call_args": spec.call_args,
         "samples": cfg.samples,
-        "seed": cfg.seed,
+        "seed": spec.seed,
     }
     if shard is not None:
+        group = cfg.record_batch or 4
         path = record_shard(
-            pipe, shard=shard[0], num_shards=shard[1], out_dir=cfg.trace_dir, group_size=cfg.record_batch, **inputs
+            pipe, shard=shard[0], num_shards=shard[1], out_dir=cfg.trace_dir, group_size=group, **inputs
         )
         return {"trace": str(path), "json": cfg.json}
-    result = calibrate(
-        pipe,
-        budget=cfg.budget,
-        selection=cfg.selection,
-        test=cfg.test,
-        allow_overlap=cfg.allow_overlap,
-        trials=cfg.trials,
-        confirm=cfg.confirm,
-        storage=storage,
-        study_name=cfg.study,
-        name=cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name,
-        trace=trace,
-        **inputs,
-    )
+    if cfg.storage is None:
+        cfg.out.parent.mkdir(parents=True, exist_ok=True)
+    database = cfg.out.with_suffix(".optuna.db")
+    storage = cfg.storage or f"sqlite:///{database}"
+    created = cfg.storage is None and not database.exists()
+    _check_storage(storage)
+    import optuna
+
+    if not logging.getLogger().isEnabledFor(logging.INFO):
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar says enough
+    try:
+        result = calibrate(
+            pipe,
+            budget=cfg.budget,
+            selection=cfg.selection,
+            test=cfg.test,
+            allow_overlap=cfg.allow_overlap,
+            trials=cfg.trials,
+            confirm=cfg.confirm,
+            storage=storage,
+            study_name=cfg.study,
+            name=cfg.out.stem if cfg.out.suffix in (".yaml", ".yml") else cfg.out.name,
+            trace=trace,
+            record_batch=cfg.record_batch,
+            report=lambda line: print(line, file=sys.stderr, flush=True),
+            **inputs,
+        )
+    except RfcacheError:
+        if created:  # a study that never got a trial is not left behind
+            database.unlink(missing_ok=True)
+        raise
     path = result.profile.save(cfg.out)
     p = result.profile
     return {
@@ -190,19 +208,6 @@ def _parse_shard(text: str) -> tuple[int, int]:
     if not 0 <= i < n:
         raise RfcacheError(f"--shard i/n needs 0 <= i < n, got {text!r}")
     return i, n
-
-
-def _read_prompts(path: Path) -> list[str]:
-    from rfcache.errors import RfcacheError
-
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise RfcacheError(f"{path}: cannot read prompt file ({type(exc).__name__})") from exc
-    prompts = [line.strip() for line in lines if line.strip()]
-    if not prompts:
-        raise RfcacheError(f"{path}: prompt file is empty (expected one prompt per line)")
-    return prompts
 
 
 def _check_storage(url: str) -> None:

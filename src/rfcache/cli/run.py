@@ -1,4 +1,5 @@
-"""``rfc-run``: generate images from an engine bundle, without the model's Python code."""
+"""``rfc-run``: generate from an engine bundle: class-conditional bundles alone, without the model's
+Python code; text-to-image and video bundles inside the pipeline they were exported from (``--model``)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from rfcache.cli._args import option
-from rfcache.cli._images import cycle_labels, save_grid
+from rfcache.cli._images import cycle_labels, save_grid, save_output
+from rfcache.cli._run import RunFlags, run_spec
 
 __all__ = ["RunConfig", "run_bundle"]
 
@@ -17,20 +19,21 @@ EXAMPLES = """examples:
   rfc-run --bundle bundle/ --class 3 --seed 0 --out three.png
   rfc-run --bundle bundle/ --num 10 --out digits.png --json     # one of each digit, JSON summary last
   rfc-run --bundle bundle/ --device cuda                         # needs onnxruntime-gpu
+  rfc-run --bundle flux-bundle/ --model ./my-flux --prompt "a red fox in snow" --seed 0 --out fox.png
+  rfc-run --bundle wan-bundle/ --model ./my-wan --prompts prompts.txt --out clip.gif
 """
 
 
 @dataclass(frozen=True)
-class RunConfig:
+class RunConfig(RunFlags):
     bundle: Path | None = option(None, "bundle folder written by rfc-export; required")
-    class_labels: tuple[int, ...] = option(
-        (), "class label(s), comma-separated; default: 0,1,2,... cycling", flag="--class"
+    model: str | None = option(
+        None, "pipeline folder or hub id whose transformer the bundle replaces (text-to-image and video bundles)"
     )
-    num: int = option(1, "number of images; class labels cycle to fill it")
-    seed: int = option(0, "seed of the initial noise")
-    guidance: float | None = option(None, "guidance scale (the bundle's default if unset)")
-    out: Path = option(Path("out.png"), "PNG to write (a grid when --num > 1)")
-    scale: int = option(4, "nearest-neighbour upscaling of the saved image")
+    num: int | None = option(None, "number of images or videos; inputs cycle to fill it (default: one per input)")
+    out: Path = option(Path("out.png"), "PNG to write (a grid for several); for video also .gif, .mp4 (animated)")
+    scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")
+    fps: int = option(8, "frames per second of a .gif or .mp4")
     device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider; an aoti bundle's compile device)")
     threads: int = option(0, "ONNX Runtime intra-op threads (0: its default)")
     json: bool = option(False, "print one JSON object as the last line")
@@ -43,14 +46,22 @@ def run_bundle(cfg: RunConfig) -> dict[str, Any]:
 
     if cfg.bundle is None:
         raise RfcacheError("--bundle is required")
-    if cfg.num < 1:
+    if cfg.num is not None and cfg.num < 1:
         raise RfcacheError(f"--num must be at least 1, got {cfg.num}")
     bundle = load_bundle(cfg.bundle)
-    runner = open_runner(bundle, device=cfg.device, threads=cfg.threads or None)
-    num_classes = int(bundle.sampling.get("num_classes", 0))
-    labels = cycle_labels(cfg.class_labels, num_classes, cfg.num)
-    result = runner.generate(labels, seed=cfg.seed, guidance_scale=cfg.guidance)
-    save_grid(result.images, cfg.out, scale=cfg.scale)
+    if cfg.model is not None:
+        result = _run_in_pipeline(cfg, bundle)
+    elif bundle.sampling.get("recipe") != "class-conditional":
+        pipeline = bundle.setup.get("pipeline", "pipeline")
+        raise RfcacheError(f"{cfg.bundle}: this bundle runs inside its {pipeline}: give --model DIR (or a hub id)")
+    else:
+        if cfg.prompt or cfg.prompts:
+            raise RfcacheError(f"{cfg.bundle}: a class-conditional bundle takes --class N, not --prompt")
+        runner = open_runner(bundle, device=cfg.device, threads=cfg.threads or None)
+        num_classes = int(bundle.sampling.get("num_classes", 0))
+        labels = cycle_labels(cfg.class_labels, num_classes, cfg.num or max(len(cfg.class_labels), 1))
+        result = runner.generate(labels, seed=cfg.seed, guidance_scale=cfg.guidance)
+        save_grid(result.images, cfg.out, scale=cfg.scale if cfg.scale is not None else 4)
     return {
         "out": str(cfg.out),
         "backend": bundle.backend,
@@ -62,6 +73,27 @@ def run_bundle(cfg: RunConfig) -> dict[str, Any]:
         "nonfinite_fallbacks": result.nonfinite_fallbacks,
         "json": cfg.json,
     }
+
+
+def _run_in_pipeline(cfg: RunConfig, bundle: Any) -> Any:
+    """The pipeline from ``--model`` with the bundle as its transformer, at the bundle's setup."""
+    import time
+
+    from rfcache.cli.generate import generate_with, run_inputs
+    from rfcache.export.runner import GenerationResult
+    from rfcache.pipelines import load_pipeline
+    from rfcache.runtime.runspec import run_setup
+
+    pipe = load_pipeline(cfg.model, device=cfg.device)
+    spec = run_spec(cfg, bundle.profile.sampling)
+    bundle.into(pipe, device=cfg.device, threads=cfg.threads or None)
+    bundle.profile.check_setup(run_setup(pipe, spec))
+    inputs = run_inputs(pipe, spec, cfg.num)
+    started = time.perf_counter()
+    out = generate_with(pipe, spec, inputs, device=cfg.device, what="rfc-run")
+    seconds = time.perf_counter() - started
+    save_output(out, cfg.out, scale=cfg.scale, fps=cfg.fps)
+    return GenerationResult(out, pipe.transformer.executed, seconds, pipe.transformer.fallbacks)
 
 
 def report(cfg: RunConfig, r: dict[str, Any]) -> str:

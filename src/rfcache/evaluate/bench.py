@@ -76,6 +76,7 @@ class BenchConfig:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     progress: bool = True
+    run: Any = None  # a RunSpec: prompts, size, frames, guidance and other pipeline arguments of the workload
 
 
 @dataclass
@@ -157,6 +158,8 @@ class _Bench:
             steps=cfg.steps,
             calibrate=lambda: self.work.generate(TUNE_OFFSET),
             calibrate_trials=cfg.calibrate_trials,
+            call=dict(workload.base_kwargs),
+            prompts=list(workload.prompts) or None,
         )
         self.eval_idx = list(range(cfg.samples))
         self.tune_idx = [TUNE_OFFSET + i for i in range(cfg.tune_samples)]
@@ -321,7 +324,7 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
             skipped[spec.name] = reason
             specs.remove(spec)
             logger.warning("skipping %s: %s", spec.name, reason)
-    work = workload or load_workload(cfg.model, steps=cfg.steps, device=cfg.device, dtype=cfg.dtype)
+    work = workload or load_workload(cfg.model, steps=cfg.steps, device=cfg.device, dtype=cfg.dtype, run=cfg.run)
     bench = _Bench(cfg, work)
     from tqdm.auto import tqdm
 

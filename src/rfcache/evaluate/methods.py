@@ -49,6 +49,8 @@ class BenchContext:
     calibrate: Callable[[], Any] | None = None  # runs one full-compute generation (MagCache's calibration)
     calibrate_trials: int = 24
     memo: dict[str, Any] = field(default_factory=dict)
+    call: dict[str, Any] = field(default_factory=dict)  # the workload's pipeline arguments (size, guidance, ...)
+    prompts: list[str] | None = None  # the workload's prompts (text pipelines)
 
 
 @dataclass
@@ -116,6 +118,8 @@ def _static(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) ->
 
     key = f"profile@{target.budget:.4f}"
     if key not in ctx.memo:
+        run = {k: ctx.call[k] for k in ("guidance_scale", "height", "width", "num_frames") if k in ctx.call}
+        call_args = {k: v for k, v in ctx.call.items() if k not in run}
         result = calibrate(
             pipe,
             budget=target.budget,
@@ -124,6 +128,9 @@ def _static(pipe: Any, target: Target, knob: float | None, ctx: BenchContext) ->
             test=2,  # calibration's own test report is not used here: the benchmark evaluates on its own samples
             progress=False,
             name=f"bench-{target.label.replace(' ', '')}",
+            prompts=ctx.prompts,
+            call_args=call_args,
+            **run,
         )
         ctx.memo[key] = result.profile
     profile = ctx.memo[key]

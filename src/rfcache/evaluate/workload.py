@@ -64,8 +64,23 @@ class Workload:
         return images.permute(0, 3, 1, 2).contiguous()  # (N, C, H, W)
 
 
-def load_workload(model: str, *, steps: int, device: str = "cpu", dtype: torch.dtype = torch.float32) -> Workload:
-    """The benchmark's workload for ``model`` (``toy``, ``tiny:FAMILY``, a folder or hub id)."""
+def load_workload(
+    model: str, *, steps: int, device: str = "cpu", dtype: torch.dtype = torch.float32, run: Any = None
+) -> Workload:
+    """The benchmark's workload for ``model`` (``toy``, ``tiny:FAMILY``, a folder or hub id); ``run``
+    (a :class:`~rfcache.runtime.runspec.RunSpec`) replaces its prompts and pipeline arguments."""
+    work = _load_workload(model, steps=steps, device=device, dtype=dtype)
+    if run is not None:
+        call = {k: v for k, v in run.call_kwargs(work.pipe).items() if k != "num_inference_steps"}
+        work.base_kwargs.update(call)
+        if work.input_kind == "prompt" and run.prompts:
+            work.prompts = list(run.prompts)
+        elif run.prompts or run.class_labels:
+            run.inputs(work.pipe)  # a prompt for a class-conditional model (or the reverse): one line
+    return work
+
+
+def _load_workload(model: str, *, steps: int, device: str, dtype: torch.dtype) -> Workload:
     if model.startswith("tiny:"):
         from rfcache.models.tiny import FAMILIES, build_tiny_pipeline, tiny_pipeline_call_kwargs
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +63,11 @@ def export(
 ) -> Path:
     """Export ``pipe``'s transformer with ``profile`` into the bundle folder ``out``; returns its path.
 
+    For a pipeline, the graphs' example inputs are the transformer's real arguments, captured from
+    a call of the pipeline at the setup the profile records (size, frames, guidance, call
+    arguments): text length, attention masks and id tensors are what the pipeline passes. A bare
+    transformer is exported from its adapter's example inputs. The bundle records the setup.
+
     ``backend="aoti"`` writes AOTInductor packages compiled for the model's device instead of ONNX
     graphs (aoti.py); ``backend="tensorrt"`` also builds TensorRT engines from the ONNX graphs
     (needs the ``tensorrt`` extra and a CUDA GPU). Graphs are in the model's dtype; ``fp16``
@@ -85,9 +91,14 @@ def export(
     spec = PredictorSpec(config.predictor, config.order, config.ratios)
     pattern = effective_pattern(profile.schedule, config.min_full_steps)
     sampling = _sampling(pipe, profile, guidance_scale)
-    inputs = _probe_inputs(model, adapter, sampling)
+    if model is pipe:
+        inputs, constants = _probe_inputs(model, adapter, sampling), {}
+    else:
+        inputs, constants = _captured_inputs(pipe, profile, sampling)
     profile.check_sampling(resolution=input_resolution(inputs["hidden_states"]))
-    graphs = StepGraphs(model, adapter, spec, tuple(inputs), granularity=config.granularity)
+    batch = int(inputs["hidden_states"].shape[0])
+    axes = {n: _batch_axis(n, t, batch, adapter) for n, t in inputs.items()}
+    graphs = StepGraphs(model, adapter, spec, tuple(inputs), granularity=config.granularity, constants=constants)
     started = time.perf_counter()
     was_training = model.training
     model.eval()
@@ -102,17 +113,20 @@ def export(
         def fill(folder: Path) -> dict[str, Any]:
             ext = ".pt2" if backend == "aoti" else ".onnx"
             specs = {
-                "full": _export_graph(graphs, inputs, folder / f"full{ext}", full=True, backend=backend),
-                "cached": _export_graph(graphs, inputs, folder / f"cached{ext}", full=False, backend=backend),
+                "full": _export_graph(graphs, inputs, axes, folder / f"full{ext}", full=True, backend=backend),
+                "cached": _export_graph(graphs, inputs, axes, folder / f"cached{ext}", full=False, backend=backend),
             }
             if graphs.conditioning:
-                specs["conditioning"] = _export_conditioning(graphs, inputs, folder / f"conditioning{ext}", backend)
+                specs["conditioning"] = _export_conditioning(
+                    graphs, inputs, axes, folder / f"conditioning{ext}", backend
+                )
             vae = getattr(pipe, "vae", None)
             if sampling is not None and vae is not None:
                 specs["decoder"] = _export_decoder(vae, inputs["hidden_states"], folder / f"decoder{ext}", backend)
                 sampling["decode"] = "decoder"
             profile.save(folder / PROFILE)
             manifest = _manifest(model, adapter, profile, spec, pattern, graphs, specs, sampling, backend, fp16)
+            manifest["setup"] = _setup_record(pipe, profile, inputs)
             manifest["device"] = device.type  # aoti packages run only on the device kind they were compiled for
             if backend == "tensorrt":
                 from rfcache.export.tensorrt import build_engines
@@ -167,6 +181,41 @@ def _sampling(pipe: Any, profile: Profile, guidance_scale: float | None) -> dict
     }
 
 
+def _captured_inputs(
+    pipe: Any, profile: Profile, sampling: dict[str, Any] | None
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """The transformer's arguments in a real call of ``pipe`` at the profile's setup: tensors (the
+    graph inputs) and the rest (constants of the graph, such as ``added_cond_kwargs``)."""
+    from rfcache.runtime.runspec import captured_call, conditioning, pipeline_call, run_from_setup, run_setup
+
+    if conditioning(pipe) == "class":
+        inputs: dict[str, Any] = {"class_labels": [0, 1, 2]}
+        run = run_from_setup(profile.sampling)
+        if sampling is not None:
+            run = replace(run, guidance=sampling["guidance_scale"])
+    else:  # three prompts of different lengths: the batch axis is 3 (6 with batched CFG)
+        inputs = {"prompt": ["a photo", "a red fox in the snow", "an old lighthouse on a cliff at dusk"]}
+        run = run_from_setup(profile.sampling)
+    profile.check_setup(run_setup(pipe, run))
+    kwargs = {**inputs, **run.call_kwargs(pipe), "generator": run.generator(), "output_type": "latent"}
+    with captured_call(pipe) as call:
+        pipeline_call(pipe, kwargs, what="rfc-export (capturing the transformer's inputs)")
+    tensors = {k: v for k, v in call["kwargs"].items() if isinstance(v, torch.Tensor)}
+    constants = {k: v for k, v in call["kwargs"].items() if not isinstance(v, torch.Tensor) and k != "return_dict"}
+    return tensors, constants
+
+
+def _setup_record(pipe: Any, profile: Profile, inputs: dict[str, torch.Tensor]) -> dict[str, Any]:
+    """What the bundle was exported for: the pipeline, the run's setup and the transformer's input shapes."""
+    from rfcache.schedules.profile import _to_plain
+
+    return {
+        "pipeline": type(pipe).__name__,
+        **_to_plain(profile.sampling),
+        "transformer_inputs": {n: list(t.shape) for n, t in inputs.items()},
+    }
+
+
 def _probe_inputs(model: torch.nn.Module, adapter: Any, sampling: dict[str, Any] | None) -> dict[str, torch.Tensor]:
     param = next(model.parameters())
     inputs = adapter.example_inputs(
@@ -179,7 +228,13 @@ def _probe_inputs(model: torch.nn.Module, adapter: Any, sampling: dict[str, Any]
 
 
 def _export_graph(
-    graphs: StepGraphs, inputs: dict[str, torch.Tensor], path: Path, *, full: bool, backend: str
+    graphs: StepGraphs,
+    inputs: dict[str, torch.Tensor],
+    axes: dict[str, bool],
+    path: Path,
+    *,
+    full: bool,
+    backend: str,
 ) -> dict[str, Any]:
     names = list(graphs.input_names)
     model_args = [inputs[n] for n in names]
@@ -200,14 +255,14 @@ def _export_graph(
     ]
     args = (*model_args, constant[1], *state_args)
     batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = [_batch_axis(a, batch) for a in model_args] + [None] + [{0: batch} for _ in state_args]
+    dynamic = [{0: batch} if axes[n] else None for n in names] + [None] + [{0: batch} for _ in state_args]
     with torch.no_grad():
         reference = module(*args)
     _save_graph(module, args, (tuple(dynamic),), path, backend, input_names=in_names, output_names=outputs)
     return {
         "file": path.name,
         "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
-        "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],
+        "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],  # all batched
     }
 
 
@@ -215,7 +270,7 @@ _PROBE_STEPS = 5  # steps in the conditioning graph's example; the axis is dynam
 
 
 def _export_conditioning(
-    graphs: StepGraphs, inputs: dict[str, torch.Tensor], path: Path, backend: str
+    graphs: StepGraphs, inputs: dict[str, torch.Tensor], axes: dict[str, bool], path: Path, backend: str
 ) -> dict[str, Any]:
     """The conditioning graph: (every step's timestep, the condition inputs) -> every step's ``c.*``."""
     timestep = graphs.adapter.timestep_arg
@@ -224,7 +279,7 @@ def _export_conditioning(
     conditions = [inputs[n] for n in graphs.condition_inputs]
     module = graphs.conditioning_module(inputs)
     steps, batch = torch.export.Dim("steps", min=1, max=10_000), torch.export.Dim("batch", min=1, max=4096)
-    dynamic = ({0: steps, 1: batch}, *(_batch_axis(c, batch) for c in conditions))
+    dynamic = ({0: steps, 1: batch}, *({0: batch} if axes[n] else None for n in graphs.condition_inputs))
     with torch.no_grad():
         outputs = module(timesteps, *conditions)
     names = [c.name for c in graphs.conditioning]
@@ -239,7 +294,7 @@ def _export_conditioning(
         "file": path.name,
         "inputs": [
             stepped(timestep, timesteps),
-            *(_spec(n, c, True) for n, c in zip(graphs.condition_inputs, conditions, strict=True)),
+            *(_spec(n, c, axes[n]) for n, c in zip(graphs.condition_inputs, conditions, strict=True)),
         ],
         "outputs": [stepped(n, o) for n, o in zip(names, outputs, strict=True)],
     }
@@ -290,6 +345,14 @@ def _onnx_export(module: torch.nn.Module, args: tuple, **kwargs: Any) -> Any:
     try:
         with torch.no_grad(), contextlib.redirect_stdout(chatter), warnings.catch_warnings():
             warnings.simplefilter("ignore")
+            # torch.export first, with ordinary guards: the ONNX exporter's own capture reasons
+            # "size-obliviously" and then cannot see that an attention mask repeated per head
+            # (PixArt's cross-attention) still has the batch's size
+            try:
+                module = torch.export.export(module, args, dynamic_shapes=kwargs["dynamic_shapes"], strict=False)
+                args, kwargs = (), {k: v for k, v in kwargs.items() if k != "dynamic_shapes"}
+            except Exception as exc:  # the ONNX exporter's own capture strategies get their turn
+                logger.debug("torch.export failed (%s); the ONNX exporter captures the graph itself", exc)
             program = torch.onnx.export(
                 module, args, opset_version=OPSET, dynamo=True, external_data=True, verbose=False, **kwargs
             )
@@ -332,13 +395,14 @@ def _drop_noop_squeezes(path: Path) -> None:
         onnx.save(model, str(path))
 
 
-def _batch_axis(t: torch.Tensor, batch: Any) -> dict[int, Any] | None:
-    return {0: batch} if t.ndim and t.shape[0] == _PROBE_BATCH else None
+def _batch_axis(name: str, t: torch.Tensor, batch: int, adapter: Any) -> bool:
+    """Whether input ``name``'s first axis is the batch (ids shared by the batch, such as Flux's, are not)."""
+    return bool(t.ndim) and t.shape[0] == batch and name not in adapter.unbatched_inputs
 
 
 def _spec(name: str, t: torch.Tensor, dynamic: bool) -> dict[str, Any]:
     shape: list[int | str] = list(t.shape)
-    if dynamic and shape and shape[0] == _PROBE_BATCH:
+    if dynamic and shape:
         shape[0] = "batch"
     return {"name": name, "shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
 

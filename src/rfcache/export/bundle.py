@@ -103,6 +103,24 @@ class Bundle:
     def file(self, name: str) -> Path:
         return self.path / name
 
+    @property
+    def setup(self) -> dict[str, Any]:
+        """What the bundle was exported for (pipeline, size, frames, guidance, call arguments); {} if not recorded."""
+        return self.manifest.get("setup", {})
+
+    def into(self, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
+        """Put the bundle in place of ``pipe.transformer``: the pipeline's text encoders, scheduler loop
+        and VAE run as usual, each transformer step runs from the engine with the baked schedule.
+
+        Example:
+            >>> pipe = rfcache.load_pipeline("./my-flux")
+            >>> rfcache.load_bundle("flux-bundle/").into(pipe)
+            >>> image = pipe("a red fox", generator=torch.Generator().manual_seed(0)).images[0]
+        """
+        from rfcache.export.engine import put_bundle
+
+        return put_bundle(self, pipe, device=device, threads=threads)
+
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Bundle:
         """Open and verify a bundle folder; any problem is one :class:`BundleError` line."""

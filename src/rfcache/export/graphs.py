@@ -89,9 +89,11 @@ class StepGraphs:
         input_names: tuple[str, ...],
         *,
         granularity: Granularity = "module",
+        constants: dict[str, Any] | None = None,
     ) -> None:
         self.model, self.adapter, self.spec = model, adapter, spec
         self.input_names = input_names
+        self.constants = dict(constants or {})  # non-tensor transformer arguments, baked into the graphs
         self.granularity = granularity
         self.units: list[CacheUnit] = adapter.units(model, granularity)
         self._layouts: dict[int, _Layout] = {}
@@ -280,7 +282,7 @@ class _StepModule(torch.nn.Module):
         ctx.conditioning = conditioning
         g._attach(lambda unit, original, args, kwargs: hook(unit, original, args, kwargs, ctx), ctx)
         try:
-            out = self.transformer(**model_inputs, return_dict=False)[0]
+            out = self.transformer(**model_inputs, **g.constants, return_dict=False)[0]
         finally:
             g._detach()
         if not self.full:
@@ -305,6 +307,7 @@ class _ConditioningModule(torch.nn.Module):
         steps, batch = timesteps.shape
         device = timesteps.device
         inputs: dict[str, Any] = {k: torch.empty(0, dtype=d, device=device) for k, d in self._dtypes.items()}
+        inputs.update(g.constants)  # non-tensor conditions (PixArt's added_cond_kwargs), baked in
         inputs.update(zip(g.condition_inputs, conditions, strict=True))
         out = g.adapter.shared_conditioning(self.transformer, inputs, timesteps.reshape(-1), steps)
         tensors = []

@@ -117,6 +117,8 @@ class BlockAdapter:
     # and what the pipeline divides the scheduler's timesteps by before passing them (Flux: 1000)
     conditioning_inputs: ClassVar[tuple[str, ...]] = ()
     timestep_divisor: ClassVar[float] = 1.0
+    #: transformer inputs without a batch axis (shared by every sample, e.g. Flux's position ids)
+    unbatched_inputs: ClassVar[tuple[str, ...]] = ()
 
     # -- structure -------------------------------------------------------------------------------
 

@@ -55,6 +55,7 @@ class FluxAdapter(BlockAdapter):
     family = "flux"
     model_classes = ("FluxTransformer2DModel",)
     block_lists = ("transformer_blocks", "single_transformer_blocks")
+    unbatched_inputs = ("img_ids", "txt_ids")
     module_kinds: ClassVar[dict[str, tuple[str, ...]]] = {
         "transformer_blocks": ("attn", "ff", "ff_context"),
         "single_transformer_blocks": ("proj_mlp", "attn", "proj_out"),

@@ -13,6 +13,7 @@ from rfcache.models.hooks import has_unit_hooks
 from rfcache.runtime.compile import CompiledSchedule
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.identity import model_identity
+from rfcache.runtime.runspec import RunSpec, run_setup
 from rfcache.runtime.session import CacheSession, CacheSummary
 from rfcache.schedules import Profile, load_profile
 
@@ -28,6 +29,7 @@ def enable(
     method: str = "rfc",
     compile: bool = False,
     cuda_graphs: bool = False,
+    run: RunSpec | None = None,
     **params: Any,
 ) -> CacheSession:
     """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
@@ -38,7 +40,9 @@ def enable(
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
     ``check_finite``, ``max_cache_bytes``, ``share_conditioning``) are those of :class:`CacheConfig`.
     Enabling twice on one model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
-    a profile enabled part-way through a generation.
+    a profile enabled part-way through a generation. With a profile, every generation is checked
+    against the setup it records (steps, resolution, and the guidance mode where the pipeline says
+    its scale); ``run`` (the :class:`~rfcache.runtime.runspec.RunSpec` about to run) is checked now.
 
     ``compile=True`` runs a fixed schedule (a profile, or an interval method) under
     ``torch.compile`` in two compiled variants, full step and cached step, with no recompilation
@@ -68,7 +72,10 @@ def enable(
     else:
         profile = profile if isinstance(profile, Profile) else load_profile(profile)
         config = profile_config(model, adapter, profile, scheduler, **params)
-    session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler)
+        if run is not None and scheduler is not None:
+            profile.check_setup(run_setup(pipe_or_model, run))
+    pipeline = None if isinstance(pipe_or_model, torch.nn.Module) else pipe_or_model
+    session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler, pipeline=pipeline)
     if cuda_graphs and not compile:
         raise RfcacheError("cuda_graphs=True needs compile=True (the CUDA graphs capture the compiled variants)")
     compiled = CompiledSchedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first

@@ -66,6 +66,7 @@ from rfcache.runtime.predictors import (
     update_differences,
     weighted_sum,
 )
+from rfcache.runtime.runspec import guidance_mode
 from rfcache.schedules import Profile
 
 __all__ = ["CacheSession", "CacheSummary"]
@@ -158,9 +159,10 @@ class CacheSession:
         *,
         profile: Profile | None = None,
         scheduler: Any = None,
+        pipeline: Any = None,
     ) -> None:
         self.model, self.adapter, self.config = model, adapter, config
-        self.profile, self.scheduler = profile, scheduler
+        self.profile, self.scheduler, self.pipeline = profile, scheduler, pipeline
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
         self._post_hook: Any = None
@@ -281,9 +283,14 @@ class CacheSession:
     def _check_profile(self, inputs: dict[str, Any]) -> None:
         assert self.profile is not None
         timesteps = getattr(self.scheduler, "timesteps", None)
+        # pipelines that keep their guidance scale during the call (SD3, Flux, Wan) are checked on it too
+        scale = getattr(self.pipeline, "_guidance_scale", None)
+        scale = float(scale) if isinstance(scale, (int, float)) else None
         self.profile.check_sampling(  # the scheduler was checked at enable time
             num_steps=len(timesteps) if timesteps is not None else None,
             resolution=input_resolution(inputs["hidden_states"]),
+            guidance=guidance_mode(self.pipeline, scale) if scale is not None else None,
+            guidance_scale=scale,
         )
 
     def _after_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict, output: Any) -> Any:

@@ -10,6 +10,7 @@ This module imports nothing of torch, so profiles can be read and checked anywhe
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 import reprlib
@@ -39,6 +40,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+logger = logging.getLogger(__name__)
 SHIPPED_DIR = Path(__file__).parent
 
 
@@ -63,9 +65,16 @@ class SamplingSetup:
 
     scheduler: str
     num_steps: int
-    guidance: str  # "cfg" (batched or sequential) or "none"
-    resolution: tuple[int, ...]  # token grid the transformer saw, e.g. (8, 8)
+    guidance: str  # "cfg" (batched or sequential), "embedded" (a transformer input, FLUX.1-dev) or "none"
+    resolution: tuple[int, ...]  # the transformer input's shape without the batch axis, e.g. (4, 8, 8)
     scheduler_config_hash: str = ""
+    # the run's setup (0 / empty: the pipeline's default, or a profile written before they were recorded)
+    guidance_scale: float = 0.0
+    height: int = 0
+    width: int = 0
+    num_frames: int = 0
+    text_tokens: int = 0  # max_sequence_length the text was padded to
+    call_args: dict[str, str] = field(default_factory=dict)  # other pipeline keywords, values as JSON
 
 
 @dataclass(frozen=True)
@@ -207,16 +216,42 @@ class Profile:
         scheduler: str | None = None,
         num_steps: int | None = None,
         resolution: tuple[int, ...] | None = None,
+        guidance: str | None = None,
+        guidance_scale: float | None = None,
     ) -> None:
-        """Refuse another scheduler, step count or resolution, naming which; ``None`` is not checked."""
+        """Refuse another scheduler, step count, resolution or guidance mode, naming which; ``None``
+        is not checked. A different guidance *scale* (same mode) is allowed with a logged warning."""
         expected = self.sampling
         for name, found, wanted in (
             ("scheduler", scheduler, expected.scheduler),
             ("num_steps", num_steps, expected.num_steps),
             ("resolution", None if resolution is None else tuple(resolution), tuple(expected.resolution)),
+            ("guidance", guidance, expected.guidance),
         ):
-            if found is not None and found != wanted:
+            if found is not None and found != wanted and (name != "resolution" or wanted):
                 raise ProfileError(f"profile {self.name!r} is for sampling.{name}={wanted!r}, got {found!r}")
+        if guidance_scale is not None and expected.guidance_scale and guidance_scale != expected.guidance_scale:
+            logger.warning(
+                "profile %r was calibrated at guidance scale %g; running at %g (the schedule may fit less well)",
+                self.name,
+                expected.guidance_scale,
+                guidance_scale,
+            )
+
+    def check_setup(self, found: SamplingSetup) -> None:
+        """Refuse a run whose setup changes the trajectory: :meth:`check_sampling` on every recorded
+        field, and the size (height, width, frames) where both sides name it."""
+        self.check_sampling(
+            scheduler=found.scheduler,
+            num_steps=found.num_steps,
+            resolution=found.resolution or None,
+            guidance=found.guidance,
+            guidance_scale=found.guidance_scale or None,
+        )
+        for name in ("height", "width", "num_frames"):
+            wanted, got = getattr(self.sampling, name), getattr(found, name)
+            if wanted and got and wanted != got:
+                raise ProfileError(f"profile {self.name!r} is for sampling.{name}={wanted!r}, got {got!r}")
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -243,7 +278,7 @@ def _validate(p: Profile) -> None:
     if not p.schedule or set(p.schedule) - {"C", "P"}:
         raise ProfileError(f"schedule must be a non-empty string of C and P, got {_show(p.schedule)}")
     if len(p.schedule) != p.sampling.num_steps:
-        raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {p.sampling.num_steps}")
+        raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
     if p.ratios and len(p.ratios) != p.model.num_units:
         raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {p.model.num_units}")
     if any(r < 0 for r in p.ratios):
@@ -256,6 +291,8 @@ def _validate(p: Profile) -> None:
         raise ProfileError(f"method.order must be 0, 1 or 2, got {p.method.order}")
     if p.model.granularity not in ("module", "block"):
         raise ProfileError(f"model.granularity must be module or block, got {_show(p.model.granularity)}")
+    if p.sampling.guidance not in ("none", "cfg", "embedded"):
+        raise ProfileError(f"sampling.guidance must be none, cfg or embedded, got {_show(p.sampling.guidance)}")
     if p.sampling.num_steps < 1 or p.model.num_units < 1:
         raise ProfileError("sampling.num_steps and model.num_units must be >= 1")
     if p.provenance.inputs and sorted(p.provenance.inputs) != ["calibration", "selection", "test"]:

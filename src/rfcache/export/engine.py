@@ -1,0 +1,127 @@
+"""`EngineTransformer`: a bundle in place of a pipeline's transformer.
+
+The pipeline's own text encoders, scheduler loop, guidance and VAE run unchanged; each call of
+``pipe.transformer`` runs one step of the bundle's graphs with its baked schedule. Steps and
+guidance branches are told apart by the timestep, as the PyTorch runtime does: a lower timestep
+is the next step, the same one again is the next branch of sequential guidance (own cache state),
+a higher one starts a new generation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+
+from rfcache.export.bundle import Bundle, BundleError
+from rfcache.export.runner import BundleRunner, StepRunner
+from rfcache.models import get_adapter
+from rfcache.runtime.conditioning import predicted_timesteps
+from rfcache.runtime.identity import config_hash
+
+__all__ = ["EngineTransformer", "put_bundle"]
+
+
+class EngineTransformer(torch.nn.Module):
+    """Called like the transformer it replaces (same config, dtype and device); runs the bundle."""
+
+    def __init__(self, bundle: Bundle, runner: BundleRunner, original: torch.nn.Module, scheduler: Any = None) -> None:
+        super().__init__()
+        self.bundle, self.runner = bundle, runner
+        # the pipeline's scheduler predicts a generation's timesteps: the conditioning graph then runs once
+        self._scheduler = scheduler
+        self._adapter = get_adapter(original)
+        self.config = original.config
+        param = next(original.parameters())
+        self.register_buffer("_anchor", torch.zeros((), dtype=param.dtype, device=param.device), persistent=False)
+        self._names = [n for n in inspect.signature(original.forward).parameters if n != "self"]
+        full = bundle.graphs["full"].inputs
+        self._inputs = [t.name for t in full if t.name != "distance" and not t.name.startswith(("prev.", "c."))]
+        self._timestep: float | None = None
+        self._branch = 0
+        self._steps: list[StepRunner] = []
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self._anchor.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self._anchor.device
+
+    @contextlib.contextmanager
+    def cache_context(self, name: str, **kwargs: Any) -> Iterator[None]:
+        """Pipelines with diffusers' cache mixin name their guidance branches; the timestep already tells."""
+        yield
+
+    @property
+    def executed(self) -> str:
+        """The pattern the last generation ran (its first guidance branch)."""
+        return self._steps[0].executed if self._steps else ""
+
+    @property
+    def conditioning_runs(self) -> int:
+        """Conditioning-graph passes of the last generation: one per guidance branch where the
+        scheduler predicted every step's timestep, one per step and branch otherwise."""
+        return sum(s.conditioning_runs for s in self._steps)
+
+    @property
+    def fallbacks(self) -> int:
+        """Cached steps of the last generation rerun in full because their output was not finite."""
+        return sum(s.fallbacks for s in self._steps)
+
+    def forward(self, *args: Any, return_dict: bool = True, **kwargs: Any) -> Any:
+        bound = {**dict(zip(self._names, args, strict=False)), **kwargs}
+        hidden = bound["hidden_states"]
+        t = float(torch.as_tensor(bound["timestep"]).flatten()[0])
+        if self._timestep is None or t > self._timestep:
+            self._steps, self._branch = [], 0
+        elif t == self._timestep:
+            self._branch += 1
+        else:
+            self._branch = 0
+        self._timestep = t
+        if self._branch >= len(self._steps):
+            self._steps.append(self.runner.steps(int(hidden.shape[0]), self._timesteps(bound["timestep"])))
+        arrays = {}
+        for name in self._inputs:
+            value = bound.get(name)
+            if not isinstance(value, torch.Tensor):
+                raise BundleError(f"{self.bundle.path}: the pipeline did not pass {name!r}, an input of the graphs")
+            arrays[name] = value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
+        out = self._steps[self._branch](arrays)
+        sample = torch.from_numpy(out).to(device=hidden.device, dtype=hidden.dtype)
+        if not return_dict:
+            return (sample,)
+        from diffusers.models.modeling_outputs import Transformer2DModelOutput
+
+        return Transformer2DModelOutput(sample=sample)
+
+    def _timesteps(self, first: Any) -> list[float] | None:
+        """The timestep input at every step of the generation starting now, where the scheduler predicts it."""
+        predicted = predicted_timesteps(self._adapter, self._scheduler, torch.as_tensor(first).flatten())
+        if predicted is None or len(predicted) != len(self.bundle.pattern):
+            return None
+        return [float(v) for v in predicted]
+
+
+def put_bundle(bundle: Bundle, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
+    """Replace ``pipe.transformer`` by the bundle's engine; refuses a bundle made for another model."""
+    from rfcache.export.runner import open_runner
+
+    original = getattr(pipe, "transformer", None)
+    if not isinstance(original, torch.nn.Module) or isinstance(original, EngineTransformer):
+        raise BundleError(f"{type(pipe).__name__} has no transformer of its own to replace")
+    model = bundle.manifest["model"]
+    found = (type(original).__name__, config_hash(original.config))
+    if found != (model["class_name"], model["config_hash"]):
+        raise BundleError(
+            f"{bundle.path}: bundle is for a {model['class_name']} with config hash {model['config_hash']}; "
+            f"this pipeline's transformer is a {found[0]} with config hash {found[1]}"
+        )
+    runner = open_runner(bundle, device=device, threads=threads)
+    pipe.transformer = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None))
+    return pipe
