@@ -1,4 +1,5 @@
-"""Step graphs: the transformer at a full step and at a cached step, as modules torch can export.
+"""Step graphs: the transformer at a full step and at a cached step, and the conditioning every step
+reads, as modules torch can export.
 
 Both wrap the unmodified transformer and route every unit through a named hook (the runtime's own
 mechanism), so the graphs hold exactly what the PyTorch runtime computes:
@@ -12,6 +13,11 @@ mechanism), so the graphs hold exactly what the PyTorch runtime computes:
   cached step whatever ``k`` is; the skeleton (embeddings, norms, modulation, gates, residual adds,
   final layer) runs exactly. Inputs: the transformer's inputs, ``coeffs``, the state. Output: the
   model output. The units' weights are not in this graph.
+- **conditioning**: what the adapter's ``conditioning_paths`` compute from the timestep and the
+  per-sample condition (timestep MLPs, adaLN linears), for many steps in one batched pass (its
+  ``shared_conditioning``). Inputs: the timestep argument of every step ``(steps, batch)`` and the
+  condition inputs. Outputs: ``c.{path}`` (``c.{path}.{i}`` for a tuple), ``(steps, batch, ...)``.
+  Both step graphs take one step's rows of these as inputs, so neither holds the modulation weights.
 
 State tensors are named ``u{unit}.o{output}.d{i}`` (difference ``D_i``), ``u{unit}.in`` (input at
 the last full step), ``u{unit}.o{output}.s`` (run-time ratio) and ``u{unit}.o{output}.g{i}{j}``
