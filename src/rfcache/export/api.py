@@ -4,8 +4,8 @@ The transformer is exported twice with the torch.onnx dynamo exporter (opset 18:
 this exporter wrote a Split node ONNX Runtime refuses): as the full-step graph and as the
 cached-step graph (graphs.py), and the conditioning modules once more as the conditioning graph,
 every step's modulation in one pass, that both step graphs read. The batch axis stays dynamic, so
-one bundle serves any number of images. For class-conditional pipelines (the embedded model, diffusers' ``DiTPipeline``) the
-bundle also records the sampler and, where the pipeline has a VAE, a decoder graph, so
+one bundle serves any number of images. For class-conditional pipelines (the embedded model,
+diffusers' ``DiTPipeline``) the bundle also records the sampler and, where the pipeline has a VAE, a decoder graph, so
 ``rfc-run`` generates images from the bundle alone; other families' bundles hold the transformer
 step graphs, run step by step through :class:`~rfcache.export.runner.OrtRunner`.
 """
