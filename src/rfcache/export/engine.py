@@ -17,6 +17,7 @@ from typing import Any
 import torch
 
 from rfcache.export.bundle import Bundle, BundleError
+from rfcache.export.graphs import CONDITIONING_PREFIX
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.models import get_adapter
 from rfcache.runtime.conditioning import predicted_timesteps
@@ -39,7 +40,9 @@ class EngineTransformer(torch.nn.Module):
         self.register_buffer("_anchor", torch.zeros((), dtype=param.dtype, device=param.device), persistent=False)
         self._names = [n for n in inspect.signature(original.forward).parameters if n != "self"]
         full = bundle.graphs["full"].inputs
-        self._inputs = [t.name for t in full if t.name != "distance" and not t.name.startswith(("prev.", "c."))]
+        self._inputs = [
+            t.name for t in full if t.name != "distance" and not t.name.startswith(("prev.", CONDITIONING_PREFIX))
+        ]
         self._timestep: float | None = None
         self._branch = 0
         self._steps: list[StepRunner] = []
