@@ -52,8 +52,8 @@ def _torch_images(pipe, profile, labels=LABELS, seed=0):
 def test_aoti_bundle_matches_the_pytorch_runtime_at_any_batch(aoti_bundle):
     pipe, profile, path = aoti_bundle
     bundle = load_bundle(path)
-    assert bundle.backend == "aoti" and sorted(bundle.graphs) == ["cached", "full"]
-    assert {f for f in bundle.manifest["files"] if f.endswith(".pt2")} == {"full.pt2", "cached.pt2"}
+    assert bundle.backend == "aoti" and sorted(bundle.graphs) == ["cached", "conditioning", "full"]
+    assert {f for f in bundle.manifest["files"] if f.endswith(".pt2")} == {"full.pt2", "cached.pt2", "conditioning.pt2"}
     runner = open_runner(bundle)
     assert isinstance(runner, AotiRunner)
     for labels in (LABELS, [3]):  # CFG batch 4, then 2: one package, a dynamic batch
@@ -68,7 +68,7 @@ def test_aoti_graphs_have_the_onnx_graphs_inputs_outputs_and_state(aoti_bundle, 
     aoti = load_bundle(path)
     onnx = load_bundle(export(pipe, profile, tmp_path / "onnx"))
     assert aoti.manifest["state"] == onnx.manifest["state"]
-    for name in ("full", "cached"):
+    for name in ("full", "cached", "conditioning"):
         assert aoti.graphs[name].inputs == onnx.graphs[name].inputs
         assert aoti.graphs[name].outputs == onnx.graphs[name].outputs
 

@@ -101,7 +101,7 @@ def test_a_step_linear_ratio_exports_with_parity(tmp_path):
     profile = dataclasses.replace(constant, ratio_form="step-linear", ratio_slopes=slopes)
     bundle = load_bundle(export(pipe, profile, tmp_path / "b"))
     assert bundle.manifest["predictor"]["ratio_form"] == "step-linear"
-    names = [t.name for t in bundle.graphs["cached"].inputs if not t.name.startswith("u") and t.name != "coeffs"]
+    names = [t.name for t in bundle.graphs["cached"].inputs if t.name in ("hidden_states", "timestep", "class_labels")]
     steps = OrtRunner(bundle).steps(2 * len(LABELS))  # the CFG batch the transformer sees
     calls, baseline = _runtime_calls(pipe, profile), _runtime_calls(pipe, constant)
     for i, ((inputs, reference), (_, other)) in enumerate(zip(calls, baseline, strict=True)):
@@ -113,6 +113,18 @@ def test_a_step_linear_ratio_exports_with_parity(tmp_path):
     assert steps.executed == SCHEDULE
 
 
+def test_a_bundle_in_a_pipeline_shares_conditioning_and_matches_the_runtime(tiny_bundle):
+    pipe, profile, path = tiny_bundle
+    engine_pipe = load_bundle(path).into(make_tiny_digits_pipeline())
+    images = engine_pipe(
+        class_labels=LABELS, num_inference_steps=len(SCHEDULE), generator=torch.Generator().manual_seed(0)
+    )
+    reference, pattern = _torch_images(pipe, profile)
+    assert engine_pipe.transformer.executed == pattern
+    assert engine_pipe.transformer.conditioning_runs == 1  # the scheduler predicted every step
+    assert np.abs(images.images - reference).max() < 1e-4
+
+
 def test_one_bundle_serves_any_batch(tiny_bundle):
     _, _, path = tiny_bundle
     runner = OrtRunner(load_bundle(path))
@@ -121,11 +133,44 @@ def test_one_bundle_serves_any_batch(tiny_bundle):
     assert one.shape == (1, 8, 8, 1) and three.shape == (3, 8, 8, 1)
 
 
-def test_cached_graph_holds_no_unit_weights(tiny_bundle):
-    _, _, path = tiny_bundle
+def test_cached_graph_holds_no_unit_or_modulation_weights(tiny_bundle):
+    pipe, _, path = tiny_bundle
     bundle = load_bundle(path)
     sizes = {f: (path / f).stat().st_size for f in bundle.manifest["files"]}
     assert sizes["cached.onnx.data"] < 0.6 * sizes["full.onnx.data"]
+    # the timestep MLPs and adaLN linears live in the conditioning graph only
+    model = pipe.transformer
+    paths = rfcache.get_adapter(model).conditioning_paths(model)
+    modulation = sum(p.numel() * 4 for path in paths for p in model.get_submodule(path).parameters())
+    assert sizes["conditioning.onnx.data"] > 0.9 * modulation > 10 * sizes["cached.onnx.data"]  # small ones inline
+    assert modulation > sizes["full.onnx.data"] - sizes["cached.onnx.data"] > 0  # full adds the units only
+
+
+def test_the_conditioning_graph_runs_once_per_generation_when_the_timesteps_are_known(tiny_bundle):
+    _, _, path = tiny_bundle
+    runner = OrtRunner(load_bundle(path))
+    schedule = [999 - 80 * i for i in range(len(SCHEDULE))]
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((2, 1, 8, 8)).astype(np.float32)
+    labels = np.array([1, 7])
+
+    def run(timesteps, moved=None):
+        steps = runner.steps(2, timesteps)
+        outs = []
+        for i, t in enumerate(schedule):
+            t = t - 1 if i == moved else t  # a call the schedule did not predict
+            outs.append(steps({"hidden_states": x * (1 - 0.05 * i), "timestep": np.full(2, t), "class_labels": labels}))
+        return steps, outs
+
+    shared, shared_out = run(schedule)
+    per_step, per_step_out = run(None)
+    moved, moved_out = run(schedule, moved=4)
+    assert shared.conditioning_runs == 1 and per_step.conditioning_runs == len(SCHEDULE)
+    assert moved.conditioning_runs == 2  # the unpredicted step got its own pass
+    for a, b in zip(shared_out, per_step_out, strict=True):
+        assert np.abs(a - b).max() < 1e-5  # one batched pass vs one per step: float rounding only
+    _, alone = run(None, moved=4)
+    assert np.abs(moved_out[4] - alone[4]).max() < 1e-5
 
 
 def _copy(path, tmp_path):

@@ -69,8 +69,8 @@ class AotiRunner(BundleRunner):
     def input_device(self) -> torch.device:
         return self.torch_device
 
-    def steps(self, batch: int) -> StepRunner:
-        return _AotiSteps(self, batch)
+    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
+        return _AotiSteps(self, batch, timesteps)
 
     def decode_latents(self, latents: Any) -> Any:
         z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", "latents"))
@@ -85,11 +85,14 @@ class AotiRunner(BundleRunner):
 class _AotiSteps(StepRunner):
     """The state is the full graph's outputs, kept as device tensors until the next full step."""
 
-    def __init__(self, runner: AotiRunner, batch: int) -> None:
-        super().__init__(runner, batch)
+    def __init__(self, runner: AotiRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
+        super().__init__(runner, batch, timesteps)
         self.aoti = runner
         graphs = runner.bundle.graphs
         self._dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["full"].inputs}
+        if "conditioning" in graphs:
+            self._condition_dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["conditioning"].inputs}
+            self._condition_outputs = [t.name for t in graphs["conditioning"].outputs]
         self._state_names = [s["name"] for s in runner.bundle.manifest["state"]]
         dev = runner.torch_device
         self._state = [
@@ -101,12 +104,24 @@ class _AotiSteps(StepRunner):
         self._graphed: dict[str, GraphedCall] = {}
 
     def _tensors(self, inputs: dict[str, Any], constant: str, value: Any) -> list[torch.Tensor]:
+        """The graph's inputs before the state, in its order: the transformer's, the constant, ``c.*``."""
         dev = self.aoti.torch_device
-        names = [n for n in self._dtypes if n in inputs]
-        # packages assume the dense strides they were compiled with (an expanded timestep has stride 0)
-        out = [torch.as_tensor(inputs[n]).to(dev, self._dtypes[n]).contiguous() for n in names]
-        out.append(torch.as_tensor(value, dtype=self._dtypes["distance"], device=dev))
+        out = []
+        for n, dtype in self._dtypes.items():
+            if n == "distance":  # the full graph's constant; the cached graph's coeffs stand at its place
+                out.append(torch.as_tensor(value, dtype=dtype, device=dev))
+            elif n in inputs:
+                # packages assume the dense strides they were compiled with (an expanded timestep has stride 0)
+                out.append(torch.as_tensor(inputs[n]).to(dev, dtype).contiguous())
         return out
+
+    def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # outputs stay device tensors; a step's rows are contiguous views of them
+        dev = self.aoti.torch_device
+        args = [torch.as_tensor(inputs[n]).to(dev, d).contiguous() for n, d in self._condition_dtypes.items()]
+        with torch.no_grad():
+            outs = self.aoti.packages["conditioning"](*args)
+        return dict(zip(self._condition_outputs, outs, strict=True))
 
     def _call(self, graph: str, args: list[torch.Tensor]) -> list[torch.Tensor]:
         package = self.aoti.packages[graph]

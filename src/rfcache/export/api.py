@@ -2,9 +2,10 @@
 
 The transformer is exported twice with the torch.onnx dynamo exporter (opset 18: opset 17 from
 this exporter wrote a Split node ONNX Runtime refuses): as the full-step graph and as the
-cached-step graph (graphs.py). The batch axis stays dynamic, so one bundle serves any number of
-images. For class-conditional pipelines (the embedded model, diffusers' ``DiTPipeline``) the
-bundle also records the sampler and, where the pipeline has a VAE, a decoder graph, so
+cached-step graph (graphs.py), and the conditioning modules once more as the conditioning graph,
+every step's modulation in one pass, that both step graphs read. The batch axis stays dynamic, so
+one bundle serves any number of images. For class-conditional pipelines (the embedded model,
+diffusers' ``DiTPipeline``) the bundle also records the sampler and, where the pipeline has a VAE, a decoder graph, so
 ``rfc-run`` generates images from the bundle alone; other families' bundles hold the transformer
 step graphs, run step by step through :class:`~rfcache.export.runner.OrtRunner`.
 """
@@ -116,6 +117,10 @@ def export(
                 "full": _export_graph(graphs, inputs, axes, folder / f"full{ext}", full=True, backend=backend),
                 "cached": _export_graph(graphs, inputs, axes, folder / f"cached{ext}", full=False, backend=backend),
             }
+            if graphs.conditioning:
+                specs["conditioning"] = _export_conditioning(
+                    graphs, inputs, axes, folder / f"conditioning{ext}", backend
+                )
             vae = getattr(pipe, "vae", None)
             if sampling is not None and vae is not None:
                 specs["decoder"] = _export_decoder(vae, inputs["hidden_states"], folder / f"decoder{ext}", backend)
@@ -239,14 +244,16 @@ def _export_graph(
     if full:
         module, state = graphs.full_module(), graphs.full_inputs
         constant = ("distance", torch.ones((), dtype=dtype, device=device))
-        in_names = [*names, "distance", *(f"prev.{s.name}" for s in state)]
+        in_names = [*names, "distance", *(c.name for c in graphs.conditioning), *(f"prev.{s.name}" for s in state)]
         outputs = [MODEL_OUTPUT, *(s.name for s in graphs.state)]
     else:
         module, state = graphs.cached_module(), graphs.state
         constant = ("coeffs", torch.ones(graphs.spec.num_coeffs, dtype=dtype, device=device))
-        in_names = [*names, "coeffs", *(s.name for s in state)]
+        in_names = [*names, "coeffs", *(c.name for c in graphs.conditioning), *(s.name for s in state)]
         outputs = [MODEL_OUTPUT]
-    state_args = [torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in state]
+    state_args = [
+        torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in (*graphs.conditioning, *state)
+    ]
     args = (*model_args, constant[1], *state_args)
     batch = torch.export.Dim("batch", min=1, max=4096)
     dynamic = [{0: batch} if axes[n] else None for n in names] + [None] + [{0: batch} for _ in state_args]
@@ -257,6 +264,40 @@ def _export_graph(
         "file": path.name,
         "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
         "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],  # all batched
+    }
+
+
+_PROBE_STEPS = 5  # steps in the conditioning graph's example; the axis is dynamic
+
+
+def _export_conditioning(
+    graphs: StepGraphs, inputs: dict[str, torch.Tensor], axes: dict[str, bool], path: Path, backend: str
+) -> dict[str, Any]:
+    """The conditioning graph: (every step's timestep, the condition inputs) -> every step's ``c.*``."""
+    timestep = graphs.adapter.timestep_arg
+    t = inputs[timestep]
+    timesteps = t.expand(_PROBE_STEPS, *t.shape).contiguous()  # (steps, batch)
+    conditions = [inputs[n] for n in graphs.condition_inputs]
+    module = graphs.conditioning_module(inputs)
+    steps, batch = torch.export.Dim("steps", min=1, max=10_000), torch.export.Dim("batch", min=1, max=4096)
+    dynamic = ({0: steps, 1: batch}, *({0: batch} if axes[n] else None for n in graphs.condition_inputs))
+    with torch.no_grad():
+        outputs = module(timesteps, *conditions)
+    names = [c.name for c in graphs.conditioning]
+    in_names = [timestep, *graphs.condition_inputs]
+    _save_graph(module, (timesteps, *conditions), (dynamic,), path, backend, input_names=in_names, output_names=names)
+
+    def stepped(name: str, tensor: torch.Tensor) -> dict[str, Any]:
+        spec = _spec(name, tensor[0], True)
+        return {**spec, "shape": ["steps", *spec["shape"]]}
+
+    return {
+        "file": path.name,
+        "inputs": [
+            stepped(timestep, timesteps),
+            *(_spec(n, c, axes[n]) for n, c in zip(graphs.condition_inputs, conditions, strict=True)),
+        ],
+        "outputs": [stepped(n, o) for n, o in zip(names, outputs, strict=True)],
     }
 
 

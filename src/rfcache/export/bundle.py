@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 BUNDLE_FORMAT = "rfcache-bundle"
-BUNDLE_VERSION = 1
+BUNDLE_VERSION = 2
 MANIFEST = "manifest.json"
 PROFILE = "profile.yaml"
 _MAX_MANIFEST_BYTES = 16 << 20
@@ -54,7 +54,8 @@ class BundleError(RfcacheError, ValueError):
 
 @dataclass(frozen=True)
 class TensorSpec:
-    """A graph input or output: name, shape (``"batch"`` for the dynamic batch axis) and dtype."""
+    """A graph input or output: name, shape (``"batch"`` for the dynamic batch axis, ``"steps"`` for
+    the conditioning graph's step axis) and dtype."""
 
     name: str
     shape: tuple[int | str, ...]
@@ -315,7 +316,7 @@ def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
     shape = tuple(data["shape"])
     if not isinstance(data["name"], str) or not isinstance(data["dtype"], str):
         raise TypeError("name and dtype must be strings")
-    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or d == "batch" for d in shape):
+    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or d in ("batch", "steps") for d in shape):
         raise ValueError(f"shape {list(shape)} of {data['name']!r}")
     return TensorSpec(data["name"], shape, data["dtype"])
 

@@ -17,7 +17,10 @@ from typing import Any
 import torch
 
 from rfcache.export.bundle import Bundle, BundleError
+from rfcache.export.graphs import CONDITIONING_PREFIX
 from rfcache.export.runner import BundleRunner, StepRunner
+from rfcache.models import get_adapter
+from rfcache.runtime.conditioning import predicted_timesteps
 from rfcache.runtime.identity import config_hash
 
 __all__ = ["EngineTransformer", "put_bundle"]
@@ -26,15 +29,20 @@ __all__ = ["EngineTransformer", "put_bundle"]
 class EngineTransformer(torch.nn.Module):
     """Called like the transformer it replaces (same config, dtype and device); runs the bundle."""
 
-    def __init__(self, bundle: Bundle, runner: BundleRunner, original: torch.nn.Module) -> None:
+    def __init__(self, bundle: Bundle, runner: BundleRunner, original: torch.nn.Module, scheduler: Any = None) -> None:
         super().__init__()
         self.bundle, self.runner = bundle, runner
+        # the pipeline's scheduler predicts a generation's timesteps: the conditioning graph then runs once
+        self._scheduler = scheduler
+        self._adapter = get_adapter(original)
         self.config = original.config
         param = next(original.parameters())
         self.register_buffer("_anchor", torch.zeros((), dtype=param.dtype, device=param.device), persistent=False)
         self._names = [n for n in inspect.signature(original.forward).parameters if n != "self"]
         full = bundle.graphs["full"].inputs
-        self._inputs = [t.name for t in full if t.name != "distance" and not t.name.startswith("prev.")]
+        self._inputs = [
+            t.name for t in full if t.name != "distance" and not t.name.startswith(("prev.", CONDITIONING_PREFIX))
+        ]
         self._timestep: float | None = None
         self._branch = 0
         self._steps: list[StepRunner] = []
@@ -58,6 +66,12 @@ class EngineTransformer(torch.nn.Module):
         return self._steps[0].executed if self._steps else ""
 
     @property
+    def conditioning_runs(self) -> int:
+        """Conditioning-graph passes of the last generation: one per guidance branch where the
+        scheduler predicted every step's timestep, one per step and branch otherwise."""
+        return sum(s.conditioning_runs for s in self._steps)
+
+    @property
     def fallbacks(self) -> int:
         """Cached steps of the last generation rerun in full because their output was not finite."""
         return sum(s.fallbacks for s in self._steps)
@@ -74,7 +88,7 @@ class EngineTransformer(torch.nn.Module):
             self._branch = 0
         self._timestep = t
         if self._branch >= len(self._steps):
-            self._steps.append(self.runner.steps(int(hidden.shape[0])))
+            self._steps.append(self.runner.steps(int(hidden.shape[0]), self._timesteps(bound["timestep"])))
         arrays = {}
         for name in self._inputs:
             value = bound.get(name)
@@ -88,6 +102,13 @@ class EngineTransformer(torch.nn.Module):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
         return Transformer2DModelOutput(sample=sample)
+
+    def _timesteps(self, first: Any) -> list[float] | None:
+        """The timestep input at every step of the generation starting now, where the scheduler predicts it."""
+        predicted = predicted_timesteps(self._adapter, self._scheduler, torch.as_tensor(first).flatten())
+        if predicted is None or len(predicted) != len(self.bundle.pattern):
+            return None
+        return [float(v) for v in predicted]
 
 
 def put_bundle(bundle: Bundle, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
@@ -104,5 +125,6 @@ def put_bundle(bundle: Bundle, pipe: Any, *, device: str = "cpu", threads: int |
             f"{bundle.path}: bundle is for a {model['class_name']} with config hash {model['config_hash']}; "
             f"this pipeline's transformer is a {found[0]} with config hash {found[1]}"
         )
-    pipe.transformer = EngineTransformer(bundle, open_runner(bundle, device=device, threads=threads), original)
+    runner = open_runner(bundle, device=device, threads=threads)
+    pipe.transformer = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None))
     return pipe

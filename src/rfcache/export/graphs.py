@@ -1,4 +1,5 @@
-"""Step graphs: the transformer at a full step and at a cached step, as modules torch can export.
+"""Step graphs: the transformer at a full step and at a cached step, and the conditioning every step
+reads, as modules torch can export.
 
 Both wrap the unmodified transformer and route every unit through a named hook (the runtime's own
 mechanism), so the graphs hold exactly what the PyTorch runtime computes:
@@ -15,6 +16,11 @@ mechanism), so the graphs hold exactly what the PyTorch runtime computes:
   step-linear one (a profile's ``ratio_form``) as its per-unit intercept and slope, with the step's
   position (``rfcache.schedules.ratio_position``) as one more, last, entry of ``coeffs``, so the
   graph computes ``s = a + b * position`` as the PyTorch runtime does.
+- **conditioning**: what the adapter's ``conditioning_paths`` compute from the timestep and the
+  per-sample condition (timestep MLPs, adaLN linears), for many steps in one batched pass (its
+  ``shared_conditioning``). Inputs: the timestep argument of every step ``(steps, batch)`` and the
+  condition inputs. Outputs: ``c.{path}`` (``c.{path}.{i}`` for a tuple), ``(steps, batch, ...)``.
+  Both step graphs take one step's rows of these as inputs, so neither holds the modulation weights.
 
 State tensors are named ``u{unit}.o{output}.d{i}`` (difference ``D_i``), ``u{unit}.in`` (input at
 the last full step), ``u{unit}.o{output}.s`` (run-time ratio) and ``u{unit}.o{output}.g{i}{j}``
@@ -31,7 +37,7 @@ from typing import Any
 import torch
 
 from rfcache.models import BlockAdapter, CacheUnit, Granularity
-from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
+from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.predictors import (
     difference_gram,
     gram_relational_forecast,
@@ -40,9 +46,10 @@ from rfcache.runtime.predictors import (
     weighted_sum,
 )
 
-__all__ = ["MODEL_OUTPUT", "PredictorSpec", "StateTensor", "StepGraphs"]
+__all__ = ["CONDITIONING_PREFIX", "MODEL_OUTPUT", "PredictorSpec", "StateTensor", "StepGraphs"]
 
 MODEL_OUTPUT = "sample"
+CONDITIONING_PREFIX = "c."
 _HOOK = "rfcache-export"
 
 
@@ -108,12 +115,16 @@ class StepGraphs:
         self.units: list[CacheUnit] = adapter.units(model, granularity)
         self._layouts: dict[int, _Layout] = {}
         self._state_specs: dict[str, StateTensor] = {}
+        self.conditioning_paths = adapter.conditioning_paths(model)
+        self._conditioning_layouts: dict[str, _Layout] = {}
+        self._conditioning_specs: dict[str, StateTensor] = {}
 
     # -- discovering the state ---------------------------------------------------------------------
 
     def probe(self, inputs: dict[str, torch.Tensor]) -> None:
         """Run one full step eagerly to learn what each unit returns and the state's shapes."""
         self._state_specs.clear()  # with no known state, the step reads none (a first full step)
+        self._conditioning_specs.clear()  # nor conditioning: its modules run and are recorded
         first = next(iter(inputs.values()))
         distance = torch.ones((), device=first.device)  # on the model's device, as every step input
         with torch.no_grad():
@@ -123,6 +134,12 @@ class StepGraphs:
     def state(self) -> list[StateTensor]:
         """Every state tensor (what the full step writes and the cached step reads), in order."""
         return list(self._state_specs.values())
+
+    @property
+    def conditioning(self) -> list[StateTensor]:
+        """The conditioning modules' outputs, ``c.{path}`` (``c.{path}.{i}`` for a tuple): inputs of
+        both step graphs, outputs of the conditioning graph (one row per step and sample)."""
+        return list(self._conditioning_specs.values())
 
     @property
     def full_inputs(self) -> list[StateTensor]:
@@ -144,8 +161,40 @@ class StepGraphs:
     def cached_module(self) -> torch.nn.Module:
         return _StepModule(self, full=False)
 
-    def _attach(self, call: Callable[[CacheUnit, Callable[..., Any], tuple, dict], Any]) -> None:
+    def conditioning_module(self, example: dict[str, torch.Tensor]) -> torch.nn.Module:
+        """``forward(timesteps (steps, batch), *condition_inputs)`` -> every ``c.*`` tensor, ``(steps, batch, ...)``.
+
+        ``example`` gives the dtypes of the step inputs the adapter reads only for their dtype.
+        """
+        return _ConditioningModule(self, example)
+
+    @property
+    def condition_inputs(self) -> tuple[str, ...]:
+        """The step inputs the conditioning graph reads besides the timestep (class labels, pooled text ...)."""
+        return tuple(n for n in self.adapter.conditioning_inputs if n in self.input_names)
+
+    def _attach(self, call: Callable[[CacheUnit, Callable[..., Any], tuple, dict], Any], ctx: _StepContext) -> None:
         attach_unit_hooks(self.model, self.adapter, call, name=_HOOK, granularity=self.granularity)
+        if self.conditioning_paths:
+            attach_module_hooks(
+                self.model,
+                self.conditioning_paths,
+                lambda path, original, args, kwargs: self._conditioning(path, original, args, kwargs, ctx),
+                name=_HOOK,
+            )
+
+    def _conditioning(
+        self, path: str, original: Callable[..., Any], args: tuple, kwargs: dict, ctx: _StepContext
+    ) -> Any:
+        if not ctx.probing:  # the step's rows of the conditioning graph, given as inputs
+            layout = self._conditioning_layouts[path]
+            return _unflatten([ctx.conditioning[n] for n in _conditioning_names(path, layout)], layout)
+        out = original(*args, **kwargs)
+        tensors, layout = _flatten(out)
+        self._conditioning_layouts[path] = layout
+        for name, t in zip(_conditioning_names(path, layout), tensors, strict=True):
+            self._conditioning_specs[name] = StateTensor(name, tuple(t.shape), str(t.dtype).removeprefix("torch."))
+        return out
 
     def _detach(self) -> None:
         detach_unit_hooks(self.model, name=_HOOK)
@@ -213,6 +262,7 @@ class _StepContext:
     state_out: dict[str, torch.Tensor] | None = None
     graphs: StepGraphs | None = None
     probing: bool = False
+    conditioning: dict[str, torch.Tensor] | None = None
 
     def weights(self) -> list[Any]:
         """The step's ``coeffs`` with ``D_0``'s weight as the constant 1 it always is (no pass to scale it)."""
@@ -239,15 +289,18 @@ class _StepModule(torch.nn.Module):
         n = len(g.input_names)
         model_inputs = dict(zip(g.input_names, tensors[:n], strict=True))
         constant = tensors[n]
+        c = len(g.conditioning)
+        conditioning = dict(zip([s.name for s in g.conditioning], tensors[n + 1 : n + 1 + c], strict=True))
         names = [s.name for s in (g.full_inputs if self.full else g.state)]
-        state_in = dict(zip(names, tensors[n + 1 :], strict=True))
+        state_in = dict(zip(names, tensors[n + 1 + c :], strict=True))
         if self.full:
             ctx = _StepContext(state_in, distance=constant, state_out={}, graphs=g, probing=_probe)
             hook = g._full_unit
         else:
             ctx = _StepContext(state_in, coeffs=constant, graphs=g)
             hook = g._cached_unit
-        g._attach(lambda unit, original, args, kwargs: hook(unit, original, args, kwargs, ctx))
+        ctx.conditioning = conditioning
+        g._attach(lambda unit, original, args, kwargs: hook(unit, original, args, kwargs, ctx), ctx)
         try:
             out = self.transformer(**model_inputs, **g.constants, return_dict=False)[0]
         finally:
@@ -256,6 +309,38 @@ class _StepModule(torch.nn.Module):
             return (out,)
         assert ctx.state_out is not None
         return (out, *(ctx.state_out[s.name] for s in g.state))
+
+
+class _ConditioningModule(torch.nn.Module):
+    """Every step's conditioning in one batched pass (the adapter's ``shared_conditioning``)."""
+
+    def __init__(self, graphs: StepGraphs, example: dict[str, torch.Tensor]) -> None:
+        super().__init__()
+        self.graphs = graphs
+        self.transformer = graphs.model
+        # inputs the adapter reads only for their dtype: empty tensors, not graph inputs
+        self._dtypes = {k: v.dtype for k, v in example.items() if k not in graphs.condition_inputs}
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        g = self.graphs
+        timesteps, *conditions = tensors
+        steps, batch = timesteps.shape
+        device = timesteps.device
+        inputs: dict[str, Any] = {k: torch.empty(0, dtype=d, device=device) for k, d in self._dtypes.items()}
+        inputs.update(g.constants)  # non-tensor conditions (PixArt's added_cond_kwargs), baked in
+        inputs.update(zip(g.condition_inputs, conditions, strict=True))
+        out = g.adapter.shared_conditioning(self.transformer, inputs, timesteps.reshape(-1), steps)
+        tensors = []
+        for path in g.conditioning_paths:
+            flat, _ = _flatten(out[path])
+            tensors.extend(t.unflatten(0, (steps, batch)) for t in flat)
+        return tuple(tensors)
+
+
+def _conditioning_names(path: str, layout: _Layout) -> list[str]:
+    if layout.single:
+        return [f"{CONDITIONING_PREFIX}{path}"]
+    return [f"{CONDITIONING_PREFIX}{path}.{i}" for i in range(layout.tensors)]
 
 
 def _flatten(out: Any) -> tuple[list[torch.Tensor], _Layout]:

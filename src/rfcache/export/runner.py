@@ -7,6 +7,13 @@ state, fed the step's coefficients). State tensors are bound with I/O binding, s
 they never leave the device; only the transformer's inputs and its output cross. A cached step
 whose output is not finite is run again as a full step and counted.
 
+Where the bundle has a conditioning graph (every step's timestep embedding and adaLN modulation from
+the timestep and the per-sample condition), the step graphs read its rows (``c.*`` inputs) instead
+of holding the modulation weights. Given the generation's timesteps (``steps(batch, timesteps=...)``,
+as :meth:`BundleRunner.generate` does), it runs once, at the first step, for every step; a step
+whose timestep or condition inputs differ from that prediction, or a runner given no timesteps,
+runs it for that step alone.
+
 `OrtRunner.generate(...)` is the sampler loop of class-conditional bundles (the embedded model,
 DiT): diffusers' scheduler, classifier-free guidance as the pipeline does it, and the bundle's
 decoder graph where there is one. No model code is needed.
@@ -26,6 +33,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.export.bundle import Bundle, BundleError, decode_config, first_line
+from rfcache.export.graphs import CONDITIONING_PREFIX
 from rfcache.schedules import ratio_position
 
 __all__ = ["BundleRunner", "GenerationResult", "OrtRunner", "StepRunner", "open_runner", "pattern_coefficients"]
@@ -80,8 +88,12 @@ class BundleRunner:
         host inputs), the GPU for runners whose graphs read device tensors (aoti, TensorRT)."""
         return torch.device("cpu")
 
-    def steps(self, batch: int) -> StepRunner:
-        """A fresh generation of ``batch`` samples (CFG doubles the batch the transformer sees)."""
+    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
+        """A fresh generation of ``batch`` samples (CFG doubles the batch the transformer sees).
+
+        ``timesteps``: the timestep input's value at each step, when known (the scheduler's), so the
+        conditioning graph runs once for the whole generation.
+        """
         raise NotImplementedError
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
@@ -127,7 +139,7 @@ class BundleRunner:
         latents = noise.to(dev)  # drawn on the CPU so that every device starts from the same noise
         y = torch.tensor(labels + [sampling["null_class"]] * len(labels) if use_cfg else labels, device=dev)
         scheduler.set_timesteps(steps, device=dev)
-        runner = self.steps(len(y))
+        runner = self.steps(len(y), [int(t) for t in scheduler.timesteps])
         for t in scheduler.timesteps:
             model_input = torch.cat([latents, latents]) if use_cfg else latents
             model_input = scheduler.scale_model_input(model_input, t)
@@ -155,14 +167,20 @@ class StepRunner:
     output is not finite is run again in full and counted. Backends implement the two graph calls.
     """
 
-    def __init__(self, runner: BundleRunner, batch: int) -> None:
+    def __init__(self, runner: BundleRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
         self.runner, self.batch = runner, batch
         full = runner.bundle.graphs["full"]
-        self._shapes = {t.name: t.shape for t in full.inputs}
+        self._shapes = {t.name: t.shape for t in full.inputs if not t.name.startswith(CONDITIONING_PREFIX)}
         self.step = 0
         self.last_full = -1
         self.executed = ""
         self.fallbacks = 0
+        self.conditioning_runs = 0  # how many times the conditioning graph ran (1 when shared)
+        conditioning = runner.bundle.graphs.get("conditioning")
+        self._condition_names = [t.name for t in conditioning.inputs] if conditioning is not None else []
+        self._schedule = None if timesteps is None else [float(t) for t in timesteps]
+        self._shared: dict[str, Any] | None = None  # every step's conditioning rows, (steps, batch, ...)
+        self._first: dict[str, Any] = {}  # the condition inputs the shared rows were computed for
 
     def __call__(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         pattern = self.runner.bundle.pattern
@@ -177,6 +195,8 @@ class StepRunner:
             wanted = tuple(self.batch if d == "batch" else d for d in expected)
             if tuple(value.shape) != wanted:
                 raise BundleError(f"input {name!r} has shape {tuple(value.shape)}; this bundle runs {wanted}")
+        if self._condition_names:
+            inputs = {**inputs, **self._conditioning(inputs)}
         coeffs = self.runner.coefficients[self.step]
         if coeffs is None:
             out = self._full_step(inputs)
@@ -190,6 +210,36 @@ class StepRunner:
                 out = self._full_step(inputs)
         self.step += 1
         return out
+
+    def _conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """This step's ``c.*`` rows: from the generation's shared pass where it predicted this call."""
+        timestep, *conditions = self._condition_names
+        t = inputs[timestep]
+        if self.step == 0 and self._schedule is not None and len(self._schedule) == len(self.runner.bundle.pattern):
+            everything = np.asarray(self._schedule)[:, None].repeat(self.batch, axis=1)  # (steps, batch)
+            self._first = {n: inputs[n] for n in conditions}
+            self._shared = self._run_conditioning({timestep: everything, **self._first})
+        if self._shared is not None and self._predicted(t, inputs, conditions):
+            return {n: v[self.step] for n, v in self._shared.items()}
+        rows = self._run_conditioning({timestep: t[None], **{n: inputs[n] for n in conditions}})
+        return {n: v[0] for n, v in rows.items()}
+
+    def _predicted(self, t: Any, inputs: dict[str, Any], conditions: list[str]) -> bool:
+        assert self._schedule is not None
+        if not bool((_host(t) == self._schedule[self.step]).all()):
+            return False
+        return all(
+            inputs[n] is self._first[n] or np.array_equal(_host(inputs[n]), _host(self._first[n])) for n in conditions
+        )
+
+    def _run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        self.conditioning_runs += 1
+        return self.run_conditioning(inputs)
+
+    def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The conditioning graph: timesteps ``(steps, batch)`` and the condition inputs -> every ``c.*``
+        output, ``(steps, batch, ...)``, indexable by step."""
+        raise NotImplementedError
 
     def _full_step(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
         distance = self.step - self.last_full if self.last_full >= 0 else 1
@@ -239,8 +289,8 @@ class OrtRunner(BundleRunner):
                 raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")
             self.sessions[name] = session
 
-    def steps(self, batch: int) -> StepRunner:
-        return _OrtSteps(self, batch)
+    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
+        return _OrtSteps(self, batch, timesteps)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         return self.sessions["decoder"].run(None, {"latents": latents})[0]
@@ -249,8 +299,8 @@ class OrtRunner(BundleRunner):
 class _OrtSteps(StepRunner):
     """State in two preallocated sets of OrtValues on the device, swapped after each full step."""
 
-    def __init__(self, runner: OrtRunner, batch: int) -> None:
-        super().__init__(runner, batch)
+    def __init__(self, runner: OrtRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
+        super().__init__(runner, batch, timesteps)
         self.sessions = runner.sessions
         device = runner.device
         graphs = runner.bundle.graphs
@@ -267,6 +317,14 @@ class _OrtSteps(StepRunner):
         self._sample_name = sample.name
         self._sample = alloc(sample.shape, sample.dtype)
         self._full_reads = [t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")]
+        if "conditioning" in graphs:
+            self._dtypes.update({t.name: np.dtype(t.dtype) for t in graphs["conditioning"].inputs})
+            self._condition_outputs = [t.name for t in graphs["conditioning"].outputs]
+
+    def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        # on the host: the step graphs bind each step's rows (a view) as inputs
+        feeds = {n: np.ascontiguousarray(_host(a), dtype=self._dtypes[n]) for n, a in inputs.items()}
+        return dict(zip(self._condition_outputs, self.sessions["conditioning"].run(None, feeds), strict=True))
 
     def _binding(self, graph: str, inputs: dict[str, np.ndarray], constant: str, value: Any) -> Any:
         binding = self.sessions[graph].io_binding()
@@ -306,6 +364,13 @@ def open_runner(bundle: Bundle, *, device: str = "cpu", threads: int | None = No
 
         return TrtRunner(bundle, device=device)
     return OrtRunner(bundle, device=device, threads=threads)
+
+
+def _host(value: Any) -> np.ndarray:
+    """A step input (numpy array or torch tensor, on any device) as a host array."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu().numpy()
+    return np.asarray(value)
 
 
 def _all_finite(out: Any) -> bool:

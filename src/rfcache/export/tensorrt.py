@@ -29,6 +29,7 @@ __all__ = ["TrtRunner", "build_engines", "require_tensorrt"]
 
 logger = logging.getLogger(__name__)
 MAX_BATCH = 64
+MAX_STEPS = 1000  # the conditioning graph runs every step of a generation at once
 
 
 def require_tensorrt() -> Any:
@@ -63,7 +64,10 @@ def build_engines(folder: Path, graphs: dict[str, Any], *, fp16: bool = False) -
         for i in range(network.num_inputs):
             tensor = network.get_input(i)
             shape = list(tensor.shape)
-            if shape and shape[0] == -1:
+            if shape[:2] == [-1, -1]:  # the conditioning graph's (steps, batch) timesteps
+                rest = shape[2:]
+                profile.set_shape(tensor.name, [1, 1, *rest], [50, 2, *rest], [MAX_STEPS, MAX_BATCH, *rest])
+            elif shape and shape[0] == -1:
                 rest = shape[1:]
                 profile.set_shape(tensor.name, [1, *rest], [2, *rest], [MAX_BATCH, *rest])
         config.add_optimization_profile(profile)
@@ -101,8 +105,8 @@ class TrtRunner(BundleRunner):
     def input_device(self) -> Any:
         return self.torch.device("cuda")
 
-    def steps(self, batch: int) -> StepRunner:
-        return _TrtSteps(self, batch)
+    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
+        return _TrtSteps(self, batch, timesteps)
 
     def decode_latents(self, latents: Any) -> np.ndarray:
         image = self.bundle.graphs["decoder"].outputs[0]
@@ -116,8 +120,8 @@ class TrtRunner(BundleRunner):
         torch = self.torch
         return torch.as_tensor(value).to("cuda", getattr(torch, dtype), non_blocking=True).contiguous()
 
-    def _empty(self, shape: Sequence[int | str], dtype: str, batch: int) -> Any:
-        dims = [batch if d == "batch" else d for d in shape]
+    def _empty(self, shape: Sequence[int | str], dtype: str, batch: int, steps: int = 1) -> Any:
+        dims = [batch if d == "batch" else steps if d == "steps" else d for d in shape]
         return self.torch.zeros(dims, dtype=getattr(self.torch, dtype), device="cuda")
 
     def execute(self, graph: str, tensors: dict[str, Any]) -> None:
@@ -134,8 +138,8 @@ class TrtRunner(BundleRunner):
 
 
 class _TrtSteps(StepRunner):
-    def __init__(self, runner: TrtRunner, batch: int) -> None:
-        super().__init__(runner, batch)
+    def __init__(self, runner: TrtRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
+        super().__init__(runner, batch, timesteps)
         self.trt = runner
         state = runner.bundle.manifest["state"]
         self._current = {s["name"]: runner._empty(s["shape"], s["dtype"], batch) for s in state}
@@ -145,6 +149,14 @@ class _TrtSteps(StepRunner):
         self._sample = runner._empty(full.outputs[0].shape, full.outputs[0].dtype, batch)
         self._dtypes = {t.name: t.dtype for t in full.inputs}
         self._full_reads = [t.name.removeprefix("prev.") for t in full.inputs if t.name.startswith("prev.")]
+
+    def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        graph = self.trt.bundle.graphs["conditioning"]
+        tensors = {t.name: self.trt.to_device(inputs[t.name], t.dtype) for t in graph.inputs}
+        steps = tensors[graph.inputs[0].name].shape[0]
+        outputs = {t.name: self.trt._empty(t.shape, t.dtype, self.batch, steps) for t in graph.outputs}
+        self.trt.execute("conditioning", {**tensors, **outputs})
+        return outputs
 
     def _inputs(self, inputs: dict[str, Any], constant: str, value: Any) -> dict[str, Any]:
         to_device = self.trt.to_device

@@ -24,7 +24,7 @@ import torch
 
 from rfcache.models import BlockAdapter
 
-__all__ = ["ConditioningStore", "build_conditioning_store"]
+__all__ = ["ConditioningStore", "build_conditioning_store", "predicted_timesteps"]
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +55,24 @@ def build_conditioning_store(
     None (the modules then run per step) without a scheduler, for a timestep argument that is not
     one value per sample, or one the scheduler's timesteps do not predict.
     """
-    schedule = getattr(scheduler, "timesteps", None)
     first = inputs.get(adapter.timestep_arg)
+    predicted = predicted_timesteps(adapter, scheduler, first)
+    if predicted is None:
+        return None
+    assert isinstance(first, torch.Tensor)
+    steps, batch = predicted.shape[0], first.shape[0]
+    with torch.no_grad():
+        batched = adapter.shared_conditioning(model, inputs, predicted.repeat_interleave(batch), steps)
+    outputs = {path: _per_step(out, steps) for path, out in batched.items()}
+    conditions = {name: inputs.get(name) for name in adapter.conditioning_inputs}
+    return ConditioningStore([float(v) for v in predicted], outputs, conditions)
+
+
+def predicted_timesteps(adapter: BlockAdapter, scheduler: Any, first: Any) -> torch.Tensor | None:
+    """The timestep argument's value at this and every later step of the generation, as the pipeline
+    computes it from ``scheduler.timesteps`` (in ``first``'s dtype); None where the scheduler does
+    not predict ``first`` (no scheduler, not one value per sample, a timestep it does not list)."""
+    schedule = getattr(scheduler, "timesteps", None)
     if schedule is None or not isinstance(first, torch.Tensor) or first.ndim != 1 or not first.numel():
         return None
     predicted = torch.as_tensor(schedule).to(device=first.device, dtype=first.dtype)
@@ -67,13 +83,7 @@ def build_conditioning_store(
     if t0 not in values or not bool((first == first[0]).all()):
         logger.debug("shared conditioning off for this generation: timestep %s not predicted by the scheduler", t0)
         return None
-    predicted = predicted[values.index(t0) :]
-    steps, batch = predicted.shape[0], first.shape[0]
-    with torch.no_grad():
-        batched = adapter.shared_conditioning(model, inputs, predicted.repeat_interleave(batch), steps)
-    outputs = {path: _per_step(out, steps) for path, out in batched.items()}
-    conditions = {name: inputs.get(name) for name in adapter.conditioning_inputs}
-    return ConditioningStore(values[values.index(t0) :], outputs, conditions)
+    return predicted[values.index(t0) :]
 
 
 def _per_step(out: Any, steps: int) -> list[Any]:
