@@ -260,14 +260,14 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
         ),
         "constant": replace(
             profile,
-            method=replace(profile.method, params=calibrated),
+            method=calibrated,
             ratios=result.fit.ratios,
             ratio_form="constant",
             ratio_slopes=(),
         ),
         "step-linear": replace(
             profile,
-            method=replace(profile.method, params=calibrated),
+            method=calibrated,
             ratios=step_fit.intercepts,
             ratio_form="step-linear",
             ratio_slopes=step_fit.slopes,
