@@ -250,28 +250,15 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
     # RFE (m >= 1) on the picked schedule, whatever predictor won, so the ratio is the only difference
     rfe = replace(method, predictor="relational", order=max(method.order, 1))
     calibrated = replace(rfe, params={**method.params, "calibrated": 1.0})
+    runtime = replace(rfe, params={**method.params, "calibrated": 0.0})
+    forms = {  # label: (method, ratios, ratio_form, ratio_slopes)
+        "runtime": (runtime, result.fit.ratios, "constant", ()),
+        "constant": (calibrated, result.fit.ratios, "constant", ()),
+        "step-linear": (calibrated, step_fit.intercepts, "step-linear", step_fit.slopes),
+    }
     variants = {
-        "runtime": replace(
-            profile,
-            method=replace(rfe, params={**method.params, "calibrated": 0.0}),
-            ratios=result.fit.ratios,
-            ratio_form="constant",
-            ratio_slopes=(),
-        ),
-        "constant": replace(
-            profile,
-            method=calibrated,
-            ratios=result.fit.ratios,
-            ratio_form="constant",
-            ratio_slopes=(),
-        ),
-        "step-linear": replace(
-            profile,
-            method=calibrated,
-            ratios=step_fit.intercepts,
-            ratio_form="step-linear",
-            ratio_slopes=step_fit.slopes,
-        ),
+        label: replace(profile, method=m, ratios=r, ratio_form=form, ratio_slopes=slopes)
+        for label, (m, r, form, slopes) in forms.items()
     }
     inputs = [(i % 10, TEST_SEED + i) for i in range(samples)]
     used = {item.seed for items in profile.provenance.inputs.values() for item in items}
