@@ -103,7 +103,7 @@ def test_a_transformer_only_bundle_replays_the_runtime_step_by_step(tmp_path):
     """A family with tuple-returning blocks (Flux: joint attention, rms_norm), run step by step."""
     model = tiny_transformer("flux").eval()
     example = rfcache.get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
-    from tests.export.test_families import _profile
+    from tests.export.test_families import _profile, sampling_steps
 
     schedule = "CCPPCPPC"
     profile = _profile(model, example, schedule)
@@ -112,13 +112,7 @@ def test_a_transformer_only_bundle_replays_the_runtime_step_by_step(tmp_path):
     names = [t.name for t in bundle.graphs["cached"].inputs if t.name in example]
     rfcache.enable(model, profile)
     try:
-        for i in range(len(schedule)):
-            inputs = dict(example)
-            t = example["timestep"]
-            inputs["timestep"] = (t.float().max() * (1 - 0.1 * i)).expand_as(t).to(t.dtype)
-            inputs["hidden_states"] = example["hidden_states"] * (1 - 0.05 * i)
-            with torch.no_grad():
-                reference = model(**inputs, return_dict=False)[0]
+        for i, inputs, reference in sampling_steps(model, example, schedule):
             out = steps({n: inputs[n] for n in names})
             assert isinstance(out, torch.Tensor)  # stays a tensor on the runner's device
             assert (out - reference).abs().max() < 1e-4, f"step {i}"

@@ -19,6 +19,19 @@ def _profile(model, example, schedule=SCHEDULE, scheduler="none", guidance="none
     return make_profile(model, schedule, scheduler=scheduler, guidance=guidance, resolution=resolution)
 
 
+def sampling_steps(model, example, schedule=SCHEDULE):
+    """Per step of ``schedule``: its index, inputs as in sampling (a falling timestep, a moving
+    latent) and the model's output for them (under whatever caching is enabled)."""
+    for i in range(len(schedule)):
+        inputs = dict(example)
+        t = example["timestep"]
+        inputs["timestep"] = (t.float().max() * (1 - 0.1 * i)).expand_as(t).to(t.dtype)
+        inputs["hidden_states"] = example["hidden_states"] * (1 - 0.05 * i)
+        with torch.no_grad():
+            reference = model(**inputs, return_dict=False)[0]
+        yield i, inputs, reference
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("family", FAMILIES)
 def test_transformer_bundle_replays_the_runtime_step_by_step(family, tmp_path):
@@ -31,13 +44,7 @@ def test_transformer_bundle_replays_the_runtime_step_by_step(family, tmp_path):
     names = [t.name for t in bundle.graphs["cached"].inputs if t.name in example]
     rfcache.enable(model, profile)
     try:
-        for i in range(len(SCHEDULE)):  # a falling timestep and a moving latent, as in sampling
-            inputs = dict(example)
-            t = example["timestep"]
-            inputs["timestep"] = (t.float().max() * (1 - 0.1 * i)).expand_as(t).to(t.dtype)
-            inputs["hidden_states"] = example["hidden_states"] * (1 - 0.05 * i)
-            with torch.no_grad():
-                reference = model(**inputs, return_dict=False)[0]
+        for i, inputs, reference in sampling_steps(model, example):
             out = steps({n: inputs[n].numpy() for n in names})
             assert np.abs(out - reference.numpy()).max() < 1e-4, f"step {i}"
         assert steps.executed == rfcache.summary(model).pattern == SCHEDULE

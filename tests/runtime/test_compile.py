@@ -1,5 +1,7 @@
 """``enable(..., compile=True)``: two compiled variants, no recompilation, eager's outputs."""
 
+import contextlib
+
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -13,25 +15,39 @@ from tests.conftest import generate, make_profile, make_tiny_digits_pipeline
 SCHEDULE = "CCCPPCPPPCPC"
 
 
+def _eager(pipe, profile):
+    """One eager generation under ``profile``: its output and summary."""
+    rfcache.enable(pipe, profile)
+    try:
+        return generate(pipe, steps=len(SCHEDULE)), rfcache.summary(pipe)
+    finally:
+        rfcache.disable(pipe)
+
+
+@contextlib.contextmanager
+def _compiled(pipe, profile):
+    """``profile`` enabled with ``compile=True`` on a fresh dynamo cache and counters."""
+    torch._dynamo.reset()
+    counters.clear()
+    rfcache.enable(pipe, profile, compile=True)
+    try:
+        yield
+    finally:
+        rfcache.disable(pipe)
+
+
 @pytest.fixture(scope="module")
 def eager_and_compiled():
     """Eager outputs, then two compiled generations with dynamo's counters after each."""
     pipe = make_tiny_digits_pipeline()
     profile = make_profile(pipe, SCHEDULE, predictor="relational", order=2)
-    rfcache.enable(pipe, profile)
-    eager, eager_summary = generate(pipe, steps=len(SCHEDULE)), rfcache.summary(pipe)
-    rfcache.disable(pipe)
-    torch._dynamo.reset()
-    counters.clear()
-    rfcache.enable(pipe, profile, compile=True)
-    try:
+    eager, eager_summary = _eager(pipe, profile)
+    with _compiled(pipe, profile):
         first = generate(pipe, steps=len(SCHEDULE))
         after_first = (counters["stats"]["unique_graphs"], dict(counters["graph_break"]))
         second = generate(pipe, steps=len(SCHEDULE))
         after_second = (counters["stats"]["unique_graphs"], dict(counters["graph_break"]))
         summary = rfcache.summary(pipe)
-    finally:
-        rfcache.disable(pipe)
     return pipe, (eager, eager_summary), (first, second, summary), (after_first, after_second)
 
 
@@ -116,15 +132,8 @@ def test_compiled_step_linear_ratio_matches_eager():
         ratio_form="step-linear",
         ratio_slopes=tuple((-1) ** i * 0.8 for i in range(units)),
     )
-    rfcache.enable(pipe, profile)
-    eager = generate(pipe, steps=len(SCHEDULE))
-    rfcache.disable(pipe)
-    torch._dynamo.reset()
-    counters.clear()
-    rfcache.enable(pipe, profile, compile=True)
-    try:
+    eager, _ = _eager(pipe, profile)
+    with _compiled(pipe, profile):
         compiled = generate(pipe, steps=len(SCHEDULE))
-    finally:
-        rfcache.disable(pipe)
     assert (compiled - eager).abs().max() / eager.abs().max() < 1e-4
     assert counters["stats"]["unique_graphs"] <= 2 and dict(counters["graph_break"]) == {}
