@@ -5,7 +5,7 @@ import torch
 from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
-from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.schedules import Budget, Expert, MethodSpec, Profile, Provenance, SamplingSetup
 
 
 def make_tiny_digits_pipeline(seed: int = 0) -> DigitsDiTPipeline:
@@ -73,4 +73,36 @@ def make_profile(
         budget=Budget(0.5, 0.4),
         provenance=Provenance("x", 0, 1, "now"),
         ratios=ratios,
+    )
+
+
+def make_expert_profile(pipe, schedule: str, *, ratios: tuple[tuple[float, ...], ...] = (), **sampling) -> Profile:
+    """A hand-made two-expert profile for a two-expert Wan ``pipe`` (its boundary at ``len(schedule)`` steps)."""
+    import dataclasses
+
+    from rfcache.models import get_adapter
+    from rfcache.runtime.experts import boundary_step, expert_models
+    from rfcache.runtime.identity import model_identity
+
+    num_steps = len(schedule)
+    first = boundary_step(pipe, num_steps)
+    setup = {"scheduler": type(pipe.scheduler).__name__, "guidance": "cfg", "resolution": (), **sampling}
+    experts = tuple(
+        Expert(
+            component=name,
+            model=model_identity(model, get_adapter(model)),
+            steps=steps,
+            ratios=ratios[i] if ratios else (),
+        )
+        for i, ((name, model), steps) in enumerate(
+            zip(expert_models(pipe), [(0, first), (first, num_steps)], strict=True)
+        )
+    )
+    base = make_profile(pipe, schedule, **setup)
+    return dataclasses.replace(
+        base,
+        model=experts[0].model,
+        sampling=dataclasses.replace(base.sampling, boundary_step=first),
+        method=MethodSpec("relational", 2, "interval", {"calibrated": 1.0} if ratios else {}),
+        experts=experts,
     )

@@ -29,6 +29,7 @@ import torch
 
 __all__ = [
     "FAMILIES",
+    "TINY_BOUNDARY_RATIO",
     "TINY_TRANSFORMER_CONFIGS",
     "build_tiny_pipeline",
     "tiny_pipeline_call_kwargs",
@@ -36,6 +37,7 @@ __all__ = [
 ]
 
 FAMILIES = ("dit", "pixart", "sd3", "flux", "wan")
+TINY_BOUNDARY_RATIO = 0.875  # Wan 2.2 A14B's: at 6 steps the tiny two-expert Wan switches at step 2
 
 TINY_TRANSFORMER_CONFIGS: dict[str, dict[str, Any]] = {
     "dit": {
@@ -229,17 +231,27 @@ def _wan_vae() -> torch.nn.Module:
 
 
 def build_tiny_pipeline(
-    family: str, *, seed: int = 0, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32
+    family: str,
+    *,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    dtype: torch.dtype = torch.float32,
+    experts: int = 1,
 ) -> Any:
     """A real diffusers pipeline of ``family`` made of tiny random components, built offline.
 
     Weights are drawn from ``seed`` (the global RNG is left as it was); every module is in eval mode.
+    ``experts=2`` (Wan only) gives a Wan 2.2-style two-expert pipeline: ``transformer`` (high noise)
+    and ``transformer_2`` (low noise, the same config, other weights) switched at Wan 2.2 A14B's
+    ``boundary_ratio`` of 0.875.
     """
     import diffusers
     from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    if experts not in (1, 2) or (experts == 2 and family != "wan"):
+        raise ValueError(f"experts must be 1, or 2 for wan; got {experts} for {family!r}")
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = tiny_transformer(family, seed=seed)
@@ -290,6 +302,11 @@ def build_tiny_pipeline(
                 vae=_wan_vae(),
                 scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
                 transformer=transformer,
+                **(
+                    {"transformer_2": tiny_transformer(family, seed=seed + 1), "boundary_ratio": TINY_BOUNDARY_RATIO}
+                    if experts == 2
+                    else {}
+                ),
             )
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):

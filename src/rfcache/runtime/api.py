@@ -12,6 +12,13 @@ from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import has_unit_hooks
 from rfcache.runtime.compile import CompiledSchedule
 from rfcache.runtime.config import CacheConfig
+from rfcache.runtime.experts import (
+    check_profile_experts,
+    combine_summaries,
+    expert_first_steps,
+    expert_models,
+    split_expert_params,
+)
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.runspec import RunSpec, run_setup
 from rfcache.runtime.session import CacheSession, CacheSummary
@@ -44,6 +51,12 @@ def enable(
     against the setup it records (steps, resolution, and the guidance mode where the pipeline says
     its scale); ``run`` (the :class:`~rfcache.runtime.runspec.RunSpec` about to run) is checked now.
 
+    On a two-expert pipeline (Wan 2.2: ``transformer`` and ``transformer_2``) each expert gets its own
+    session (the first one is returned): a two-expert profile's schedule is replayed by each on the
+    steps it runs; a method starts afresh on each expert; a parameter may be given per expert as
+    ``{"transformer": ..., "transformer_2": ...}``. A one-transformer profile is refused there, and
+    the reverse.
+
     ``compile=True`` runs a fixed schedule (a profile, or an interval method) under
     ``torch.compile`` in two compiled variants, full step and cached step, with no recompilation
     on later generations of the same shape (compile.py); ``cuda_graphs=True`` (CUDA only) also
@@ -55,27 +68,63 @@ def enable(
         >>> images = pipe(class_labels=[3], generator=torch.Generator().manual_seed(0)).images
         >>> print(rfcache.summary(pipe))
     """
-    model = get_transformer(pipe_or_model)
-    adapter = get_adapter(model)
-    if getattr(model, _SESSION_ATTR, None) is not None:
-        raise RfcacheError(f"caching is already enabled on this {type(model).__name__}; call rfcache.disable first")
-    if has_unit_hooks(model):
-        raise RfcacheError(f"this {type(model).__name__} is hooked by another rfcache feature (a trace recording?)")
     names = {f.name for f in dataclasses.fields(CacheConfig)} - {"method"}
     unknown = sorted(set(params) - names)
     if unknown:
         expected = ", ".join(sorted(names))
         raise RfcacheError(f"unknown caching parameter(s) {', '.join(unknown)}; expected some of {expected}")
+    experts = expert_models(pipe_or_model)
+    scheduler = getattr(pipe_or_model, "scheduler", None)
+    if profile is not None:
+        profile = profile if isinstance(profile, Profile) else load_profile(profile)
+        check_profile_experts(profile, pipe_or_model)
+        if run is not None and scheduler is not None:
+            profile.check_setup(run_setup(pipe_or_model, run))
+    static = profile is not None or method == "static"
+    mask = params.get("mask")
+    num_steps = len(mask) if isinstance(mask, (tuple, list)) else None
+    first_steps = expert_first_steps(pipe_or_model, profile, static=static, num_steps=num_steps)
+    sessions: list[CacheSession] = []
+    try:
+        for i, ((_, model), own) in enumerate(
+            zip(experts, split_expert_params(params, [c for c, _ in experts]), strict=True)
+        ):
+            expert_profile = None if profile is None else profile.for_expert(i)
+            sessions.append(
+                _enable_model(pipe_or_model, model, expert_profile, method, compile, cuda_graphs, first_steps[i], own)
+            )
+    except BaseException:
+        for session in sessions:
+            _disable_model(session.model)
+        raise
+    return sessions[0]
+
+
+def _enable_model(
+    pipe_or_model: Any,
+    model: torch.nn.Module,
+    profile: Profile | None,
+    method: str,
+    compile: bool,
+    cuda_graphs: bool,
+    first_step: int,
+    params: dict[str, Any],
+) -> CacheSession:
+    """Attach one session to ``model`` (a pipeline's transformer, or one of its experts)."""
+    adapter = get_adapter(model)
+    if getattr(model, _SESSION_ATTR, None) is not None:
+        raise RfcacheError(f"caching is already enabled on this {type(model).__name__}; call rfcache.disable first")
+    if has_unit_hooks(model):
+        raise RfcacheError(f"this {type(model).__name__} is hooked by another rfcache feature (a trace recording?)")
     scheduler = getattr(pipe_or_model, "scheduler", None)
     if profile is None:
         config = CacheConfig(method=method, **params)
     else:
-        profile = profile if isinstance(profile, Profile) else load_profile(profile)
         config = profile_config(model, adapter, profile, scheduler, **params)
-        if run is not None and scheduler is not None:
-            profile.check_setup(run_setup(pipe_or_model, run))
     pipeline = None if isinstance(pipe_or_model, torch.nn.Module) else pipe_or_model
-    session = CacheSession(model, adapter, config, profile=profile, scheduler=scheduler, pipeline=pipeline)
+    session = CacheSession(
+        model, adapter, config, profile=profile, scheduler=scheduler, pipeline=pipeline, first_step=first_step
+    )
     if cuda_graphs and not compile:
         raise RfcacheError("cuda_graphs=True needs compile=True (the CUDA graphs capture the compiled variants)")
     compiled = CompiledSchedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first
@@ -128,8 +177,13 @@ def get_session(pipe_or_model: Any) -> CacheSession:
 
 
 def disable(pipe_or_model: Any) -> None:
-    """Remove every hook and cached tensor: the model behaves exactly as before ``enable``."""
-    model = get_transformer(pipe_or_model)
+    """Remove every hook and cached tensor (of both experts of a two-expert pipeline): the model
+    behaves exactly as before ``enable``."""
+    for _, model in expert_models(pipe_or_model):
+        _disable_model(model)
+
+
+def _disable_model(model: torch.nn.Module) -> None:
     session = getattr(model, _SESSION_ATTR, None)
     if session is not None:
         session.detach()
@@ -137,5 +191,12 @@ def disable(pipe_or_model: Any) -> None:
 
 
 def summary(pipe_or_model: Any) -> CacheSummary:
-    """Counts of the last generation: steps, full steps, pattern, FLOP fraction, fallbacks."""
-    return get_session(pipe_or_model).summary()
+    """Counts of the last generation: steps, full steps, pattern, FLOP fraction, fallbacks (over both
+    experts of a two-expert pipeline, their patterns joined in step order)."""
+    sessions = [getattr(model, _SESSION_ATTR, None) for _, model in expert_models(pipe_or_model)]
+    if any(session is None for session in sessions):
+        get_session(pipe_or_model)  # the error naming the model
+        raise RfcacheError(
+            "caching is enabled on only one expert of this pipeline; call rfcache.enable on the pipeline"
+        )
+    return combine_summaries([session.summary() for session in sessions])

@@ -24,6 +24,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.models import get_transformer
+from rfcache.runtime.experts import boundary_step
 from rfcache.runtime.identity import config_hash, input_resolution
 from rfcache.schedules import SamplingSetup
 
@@ -206,6 +207,7 @@ def run_setup(pipe: Any, run: RunSpec, resolution: Sequence[int] = ()) -> Sampli
         num_frames=run.num_frames or 0,
         text_tokens=int(text_tokens) if isinstance(text_tokens, int) else 0,
         call_args={k: json.dumps(v, sort_keys=True) for k, v in sorted(run.call_args.items())},
+        boundary_step=boundary_step(pipe, run.steps),
     )
 
 

@@ -160,8 +160,10 @@ class CacheSession:
         profile: Profile | None = None,
         scheduler: Any = None,
         pipeline: Any = None,
+        first_step: int = 0,
     ) -> None:
         self.model, self.adapter, self.config = model, adapter, config
+        self.first_step = first_step  # a two-expert pipeline's second expert: its first step (runtime/experts.py)
         self.profile, self.scheduler, self.pipeline = profile, scheduler, pipeline
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
@@ -225,7 +227,7 @@ class CacheSession:
         t = float(torch.as_tensor(timestep).flatten()[0])
         if self._timestep is None or t > self._timestep:
             self.reset()
-            self._step, self._branch_index = 0, 0
+            self._step, self._branch_index = self.first_step, 0
             if self.config.policy == "static":
                 self._check_generation_start(t)
             if self.profile is not None:
@@ -274,7 +276,13 @@ class CacheSession:
             done = values.index(t) if t in values else None
         else:
             return
-        if done:
+        if (done or 0) != self.first_step and self.first_step:
+            raise RfcacheError(
+                f"{type(self.model).__name__}: this expert's fixed schedule starts at step {self.first_step + 1}, "
+                f"but it was first called at step {(done or 0) + 1} of {total} (the pipeline switches experts "
+                "elsewhere than the profile's sampling.boundary_step)"
+            )
+        if done and not self.first_step:
             raise RfcacheError(
                 f"caching with a fixed schedule began in the middle of a generation (at step {done + 1} of "
                 f"{total}); enable a profile, or switch to another one, between pipeline calls"

@@ -30,6 +30,7 @@ __all__ = [
     "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",
+    "Expert",
     "InputItem",
     "MethodSpec",
     "ModelIdentity",
@@ -78,6 +79,20 @@ class SamplingSetup:
     num_frames: int = 0
     text_tokens: int = 0  # max_sequence_length the text was padded to
     call_args: dict[str, str] = field(default_factory=dict)  # other pipeline keywords, values as JSON
+    # two-expert pipelines (Wan 2.2): the first step the second transformer runs; None: one transformer
+    boundary_step: int | None = None
+
+
+@dataclass(frozen=True)
+class Expert:
+    """One transformer of a multi-expert pipeline (Wan 2.2's ``transformer`` and ``transformer_2``):
+    the pipeline component, its identity, the steps ``[first, stop)`` it runs and its fitted ratios."""
+
+    component: str
+    model: ModelIdentity
+    steps: tuple[int, ...]
+    ratios: tuple[float, ...] = ()
+    ratio_slopes: tuple[float, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -132,6 +147,11 @@ class Profile:
     on the step: ``constant`` (``s = ratios[u]``) or ``step-linear``
     (``s(step) = ratios[u] + ratio_slopes[u] * ratio_position(step, num_steps)``, so ``ratios`` is
     the value at mid-trajectory and ``s`` stays >= 0 at every step).
+
+    ``experts`` (two-expert pipelines only, else None and not written): one entry per transformer
+    with the steps it runs; ``schedule`` covers the whole trajectory and each expert replays its own
+    steps of it with its own ratios (:meth:`for_expert`). ``model`` is then the first expert's, and
+    the top-level ``ratios``/``ratio_slopes`` are empty.
     """
 
     name: str
@@ -146,6 +166,7 @@ class Profile:
     ratio_slopes: tuple[float, ...] = ()
     quality: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, float] = field(default_factory=dict)
+    experts: tuple[Expert, ...] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -160,6 +181,21 @@ class Profile:
     def nfc(self) -> int:
         """Number of full computations."""
         return self.schedule.count("C")
+
+    def for_expert(self, index: int) -> Profile:
+        """The single-transformer profile of expert ``index``: its model and ratios, the whole schedule
+        (its session starts at ``experts[index].steps[0]``); ``self`` for a one-transformer profile."""
+        if self.experts is None:
+            return self
+        expert = self.experts[index]
+        return dataclasses.replace(
+            self,
+            model=expert.model,
+            ratios=expert.ratios,
+            ratio_slopes=expert.ratio_slopes,
+            sampling=dataclasses.replace(self.sampling, boundary_step=None),
+            experts=None,
+        )
 
     def step_ratios(self, step: int) -> tuple[float, ...]:
         """The fitted relation ratio ``s`` of every unit at ``step`` (0-based), in its ``ratio_form``."""
@@ -267,6 +303,11 @@ class Profile:
             wanted, got = getattr(self.sampling, name), getattr(found, name)
             if wanted and got and wanted != got:
                 raise ProfileError(f"profile {self.name!r} is for sampling.{name}={wanted!r}, got {got!r}")
+        if self.sampling.boundary_step != found.boundary_step:
+            raise ProfileError(
+                f"profile {self.name!r} is for {_experts_text(self.sampling.boundary_step)}, "
+                f"this pipeline has {_experts_text(found.boundary_step)}"
+            )
 
 
 def load_profile(name_or_path: str | Path) -> Profile:
@@ -286,6 +327,12 @@ def load_profile(name_or_path: str | Path) -> Profile:
     return Profile.from_yaml(text, source=str(path))
 
 
+def _experts_text(boundary_step: int | None) -> str:
+    if boundary_step is None:
+        return "one transformer"
+    return f"two experts switching at step {boundary_step} (sampling.boundary_step)"
+
+
 def ratio_position(step: int, num_steps: int) -> float:
     """Where ``step`` lies on a trajectory of ``num_steps`` for a step-linear ratio: ``step / (S - 1) - 1/2``."""
     return step / max(num_steps - 1, 1) - 0.5
@@ -299,6 +346,8 @@ def _validate(p: Profile) -> None:
         raise ProfileError(f"schedule must be a non-empty string of C and P, got {_show(p.schedule)}")
     if len(p.schedule) != p.sampling.num_steps:
         raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
+    if p.experts is not None or p.sampling.boundary_step is not None:
+        _validate_experts(p)
     if p.ratios and len(p.ratios) != p.model.num_units:
         raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {p.model.num_units}")
     if any(r < 0 for r in p.ratios):
@@ -324,9 +373,39 @@ def _validate(p: Profile) -> None:
         raise ProfileError("provenance.inputs: a seed repeats across the input sets")
 
 
+def _validate_experts(p: Profile) -> None:
+    experts, boundary = p.experts or (), p.sampling.boundary_step
+    if len(experts) != 2 or boundary is None:
+        found = f"{_show(boundary)} and {len(experts)}"
+        raise ProfileError(f"a two-expert profile needs sampling.boundary_step and two experts, got {found}")
+    components = [e.component for e in experts]
+    if len(set(components)) != len(components):
+        raise ProfileError(f"experts: a component repeats ({', '.join(components)})")
+    expected = [(0, boundary), (boundary, p.sampling.num_steps)]
+    for i, (expert, (first, stop)) in enumerate(zip(experts, expected, strict=True)):
+        if expert.steps != (first, stop) or first >= stop:
+            raise ProfileError(
+                f"experts[{i}].steps must be [{first}, {stop}] (sampling.boundary_step {boundary} of "
+                f"{p.sampling.num_steps} steps, each expert at least one), got {_show(list(expert.steps))}"
+            )
+        if p.schedule[first] != "C":
+            raise ProfileError(f"schedule: step {first}, expert {expert.component}'s first step, must be C (full)")
+    if p.model != experts[0].model:
+        raise ProfileError("model must be experts[0].model (the first expert's identity)")
+    if p.ratios or p.ratio_slopes:
+        raise ProfileError("ratios and ratio_slopes belong in each expert of a two-expert profile, not at the top")
+    for i in range(len(experts)):
+        try:
+            p.for_expert(i)
+        except ProfileError as exc:
+            raise ProfileError(f"experts[{i}]: {exc}") from None
+
+
 def _validate_ratio_form(p: Profile) -> None:
     if p.ratio_form not in RATIO_FORMS:
         raise ProfileError(f"ratio_form must be one of {', '.join(RATIO_FORMS)}, got {_show(p.ratio_form)}")
+    if p.experts is not None:  # each expert's ratios are checked in its own profile
+        return
     if p.ratio_form == "constant" and p.ratio_slopes:
         raise ProfileError("ratio_slopes must be empty when ratio_form is constant")
     if p.ratio_form == "step-linear":
