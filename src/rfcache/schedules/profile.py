@@ -349,7 +349,7 @@ def _validate(p: Profile) -> None:
     if p.experts is not None or p.sampling.boundary_step is not None:
         _validate_experts(p)
     if p.ratios and len(p.ratios) != p.model.num_units:
-        raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {p.model.num_units}")
+        raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {_show(p.model.num_units)}")
     if any(r < 0 for r in p.ratios):
         raise ProfileError("ratios must be >= 0")
     _validate_ratio_form(p)
