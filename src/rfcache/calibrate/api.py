@@ -30,9 +30,10 @@ from rfcache.calibrate.trace import RatioFit, RatioStepFit, Trace, fit_ratio_ste
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
+from rfcache.runtime.experts import expert_models
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.runspec import RunSpec, captured_call, conditioning, pipeline_call, run_setup
-from rfcache.schedules import Budget, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
+from rfcache.schedules import Budget, Expert, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
 from rfcache.schedules.masks import interval_for_nfc
 from rfcache.stats import Interval, mean_interval, paired_ratio
 
@@ -194,9 +195,18 @@ def calibrate(
                     groups.append(_record(pipe, call_g)[0])
             trace = Trace.merge(groups)
         reference = run(sets.calibration)
-    fit, step_fit = fit_ratios(trace), fit_ratio_steps(trace)
-    if fit.poor():
-        logger.warning("relation ratio fits poorly (R² < 0.5) for %d of %d units", len(fit.poor()), len(fit.ratios))
+    # each expert's coefficients from its own steps (one transformer: the whole trace)
+    components = [name for name, _ in expert_models(pipe)]
+    spans = trace.expert_spans()
+    if len(spans) != len(components):
+        raise RfcacheError(f"the trace has {len(spans)} expert(s), {type(pipe).__name__} has {len(components)}")
+    fits = [(fit_ratios(view), fit_ratio_steps(view)) for view in _expert_views(trace)]
+    fit, step_fit = fits[0]
+    for (name, _), (f, _) in zip(expert_models(pipe), fits, strict=True):
+        if f.poor():
+            logger.warning(
+                "relation ratio fits poorly (R² < 0.5) for %d of %d units of %s", len(f.poor()), len(f.ratios), name
+            )
 
     def run_cached(items: tuple[InputItem, ...], *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
         enable(pipe, *args, **cache)
@@ -208,17 +218,25 @@ def calibrate(
     def real_error(params: dict[str, Any], pattern: str) -> float:
         """A real run of the static ``pattern`` with the candidate's predictor on the calibration inputs."""
         cache: dict[str, Any] = {"predictor": params["predictor"], "order": int(params["order"])}
-        ratios, slopes = _calibrated_ratios(params, fit, step_fit)
-        if ratios:
-            cache.update(ratios=ratios, ratio_slopes=slopes or None)
+        per_expert = [_calibrated_ratios(params, f, sf) for f, sf in fits]
+        if per_expert[0][0]:
+            ratios = [r for r, _ in per_expert]
+            slopes = [sl or None for _, sl in per_expert]
+            if len(per_expert) == 1:
+                cache.update(ratios=ratios[0], ratio_slopes=slopes[0])
+            else:  # given per expert
+                cache.update(
+                    ratios=dict(zip(components, ratios, strict=True)),
+                    ratio_slopes=dict(zip(components, slopes, strict=True)),
+                )
         out, _ = run_cached(sets.calibration, method="static", mask=tuple(c == "C" for c in pattern), **cache)
         return _rel_l2(out, reference)
 
     # the error model: forecast errors replayed on the trace, their propagation fitted on a few real runs
     scorer = Scorer(
         trace,
-        ratios=fit.ratios,
-        step_ratios=step_fit.table(num_inference_steps),
+        ratios=_per_step(spans, [np.asarray(f.ratios) for f, _ in fits], num_inference_steps),
+        step_ratios=_per_step(spans, [sf.table(num_inference_steps) for _, sf in fits], num_inference_steps),
         max_nfc=max_nfc(budget, num_inference_steps),
     )
     measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget), real_error)
@@ -253,7 +271,9 @@ def calibrate(
     sampling = run_setup(pipe, spec, resolution[0])
     best: tuple[float, Profile] | None = None
     for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
-        profile = _profile(name, identity, sampling, cand, (fit, step_fit), budget, seed, completed_trials(study), sets)
+        one = replace(sampling, boundary_step=None)  # the first expert's profile, then each expert's entry
+        profile = _profile(name, identity, one, cand, fits, budget, seed, completed_trials(study), sets)
+        profile = _with_experts(profile, pipe, sampling, spans, cand.params, fits)
         profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
         out, s = run_cached(sets.selection, profile)
         err = _rel_l2(out, selection_reference)
@@ -409,7 +429,7 @@ def _profile(
     identity: Any,
     sampling: SamplingSetup,
     cand: Candidate,
-    fits: tuple[RatioFit, RatioStepFit],
+    fits: list[tuple[RatioFit, RatioStepFit]],
     budget: float,
     seed: int,
     trials: int,
@@ -422,9 +442,9 @@ def _profile(
     import rfcache
 
     p = cand.params
-    fit, step_fit = fits
+    fit, step_fit = fits[0]
     numeric = {k: float(v) for k, v in p.items() if k not in ("family", "predictor", "order", "ratio_form")}
-    r2 = np.array(fit.r2)
+    r2 = np.concatenate([f.r2 for f, _ in fits])  # over every expert's units
     ratios, slopes = _calibrated_ratios(p, fit, step_fit)
     return Profile(
         name=name,
@@ -456,10 +476,48 @@ def _profile(
         diagnostics={
             "ratio_r2_min": float(r2.min()),
             "ratio_r2_median": float(np.median(r2)),
-            "ratio_spread_median": float(np.median(fit.spread)),
-            "ratio_r2_step_linear_median": float(np.median(step_fit.r2_linear)),
-            "poor_fits": float(len(fit.poor())),
+            "ratio_spread_median": float(np.median(np.concatenate([f.spread for f, _ in fits]))),
+            "ratio_r2_step_linear_median": float(np.median(np.concatenate([sf.r2_linear for _, sf in fits]))),
+            "poor_fits": float(sum(len(f.poor()) for f, _ in fits)),
         },
+    )
+
+
+def _expert_views(trace: Trace) -> list[Trace]:
+    """Per expert, the trace of its own steps (the whole trace for one transformer)."""
+    spans = trace.expert_spans()
+    return [trace] if len(spans) == 1 else [trace.only_steps(first, stop) for first, stop in spans]
+
+
+def _per_step(spans: list[tuple[int, int]], tables: list[np.ndarray], num_steps: int) -> np.ndarray:
+    """One ratio table over the trajectory from each expert's (a per-unit row, or per step and unit)."""
+    if len(tables) == 1:
+        return tables[0]
+    rows = [
+        np.broadcast_to(t, (num_steps, t.shape[-1]))[first:stop] for t, (first, stop) in zip(tables, spans, strict=True)
+    ]
+    return np.concatenate(rows)
+
+
+def _with_experts(
+    profile: Profile,
+    pipe: Any,
+    sampling: SamplingSetup,
+    spans: list[tuple[int, int]],
+    params: dict[str, Any],
+    fits: list[tuple[RatioFit, RatioStepFit]],
+) -> Profile:
+    """A two-expert pipeline's profile: one expert entry per transformer with its steps and ratios."""
+    experts = expert_models(pipe)
+    if len(experts) == 1:
+        return profile
+    entries = []
+    for (component, model), span, (f, sf) in zip(experts, spans, fits, strict=True):
+        ratios, slopes = _calibrated_ratios(params, f, sf)
+        identity = model_identity(model, get_adapter(model))
+        entries.append(Expert(component, identity, span, ratios or f.ratios, slopes))
+    return replace(
+        profile, model=entries[0].model, sampling=sampling, ratios=(), ratio_slopes=(), experts=tuple(entries)
     )
 
 

@@ -86,6 +86,8 @@ class ForecastErrors:
         self.predictor, self.order = predictor, order
         self.keep = 0 if predictor == "reuse" else order  # differences kept beyond D_0
         self.min_full = 2 if predictor == "relational" else 1
+        # a two-expert trace: each expert's session starts with no history at its first step
+        self.expert_starts = {int(s) for s in (trace.expert_starts if trace.expert_starts is not None else ())}
         self.inputs = trace.input_sketch.astype(np.float32)  # (S, U, B, W); float32 halves the replay time
         self.outputs = trace.output_sketch.astype(np.float32)  # (S, U, B, W)
         self.num_steps = self.outputs.shape[0]
@@ -95,9 +97,11 @@ class ForecastErrors:
         self._memo: dict[tuple[int, ...], np.ndarray] = {}
 
     def pattern(self, mask: Sequence[bool]) -> tuple[bool, ...]:
-        """The steps the session really computes: the mask, plus the predictor's forced first full steps."""
+        """The steps the session really computes: the mask, plus the predictor's forced first full steps
+        (of each expert)."""
         out, full = [], 0
-        for m in mask:
+        for c, m in enumerate(mask):
+            full = 0 if c in self.expert_starts else full
             f = bool(m) or full < self.min_full
             full += f
             out.append(f)
@@ -109,6 +113,8 @@ class ForecastErrors:
         errors = np.zeros(self.outputs.shape[:2])  # (S, U)
         fulls: list[int] = []
         for c, full in enumerate(pattern):
+            if c in self.expert_starts:
+                fulls = []  # no forecast across an expert switch
             if full:
                 fulls.insert(0, c)
                 continue

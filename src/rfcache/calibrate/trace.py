@@ -12,10 +12,17 @@ RCS's relative-L1 decision needs, for as many samples as ``first_input_bytes`` a
 
 Steps are denoising steps: a pipeline that calls the transformer once per CFG branch (the same
 timestep twice) has its calls of one step stacked along the sample axis.
+
+A two-expert pipeline (Wan 2.2) is recorded in one trace over the whole trajectory, each step from
+the expert that ran it: the experts share a config (so units and costs), no change is measured
+across the switch (the second expert's first steps have no history, as at step 0), and
+``expert_starts`` holds the step where the second expert starts.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,8 +32,11 @@ import numpy as np
 import torch
 
 from rfcache.calibrate.sketch import count_sketch
-from rfcache.models import BlockAdapter, get_adapter, get_transformer
+from rfcache.errors import RfcacheError
+from rfcache.models import BlockAdapter, get_adapter
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.experts import expert_models
+from rfcache.runtime.identity import config_hash
 from rfcache.runtime.predictors import per_sample_norm
 from rfcache.schedules import ratio_position
 
@@ -35,7 +45,7 @@ __all__ = ["RatioFit", "RatioStepFit", "Trace", "fit_ratio_steps", "fit_ratios",
 logger = logging.getLogger(__name__)
 
 
-_OPTIONAL = ("input_sketch", "output_sketch", "first_input", "unit_costs")
+_OPTIONAL = ("input_sketch", "output_sketch", "first_input", "unit_costs", "expert_starts")
 
 
 @dataclass
@@ -47,7 +57,8 @@ class Trace:
     ``first_input``: the first unit's input, shape (steps, kept samples, numel); the kept samples
     are the first ones of the sample axis. ``unit_costs``: per unit and sample, the analytic FLOPs
     of one call and the element counts of its input and output, shape (units, 3). The last four
-    are None in traces recorded without them.
+    are None in traces recorded without them. ``expert_starts``: the steps where another expert
+    takes over (two-expert pipelines; None or empty for one transformer).
     """
 
     units: list[str]
@@ -57,10 +68,24 @@ class Trace:
     output_sketch: np.ndarray | None = None
     first_input: np.ndarray | None = None
     unit_costs: np.ndarray | None = None
+    expert_starts: np.ndarray | None = None
 
     @property
     def num_steps(self) -> int:
         return self.input_delta.shape[0]
+
+    def expert_spans(self) -> list[tuple[int, int]]:
+        """``[first, stop)`` of the steps each expert ran: one span for one transformer."""
+        bounds = [0, *(int(s) for s in (self.expert_starts if self.expert_starts is not None else ())), self.num_steps]
+        return list(itertools.pairwise(bounds))
+
+    def only_steps(self, first: int, stop: int) -> Trace:
+        """This trace with the changes of other steps blanked (NaN): fits see one expert's steps,
+        at their positions on the whole trajectory."""
+        keep = np.zeros(self.num_steps, dtype=bool)
+        keep[first:stop] = True
+        blank = np.where(keep[:, None, None, None], 1.0, np.nan)
+        return dataclasses.replace(self, input_delta=self.input_delta * blank, output_delta=self.output_delta * blank)
 
     def save(self, path: str | Path) -> None:
         """Write as ``.npz`` (numbers only, no pickled objects); atomically."""
@@ -91,8 +116,9 @@ class Trace:
         # the first-unit inputs of later shards follow those of the first shard only if it kept all of its samples
         if "first_input" in extra and first.first_input.shape[1] < first.input_delta.shape[-1]:  # type: ignore[union-attr]
             extra["first_input"] = first.first_input  # type: ignore[assignment]
-        if first.unit_costs is not None:
-            extra["unit_costs"] = first.unit_costs  # per sample: the same in every shard
+        for name in ("unit_costs", "expert_starts"):  # per sample or per trajectory: the same in every shard
+            if getattr(first, name) is not None:
+                extra[name] = getattr(first, name)
         return cls(
             first.units,
             np.concatenate([t.input_delta for t in traces], axis=-1),
@@ -114,8 +140,11 @@ def record_trace(
     ``sketch_width`` is the count-sketch length per unit and sample (0 records none);
     ``first_input_bytes`` caps the memory kept for the first unit's input tensors.
     """
-    model = get_transformer(pipe)
+    models = [m for _, m in expert_models(pipe)]
+    model = models[0]
     adapter: BlockAdapter = get_adapter(model)
+    if len({config_hash(m.config) for m in models}) > 1:
+        raise RfcacheError(f"{type(pipe).__name__}: its two experts have different configs; rfcache needs them alike")
     steps_hint = int(call_kwargs.get("num_inference_steps", 50))
     history: dict[tuple[int, int], list[tuple[torch.Tensor, list[torch.Tensor]]]] = {}
     rows: list[dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]] = []  # per call, per unit
@@ -123,8 +152,10 @@ def record_trace(
     timesteps: list[float] = []
     shapes: list[Any] = []
     costs: dict[int, tuple[float, float, float]] = {}  # unit -> per sample (flops, input numel, output numel)
+    callers: list[int] = []  # per call: which expert ran it
 
     def on_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        callers.append(next(i for i, m in enumerate(models) if m is module))
         inputs = dict(kwargs)
         if args:
             inputs.setdefault("hidden_states", args[0])
@@ -138,7 +169,7 @@ def record_trace(
         x = adapter.unit_input(model, unit, args, kwargs).detach()  # (B, ...)
         outs = [o.detach() for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
         branch = _branch_index(timesteps)
-        past = history.setdefault((unit.index, branch), [])
+        past = history.setdefault((callers[-1], unit.index, branch), [])  # no change across an expert switch
         stats = np.full((max_lag, 2, x.shape[0]), np.nan, dtype=np.float64)
         for lag in range(1, min(max_lag, len(past)) + 1):
             px, pouts = past[-lag]
@@ -163,13 +194,19 @@ def record_trace(
         return out
 
     units = attach_unit_hooks(model, adapter, call, name="rfcache-trace")
-    handle = model.register_forward_pre_hook(on_forward, with_kwargs=True)
+    for other in models[1:]:
+        attach_unit_hooks(other, adapter, call, name="rfcache-trace")
+    handles = [m.register_forward_pre_hook(on_forward, with_kwargs=True) for m in models]
     try:
         output = pipe(**call_kwargs)
     finally:
-        handle.remove()
-        detach_unit_hooks(model, name="rfcache-trace")
-    groups = _step_groups(timesteps)  # calls of one denoising step (one per CFG branch, or one)
+        for m, handle in zip(models, handles, strict=True):
+            handle.remove()
+            detach_unit_hooks(m, name="rfcache-trace")
+    groups = _step_groups(timesteps)
+    starts = [
+        s for s in range(1, len(groups)) if callers[groups[s][0]] != callers[groups[s - 1][0]]
+    ]  # calls of one denoising step (one per CFG branch, or one)
     samples = sum(next(iter(rows[g].values()))[0].shape[-1] for g in groups[0])
     data = np.full((len(groups), len(units), max_lag, 2, samples), np.nan)
     width = sketch_width or 1
@@ -197,6 +234,7 @@ def record_trace(
         out_sk if sketch_width else None,
         first,
         np.array([costs[u] for u in range(len(units))], dtype=np.float64),
+        np.array(starts, dtype=np.int64) if len(models) > 1 else None,
     )
     logger.info("recorded %d steps (%d transformer calls) x %d units", len(groups), len(rows), len(units))
     return trace, output
