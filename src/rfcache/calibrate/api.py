@@ -239,7 +239,8 @@ def calibrate(
         step_ratios=_per_step(spans, [sf.table(num_inference_steps) for _, sf in fits], num_inference_steps),
         max_nfc=max_nfc(budget, num_inference_steps),
     )
-    measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget), real_error)
+    starts = tuple(first for first, _ in spans[1:])
+    measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget, expert_starts=starts), real_error)
     error_model = scorer.model
     assert error_model is not None
 
@@ -261,6 +262,7 @@ def calibrate(
         seed=seed,
         identity=study_identity,
         progress=progress,
+        expert_starts=starts,
     )
     if not candidates:
         raise RfcacheError(f"no schedule within budget {budget} was found in {completed_trials(study)} trials")

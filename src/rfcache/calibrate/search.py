@@ -77,12 +77,19 @@ class Candidate:
 Evaluate = Callable[[dict[str, Any]], tuple[str, float, float]]
 
 
-def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (1, 2, 3)) -> list[dict[str, Any]]:
-    """The densest uniform schedules whose share of full steps fits the budget, one per warm-up."""
+def uniform_seeds(
+    num_steps: int, budget: float, *, warmups: tuple[int, ...] = (1, 2, 3), expert_starts: tuple[int, ...] = ()
+) -> list[dict[str, Any]]:
+    """The densest uniform schedules whose share of full steps fits the budget, one per warm-up.
+
+    ``expert_starts``: where a two-expert pipeline's second expert starts; its first two steps are
+    full (the relational seeds' history starts again there), which the seeds leave room for."""
     seeds = []
+    forced = {s + i for s in expert_starts for i in (0, 1) if s + i < num_steps}
     for warmup in warmups:
         for interval in range(1, 25):
-            nfc = sum(interval_mask(num_steps, interval, warmup))
+            mask = interval_mask(num_steps, interval, warmup)
+            nfc = sum(bool(m) or c in forced for c, m in enumerate(mask))
             if nfc / num_steps <= budget * 0.97:  # leave room for the predictor's own cost
                 seeds.append(
                     {
@@ -95,7 +102,7 @@ def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (
                     }
                 )
                 break
-    nfc = max(3, int(budget * num_steps * 0.95))
+    nfc = max(3, int(budget * num_steps * 0.95) - len(forced))
     for predictor, order in (("relational", 1), ("relational", 2), ("taylor", 2)):
         seeds.append({"family": "optimal", "predictor": predictor, "order": order, "calibrated": False, "nfc": nfc})
     for form in RATIO_FORMS:  # the calibrated ratio in each form, scored from the start
@@ -116,9 +123,11 @@ def uniform_seeds(num_steps: int, budget: float, *, warmups: tuple[int, ...] = (
     return seeds
 
 
-def error_model_runs(num_steps: int, budget: float) -> list[dict[str, Any]]:
+def error_model_runs(num_steps: int, budget: float, *, expert_starts: tuple[int, ...] = ()) -> list[dict[str, Any]]:
     """The schedules run for real to fit the error model: the seeds, and a sparser uniform one for range."""
-    seeds = [s for s in uniform_seeds(num_steps, budget) if s["family"] != "optimal"]  # optimal needs the model
+    seeds = [
+        s for s in uniform_seeds(num_steps, budget, expert_starts=expert_starts) if s["family"] != "optimal"
+    ]  # optimal needs the model
     intervals = [s for s in seeds if s["family"] == "interval"]
     if intervals:
         densest = min(intervals, key=lambda s: s["interval"])
@@ -143,8 +152,11 @@ def search_schedules(
     identity: dict[str, str] | None = None,
     progress: bool = True,
     sampler: optuna.samplers.BaseSampler | None = None,
+    expert_starts: tuple[int, ...] = (),
 ) -> tuple[optuna.Study, list[Candidate]]:
     """Run (or resume, or join) the study; returns it and the feasible candidates, best first.
+
+    ``expert_starts`` (two-expert pipelines): where the second expert starts, for the seeds.
 
     ``sampler`` defaults to TPE seeded per worker (:func:`_worker_seed`); a random sampler gives an
     unbiased sample of the search space, as the calibration benchmark uses to measure the error
@@ -159,7 +171,7 @@ def search_schedules(
     )
     _check_identity(study, identity or {})
     if not study.trials:
-        for params in uniform_seeds(num_steps, budget):
+        for params in uniform_seeds(num_steps, budget, expert_starts=expert_starts):
             study.enqueue_trial(params, user_attrs={"enqueued_by": worker}, skip_if_exists=True)
     study.sampler = sampler or optuna.samplers.TPESampler(seed=_worker_seed(study, seed, worker))
     remaining = max(0, trials - completed_trials(study))

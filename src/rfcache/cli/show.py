@@ -34,6 +34,7 @@ def format_profile(p: Any) -> str:
         f"method            {p.method.predictor} m={p.method.order}, {p.method.schedule_family} ({params})",
         f"schedule          {p.schedule}",
         f"                  NFC {p.nfc} of {s.num_steps}; C = computed, P = predicted",
+        *[_expert_line(p, e) for e in p.experts or ()],
         f"budget            target {b.target:g}, achieved {b.achieved:.4f} of module FLOPs",
         "ratios            "
         + (f"fitted for {len(p.ratios)} units, {min(p.ratios):.3g}..{max(p.ratios):.3g}; " if p.ratios else "")
@@ -47,6 +48,13 @@ def format_profile(p: Any) -> str:
     lines.append(f"provenance        {prov.created}, seed {prov.seed}, {prov.trials} trials, inputs {prov.inputs_hash}")
     lines.append(f"                  {versions}")
     return "\n".join(lines)
+
+
+def _expert_line(p: Any, e: Any) -> str:
+    """One expert of a two-expert profile: its steps of the schedule and its ratios."""
+    first, stop = e.steps
+    ratios = f", ratios {min(e.ratios):.3g}..{max(e.ratios):.3g}" if e.ratios else ""
+    return f"expert            {e.component}: steps {first}-{stop - 1} ({p.schedule[first:stop]}), config {e.model.config_hash}{ratios}"
 
 
 def plot_profile(p: Any, path: Path) -> Path:
