@@ -82,6 +82,7 @@ def _run_in_pipeline(cfg: RunConfig, bundle: Any) -> Any:
     from rfcache.cli.generate import generate_with, run_inputs
     from rfcache.export.runner import GenerationResult
     from rfcache.pipelines import load_pipeline
+    from rfcache.runtime.experts import expert_models
     from rfcache.runtime.runspec import run_setup
 
     pipe = load_pipeline(cfg.model, device=cfg.device)
@@ -93,7 +94,9 @@ def _run_in_pipeline(cfg: RunConfig, bundle: Any) -> Any:
     out = generate_with(pipe, spec, inputs, device=cfg.device, what="rfc-run")
     seconds = time.perf_counter() - started
     save_output(out, cfg.out, scale=cfg.scale, fps=cfg.fps)
-    return GenerationResult(out, pipe.transformer.executed, seconds, pipe.transformer.fallbacks)
+    engines = [model for _, model in expert_models(pipe)]  # two on a two-expert pipeline, in step order
+    executed = "".join(engine.executed for engine in engines)
+    return GenerationResult(out, executed, seconds, sum(engine.fallbacks for engine in engines))
 
 
 def report(cfg: RunConfig, r: dict[str, Any]) -> str:

@@ -54,7 +54,10 @@ def _expert_line(p: Any, e: Any) -> str:
     """One expert of a two-expert profile: its steps of the schedule and its ratios."""
     first, stop = e.steps
     ratios = f", ratios {min(e.ratios):.3g}..{max(e.ratios):.3g}" if e.ratios else ""
-    return f"expert            {e.component}: steps {first}-{stop - 1} ({p.schedule[first:stop]}), config {e.model.config_hash}{ratios}"
+    pattern = p.schedule[first:stop]
+    return (
+        f"expert            {e.component}: steps {first}-{stop - 1} ({pattern}), config {e.model.config_hash}{ratios}"
+    )
 
 
 def plot_profile(p: Any, path: Path) -> Path:

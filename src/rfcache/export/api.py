@@ -26,6 +26,7 @@ from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, encode
 from rfcache.export.graphs import MODEL_OUTPUT, PredictorSpec, StepGraphs
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime.api import profile_config
+from rfcache.runtime.experts import expert_models
 from rfcache.runtime.identity import config_hash, input_resolution
 from rfcache.schedules import Profile, load_profile
 
@@ -82,6 +83,12 @@ def export(
 
         require_tensorrt()
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    if profile.experts is not None or len(expert_models(pipe)) > 1:  # a two-expert pipeline (Wan 2.2)
+        from rfcache.export.experts import export_experts
+
+        return export_experts(
+            pipe, profile, out, force=force, backend=backend, fp16=fp16, guidance_scale=guidance_scale
+        )
     model = get_transformer(pipe)
     adapter = get_adapter(model)
     scheduler = getattr(pipe, "scheduler", None)

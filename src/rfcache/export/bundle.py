@@ -111,6 +111,7 @@ class Bundle:
     def into(self, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
         """Put the bundle in place of ``pipe.transformer``: the pipeline's text encoders, scheduler loop
         and VAE run as usual, each transformer step runs from the engine with the baked schedule.
+        A two-expert bundle (Wan 2.2) replaces ``transformer`` and ``transformer_2``, each with its engine.
 
         Example:
             >>> pipe = rfcache.load_pipeline("./my-flux")
@@ -119,7 +120,15 @@ class Bundle:
         """
         from rfcache.export.engine import put_bundle
 
-        return put_bundle(self, pipe, device=device, threads=threads)
+        if "experts" not in self.manifest:
+            return put_bundle(self, pipe, device=device, threads=threads)
+        from rfcache.export.experts import expert_bundles
+        from rfcache.runtime.experts import check_profile_experts
+
+        check_profile_experts(self.profile, pipe)
+        for component, first_step, bundle in expert_bundles(self):
+            put_bundle(bundle, pipe, device=device, threads=threads, component=component, first_step=first_step)
+        return pipe
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> Bundle:
@@ -207,6 +216,11 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: format_version {data.get('format_version')!r}; this rfcache reads {BUNDLE_VERSION}")
     if data.get("content_sha256") != _content_hash(data):
         raise BundleError(f"{path}: content_sha256 does not match its content; the manifest was altered")
+    if "experts" in data:  # a two-expert pipeline's bundle: one complete bundle per expert (experts.py)
+        from rfcache.export.experts import validate_experts
+
+        validate_experts(data, path)
+        return data
     for key, kind in _REQUIRED.items():
         if not isinstance(data.get(key), kind):
             raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
@@ -291,7 +305,7 @@ def _verify_files(root: Path, manifest: dict[str, Any]) -> None:
     for name, digest in sorted(listed.items()):
         if _sha256(root / name) != digest:
             raise BundleError(f"{root / name}: sha256 does not match {MANIFEST}; the file was altered")
-    for graph in manifest["graphs"].values():
+    for graph in manifest.get("graphs", {}).values():  # none at the top of a two-expert bundle
         if graph["file"] not in listed:
             raise BundleError(f"{root / MANIFEST}: graph file {graph['file']!r} is not among the bundle's files")
 

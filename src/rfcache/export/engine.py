@@ -29,9 +29,17 @@ __all__ = ["EngineTransformer", "put_bundle"]
 class EngineTransformer(torch.nn.Module):
     """Called like the transformer it replaces (same config, dtype and device); runs the bundle."""
 
-    def __init__(self, bundle: Bundle, runner: BundleRunner, original: torch.nn.Module, scheduler: Any = None) -> None:
+    def __init__(
+        self,
+        bundle: Bundle,
+        runner: BundleRunner,
+        original: torch.nn.Module,
+        scheduler: Any = None,
+        first_step: int = 0,
+    ) -> None:
         super().__init__()
         self.bundle, self.runner = bundle, runner
+        self.first_step = first_step  # a two-expert pipeline's second expert: the step it starts at
         # the pipeline's scheduler predicts a generation's timesteps: the conditioning graph then runs once
         self._scheduler = scheduler
         self._adapter = get_adapter(original)
@@ -88,7 +96,9 @@ class EngineTransformer(torch.nn.Module):
             self._branch = 0
         self._timestep = t
         if self._branch >= len(self._steps):
-            self._steps.append(self.runner.steps(int(hidden.shape[0]), self._timesteps(bound["timestep"])))
+            steps = self.runner.steps(int(hidden.shape[0]), self._timesteps(bound["timestep"]))
+            steps.step = steps.first_step = self.first_step
+            self._steps.append(steps)
         arrays = {}
         for name in self._inputs:
             value = bound.get(name)
@@ -106,16 +116,25 @@ class EngineTransformer(torch.nn.Module):
     def _timesteps(self, first: Any) -> list[float] | None:
         """The timestep input at every step of the generation starting now, where the scheduler predicts it."""
         predicted = predicted_timesteps(self._adapter, self._scheduler, torch.as_tensor(first).flatten())
-        if predicted is None or len(predicted) != len(self.bundle.pattern):
+        if predicted is None or len(predicted) != len(self.bundle.pattern) - self.first_step:
             return None
         return [float(v) for v in predicted]
 
 
-def put_bundle(bundle: Bundle, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
-    """Replace ``pipe.transformer`` by the bundle's engine; refuses a bundle made for another model."""
+def put_bundle(
+    bundle: Bundle,
+    pipe: Any,
+    *,
+    device: str = "cpu",
+    threads: int | None = None,
+    component: str = "transformer",
+    first_step: int = 0,
+) -> Any:
+    """Replace ``pipe.transformer`` (or another ``component``, starting at ``first_step``) by the
+    bundle's engine; refuses a bundle made for another model."""
     from rfcache.export.runner import open_runner
 
-    original = getattr(pipe, "transformer", None)
+    original = getattr(pipe, component, None)
     if not isinstance(original, torch.nn.Module) or isinstance(original, EngineTransformer):
         raise BundleError(f"{type(pipe).__name__} has no transformer of its own to replace")
     model = bundle.manifest["model"]
@@ -126,5 +145,6 @@ def put_bundle(bundle: Bundle, pipe: Any, *, device: str = "cpu", threads: int |
             f"this pipeline's transformer is a {found[0]} with config hash {found[1]}"
         )
     runner = open_runner(bundle, device=device, threads=threads)
-    pipe.transformer = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None))
+    engine = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None), first_step)
+    setattr(pipe, component, engine)
     return pipe

@@ -171,7 +171,7 @@ class StepRunner:
         self.runner, self.batch = runner, batch
         full = runner.bundle.graphs["full"]
         self._shapes = {t.name: t.shape for t in full.inputs if not t.name.startswith(CONDITIONING_PREFIX)}
-        self.step = 0
+        self.step = self.first_step = 0  # first_step: where a two-expert pipeline's second engine starts
         self.last_full = -1
         self.executed = ""
         self.fallbacks = 0
@@ -215,18 +215,19 @@ class StepRunner:
         """This step's ``c.*`` rows: from the generation's shared pass where it predicted this call."""
         timestep, *conditions = self._condition_names
         t = inputs[timestep]
-        if self.step == 0 and self._schedule is not None and len(self._schedule) == len(self.runner.bundle.pattern):
+        remaining = len(self.runner.bundle.pattern) - self.first_step
+        if self.step == self.first_step and self._schedule is not None and len(self._schedule) == remaining:
             everything = np.asarray(self._schedule)[:, None].repeat(self.batch, axis=1)  # (steps, batch)
             self._first = {n: inputs[n] for n in conditions}
             self._shared = self._run_conditioning({timestep: everything, **self._first})
         if self._shared is not None and self._predicted(t, inputs, conditions):
-            return {n: v[self.step] for n, v in self._shared.items()}
+            return {n: v[self.step - self.first_step] for n, v in self._shared.items()}
         rows = self._run_conditioning({timestep: t[None], **{n: inputs[n] for n in conditions}})
         return {n: v[0] for n, v in rows.items()}
 
     def _predicted(self, t: Any, inputs: dict[str, Any], conditions: list[str]) -> bool:
         assert self._schedule is not None
-        if not bool((_host(t) == self._schedule[self.step]).all()):
+        if not bool((_host(t) == self._schedule[self.step - self.first_step]).all()):
             return False
         return all(
             inputs[n] is self._first[n] or np.array_equal(_host(inputs[n]), _host(self._first[n])) for n in conditions
