@@ -11,7 +11,7 @@ import torch
 import rfcache
 from rfcache.errors import RfcacheError
 from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
-from rfcache.runtime.experts import boundary_step, expert_models
+from rfcache.runtime.experts import boundary_step, check_both_experts_run, expert_models
 from rfcache.runtime.runspec import RunSpec
 from rfcache.schedules import Profile, ProfileError
 from tests.conftest import make_expert_profile, make_profile
@@ -35,8 +35,9 @@ def test_boundary_step_follows_the_pipelines_switch(pipe):
     assert boundary_step(pipe, STEPS) == 2
     assert boundary_step(pipe, 10) == 3  # timesteps >= 875 of 1000 at shift 3: 1000, 960, 913
     assert boundary_step(build_tiny_pipeline("wan"), STEPS) is None
-    with pytest.raises(RfcacheError, match="one expert runs every step"):
-        boundary_step(pipe, 1)
+    assert boundary_step(pipe, 1) == 1  # 1000 only: the first expert runs every step
+    with pytest.raises(RfcacheError, match="at 1 steps one expert runs every step"):
+        check_both_experts_run(pipe, 1)
 
 
 def test_all_compute_two_expert_profile_is_bit_exact(pipe):

@@ -30,7 +30,7 @@ from rfcache.calibrate.trace import RatioFit, RatioStepFit, Trace, fit_ratio_ste
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
-from rfcache.runtime.experts import expert_models
+from rfcache.runtime.experts import check_both_experts_run, expert_models
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.runspec import RunSpec, captured_call, conditioning, pipeline_call, run_setup
 from rfcache.schedules import Budget, Expert, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
@@ -143,6 +143,7 @@ def calibrate(
     if min(samples, selection, test, trials) < 1 or confirm < 0 or num_inference_steps < 2:
         raise RfcacheError("samples, selection, test and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
+    check_both_experts_run(pipe, num_inference_steps)
     model = get_transformer(pipe)
     adapter = get_adapter(model)
     spec = RunSpec(

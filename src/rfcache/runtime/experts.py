@@ -23,6 +23,7 @@ from rfcache.schedules import Profile, ProfileError
 __all__ = [
     "EXPERT_COMPONENTS",
     "boundary_step",
+    "check_both_experts_run",
     "check_profile_experts",
     "expert_first_steps",
     "expert_models",
@@ -42,20 +43,24 @@ def expert_models(pipe_or_model: Any) -> list[tuple[str, torch.nn.Module]]:
 
 def boundary_step(pipe: Any, num_steps: int) -> int | None:
     """The first step ``transformer_2`` runs at ``num_steps`` steps (as the pipeline computes it from
-    its scheduler's timesteps); None for a one-transformer pipeline. An error if one expert would
-    run every step (a profile of two experts needs steps on both)."""
+    its scheduler's timesteps); None for a one-transformer pipeline."""
     if isinstance(pipe, torch.nn.Module) or not _has_two_experts(pipe):
         return None
     scheduler = copy.deepcopy(pipe.scheduler)  # set_timesteps changes the scheduler's state
     scheduler.set_timesteps(num_steps)
     boundary = pipe.config.boundary_ratio * scheduler.config.num_train_timesteps
-    step = sum(1 for t in scheduler.timesteps if float(t) >= boundary)
-    if not 0 < step < num_steps:
+    return sum(1 for t in scheduler.timesteps if float(t) >= boundary)
+
+
+def check_both_experts_run(pipe: Any, num_steps: int) -> None:
+    """Refuse a step count at which one expert of a two-expert pipeline runs every step (a profile
+    of two experts needs steps on both)."""
+    step = boundary_step(pipe, num_steps)
+    if step is not None and not 0 < step < num_steps:
         raise RfcacheError(
             f"{type(pipe).__name__}: at {num_steps} steps one expert runs every step (boundary_ratio "
             f"{pipe.config.boundary_ratio}); use more steps so both transformers run"
         )
-    return step
 
 
 def expert_first_steps(pipe: Any, profile: Profile | None, *, static: bool, num_steps: int | None) -> list[int]:
