@@ -37,7 +37,7 @@ def test_two_expert_wan_through_every_command(folders, tmp_path, capsys):
     )  # fmt: skip
     assert code == 0, err
     code, out, _ = _cli("show", profile, capsys=capsys)
-    assert code == 0
+    assert code == 0 and "profile           wan2 (schema 1)" in out
     assert "expert            transformer: steps 0-2" in out and "expert            transformer_2: steps 3-7" in out
     cached = tmp_path / "cached.gif"
     code, out, err = _cli(

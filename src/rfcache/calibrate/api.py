@@ -197,16 +197,17 @@ def calibrate(
             trace = Trace.merge(groups)
         reference = run(sets.calibration)
     # each expert's coefficients from its own steps (one transformer: the whole trace)
-    components = [name for name, _ in expert_models(pipe)]
+    components = [component for component, _ in expert_models(pipe)]
     spans = trace.expert_spans()
     if len(spans) != len(components):
         raise RfcacheError(f"the trace has {len(spans)} expert(s), {type(pipe).__name__} has {len(components)}")
     fits = [(fit_ratios(view), fit_ratio_steps(view)) for view in _expert_views(trace)]
     fit, step_fit = fits[0]
-    for (name, _), (f, _) in zip(expert_models(pipe), fits, strict=True):
+    for component, (f, _) in zip(components, fits, strict=True):
         if f.poor():
+            where = f" of {component}" if len(fits) > 1 else ""
             logger.warning(
-                "relation ratio fits poorly (R² < 0.5) for %d of %d units of %s", len(f.poor()), len(f.ratios), name
+                "relation ratio fits poorly (R² < 0.5) for %d of %d units%s", len(f.poor()), len(f.ratios), where
             )
 
     def run_cached(items: tuple[InputItem, ...], *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
