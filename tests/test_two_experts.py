@@ -103,3 +103,13 @@ def test_bad_experts_manifest_is_one_line(experts, message, tmp_path):
     with pytest.raises(BundleError, match=message) as info:
         validate_experts({"experts": experts, "schedule": {"mask": "CCPCCPPP"}}, tmp_path / "manifest.json")
     assert "\n" not in str(info.value)
+
+
+def test_second_engine_predicts_only_from_its_own_full_steps():
+    from rfcache.export.runner import pattern_coefficients
+
+    # CCP | CCPPP, relational m=2: at step 5 the second expert has two full steps of its own (3, 4),
+    # so only D_0 and D_1 exist there, as in its PyTorch session; counted from step 0 there are four
+    own = pattern_coefficients("CCPCCPPP", 2, first_step=3)
+    assert own[:5] == [None] * 5 and own[5] == [1.0, 1.0, 0.0] and own[7] == [1.0, 3.0, 0.0]
+    assert pattern_coefficients("CCPCCPPP", 2)[5] == [1.0, 1.0, 0.5]

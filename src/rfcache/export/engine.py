@@ -132,7 +132,7 @@ def put_bundle(
 ) -> Any:
     """Replace ``pipe.transformer`` (or another ``component``, starting at ``first_step``) by the
     bundle's engine; refuses a bundle made for another model."""
-    from rfcache.export.runner import open_runner
+    from rfcache.export.runner import open_runner, pattern_coefficients
 
     original = getattr(pipe, component, None)
     if not isinstance(original, torch.nn.Module) or isinstance(original, EngineTransformer):
@@ -145,6 +145,11 @@ def put_bundle(
             f"this pipeline's transformer is a {found[0]} with config hash {found[1]}"
         )
     runner = open_runner(bundle, device=device, threads=threads)
+    if first_step:  # the second expert's engine: its history starts at its first step
+        step_linear = bundle.manifest["predictor"].get("ratio_form") == "step-linear"
+        runner.coefficients = pattern_coefficients(
+            bundle.pattern, runner.keep, step_position=step_linear, first_step=first_step
+        )
     engine = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None), first_step)
     setattr(pipe, component, engine)
     return pipe

@@ -42,15 +42,19 @@ logger = logging.getLogger(__name__)
 _PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
-def pattern_coefficients(pattern: str, keep: int, *, step_position: bool = False) -> list[list[float] | None]:
+def pattern_coefficients(
+    pattern: str, keep: int, *, step_position: bool = False, first_step: int = 0
+) -> list[list[float] | None]:
     """Per step: ``None`` at a full step, else the cached graph's ``coeffs``: ``k^i / i!`` up to the
     order the full steps so far allow and 0 above it, as the PyTorch runtime predicts; with
-    ``step_position`` (a step-linear calibrated ratio), then the step's ``ratio_position``."""
+    ``step_position`` (a step-linear calibrated ratio), then the step's ``ratio_position``.
+    ``first_step``: the step a two-expert pipeline's second engine starts at (its history starts
+    there; earlier steps are not its own)."""
     out: list[list[float] | None] = []
     full, last = 0, -1
     for step, letter in enumerate(pattern):
-        if letter == "C":
-            full, last = full + 1, step
+        if step < first_step or letter == "C":
+            full, last = (full + 1, step) if step >= first_step else (full, last)
             out.append(None)
             continue
         k, order = step - last, min(keep, full - 1)
