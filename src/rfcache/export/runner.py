@@ -53,8 +53,11 @@ def pattern_coefficients(
     out: list[list[float] | None] = []
     full, last = 0, -1
     for step, letter in enumerate(pattern):
-        if step < first_step or letter == "C":
-            full, last = (full + 1, step) if step >= first_step else (full, last)
+        if step < first_step:  # not this engine's step
+            out.append(None)
+            continue
+        if letter == "C":
+            full, last = full + 1, step
             out.append(None)
             continue
         k, order = step - last, min(keep, full - 1)
