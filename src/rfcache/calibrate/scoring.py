@@ -52,7 +52,8 @@ def ratio_choice(params: dict[str, Any]) -> str:
 class Scorer:
     """Masks, FLOP fractions and error estimates of schedule parameters on one trace.
 
-    ``ratios``: the constant calibrated ratio per unit; ``step_ratios``: the step-linear one per step
+    ``ratios``: the constant calibrated ratio per unit (per step and unit, shape (steps, units), on a
+    two-expert trace: each expert's on its own steps); ``step_ratios``: the step-linear one per step
     and unit, shape (steps, units) (None: candidates cannot choose it).
     """
 
@@ -60,7 +61,7 @@ class Scorer:
         self,
         trace: Trace,
         *,
-        ratios: Sequence[float] | None,
+        ratios: Sequence[float] | np.ndarray | None,
         max_nfc: int,
         max_gap: int = 10,
         step_ratios: np.ndarray | None = None,
