@@ -23,7 +23,7 @@ import torch
 
 from rfcache.devices import check_device
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, first_line
+from rfcache.export.bundle import Bundle, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.runtime.cudagraphs import GraphedCall
 
@@ -69,8 +69,10 @@ class AotiRunner(BundleRunner):
     def input_device(self) -> torch.device:
         return self.torch_device
 
-    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
-        return _AotiSteps(self, batch, timesteps)
+    def steps(
+        self, batch: int, timesteps: Sequence[float] | None = None, *, text_tokens: int | None = None
+    ) -> StepRunner:
+        return _AotiSteps(self, batch, timesteps, text_tokens=text_tokens)
 
     def decode_latents(self, latents: Any) -> Any:
         z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", "latents"))
@@ -85,8 +87,15 @@ class AotiRunner(BundleRunner):
 class _AotiSteps(StepRunner):
     """The state is the full graph's outputs, kept as device tensors until the next full step."""
 
-    def __init__(self, runner: AotiRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
-        super().__init__(runner, batch, timesteps)
+    def __init__(
+        self,
+        runner: AotiRunner,
+        batch: int,
+        timesteps: Sequence[float] | None = None,
+        *,
+        text_tokens: int | None = None,
+    ) -> None:
+        super().__init__(runner, batch, timesteps, text_tokens=text_tokens)
         self.aoti = runner
         graphs = runner.bundle.graphs
         self._dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["full"].inputs}
@@ -96,7 +105,7 @@ class _AotiSteps(StepRunner):
         self._state_names = [s["name"] for s in runner.bundle.manifest["state"]]
         dev = runner.torch_device
         self._state = [
-            torch.zeros(_dims(s["shape"], batch), dtype=getattr(torch, s["dtype"]), device=dev)
+            torch.zeros(resolve_shape(s["shape"], self.sizes), dtype=getattr(torch, s["dtype"]), device=dev)
             for s in runner.bundle.manifest["state"]
         ]
         reads = {t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")}
@@ -142,7 +151,3 @@ class _AotiSteps(StepRunner):
         args = self._tensors(inputs, "coeffs", coeffs)
         out = self._call("cached", [*args, *self._state])[0]
         return out.clone() if self.aoti.cuda_graphs else out
-
-
-def _dims(shape: Sequence[int | str], batch: int) -> list[int]:
-    return [batch if d == "batch" else int(d) for d in shape]

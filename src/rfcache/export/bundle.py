@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,11 +39,13 @@ __all__ = [
     "BundleError",
     "GraphSpec",
     "TensorSpec",
+    "TextAxis",
     "first_line",
+    "resolve_shape",
 ]
 
 BUNDLE_FORMAT = "rfcache-bundle"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3  # 3: the text token axis (``axes.text``; ``"text"`` / ``"text+K"`` in shapes)
 MANIFEST = "manifest.json"
 PROFILE = "profile.yaml"
 _MAX_MANIFEST_BYTES = 16 << 20
@@ -55,7 +58,8 @@ class BundleError(RfcacheError, ValueError):
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: name, shape (``"batch"`` for the dynamic batch axis, ``"steps"`` for
-    the conditioning graph's step axis) and dtype."""
+    the conditioning graph's step axis, ``"text"`` for a dynamic text token axis and ``"text+K"``
+    for one of text and ``K`` image tokens) and dtype."""
 
     name: str
     shape: tuple[int | str, ...]
@@ -69,6 +73,39 @@ class GraphSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class TextAxis:
+    """The text token axis of a bundle's graphs: its length at export, where it lies in which
+    inputs, and whether the graphs take another length (``reason`` says why not)."""
+
+    tokens: int
+    inputs: dict[str, int]
+    dynamic: bool
+    reason: str | None = None
+
+    def check(self, tokens: int, where: Path, max_sequence_length: Any = None) -> None:
+        """Refuse a run at ``tokens`` text tokens where the axis is fixed at another length."""
+        if self.dynamic or tokens == self.tokens:
+            return
+        hint = f" (max_sequence_length {max_sequence_length})" if max_sequence_length is not None else ""
+        raise BundleError(
+            f"{where}: the text axis is fixed at {self.tokens} tokens{hint} ({self.reason}); "
+            f"the pipeline passed {tokens}: run at the bundle's max_sequence_length or export again"
+        )
+
+
+def resolve_shape(shape: tuple[int | str, ...] | list[int | str], sizes: dict[str, int]) -> list[int]:
+    """A manifest shape with its symbols (``batch``, ``steps``, ``text``, ``text+K``) replaced by ``sizes``."""
+    out = []
+    for d in shape:
+        if isinstance(d, int):
+            out.append(d)
+        else:
+            name, _, offset = d.partition("+")
+            out.append(sizes[name] + int(offset or 0))
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,6 +144,12 @@ class Bundle:
     def setup(self) -> dict[str, Any]:
         """What the bundle was exported for (pipeline, size, frames, guidance, call arguments); {} if not recorded."""
         return self.manifest.get("setup", {})
+
+    @property
+    def text_axis(self) -> TextAxis | None:
+        """The graphs' text token axis; None for a model without text inputs."""
+        text = self.manifest["axes"].get("text")
+        return None if text is None else TextAxis(**text)
 
     def into(self, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
         """Put the bundle in place of ``pipe.transformer``: the pipeline's text encoders, scheduler loop
@@ -211,6 +254,15 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         if not isinstance(data.get(key), kind):
             raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
     _validate(data, path)
+    text = data["axes"].get("text")
+    if text is not None:
+        fields = {"tokens": int, "inputs": dict, "dynamic": bool}
+        if (
+            not isinstance(text, dict)
+            or set(text) - {*fields, "reason"}
+            or not all(isinstance(text.get(k), kind) for k, kind in fields.items())
+        ):
+            raise BundleError(f"{path}: axes.text must be an object with tokens, inputs, dynamic (and reason)")
     return data
 
 
@@ -268,6 +320,7 @@ _CLASS_CONDITIONAL: dict[str, Any] = {
 
 
 _REQUIRED: dict[str, type] = {
+    "axes": dict,
     "backend": str,
     "graphs": dict,
     "schedule": dict,
@@ -316,9 +369,13 @@ def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
     shape = tuple(data["shape"])
     if not isinstance(data["name"], str) or not isinstance(data["dtype"], str):
         raise TypeError("name and dtype must be strings")
-    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or d in ("batch", "steps") for d in shape):
+    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or _symbol(d) for d in shape):
         raise ValueError(f"shape {list(shape)} of {data['name']!r}")
     return TensorSpec(data["name"], shape, data["dtype"])
+
+
+def _symbol(d: Any) -> bool:
+    return isinstance(d, str) and re.fullmatch(r"batch|steps|text(\+[0-9]+)?", d) is not None
 
 
 def _content_hash(manifest: dict[str, Any]) -> str:

@@ -88,7 +88,8 @@ class EngineTransformer(torch.nn.Module):
             self._branch = 0
         self._timestep = t
         if self._branch >= len(self._steps):
-            self._steps.append(self.runner.steps(int(hidden.shape[0]), self._timesteps(bound["timestep"])))
+            batch, timesteps = int(hidden.shape[0]), self._timesteps(bound["timestep"])
+            self._steps.append(self.runner.steps(batch, timesteps, text_tokens=self._text_tokens(bound)))
         arrays = {}
         for name in self._inputs:
             value = bound.get(name)
@@ -102,6 +103,15 @@ class EngineTransformer(torch.nn.Module):
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
         return Transformer2DModelOutput(sample=sample)
+
+    def _text_tokens(self, bound: dict[str, Any]) -> int | None:
+        """The length of the text inputs the pipeline passed (its ``max_sequence_length`` and more)."""
+        text = self.bundle.text_axis
+        if text is None:
+            return None
+        name, axis = next(iter(text.inputs.items()))
+        value = bound.get(name)
+        return int(value.shape[axis]) if isinstance(value, torch.Tensor) else None
 
     def _timesteps(self, first: Any) -> list[float] | None:
         """The timestep input at every step of the generation starting now, where the scheduler predicts it."""

@@ -105,8 +105,10 @@ class TrtRunner(BundleRunner):
     def input_device(self) -> Any:
         return self.torch.device("cuda")
 
-    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
-        return _TrtSteps(self, batch, timesteps)
+    def steps(
+        self, batch: int, timesteps: Sequence[float] | None = None, *, text_tokens: int | None = None
+    ) -> StepRunner:
+        return _TrtSteps(self, batch, timesteps, text_tokens=text_tokens)  # the text axis is fixed (export)
 
     def decode_latents(self, latents: Any) -> np.ndarray:
         image = self.bundle.graphs["decoder"].outputs[0]
@@ -138,8 +140,15 @@ class TrtRunner(BundleRunner):
 
 
 class _TrtSteps(StepRunner):
-    def __init__(self, runner: TrtRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
-        super().__init__(runner, batch, timesteps)
+    def __init__(
+        self,
+        runner: TrtRunner,
+        batch: int,
+        timesteps: Sequence[float] | None = None,
+        *,
+        text_tokens: int | None = None,
+    ) -> None:
+        super().__init__(runner, batch, timesteps, text_tokens=text_tokens)
         self.trt = runner
         state = runner.bundle.manifest["state"]
         self._current = {s["name"]: runner._empty(s["shape"], s["dtype"], batch) for s in state}
