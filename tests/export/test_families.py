@@ -71,3 +71,22 @@ def test_dit_pipeline_bundle_samples_with_its_scheduler_and_vae(tmp_path):
     ).images
     assert result.pattern == rfcache.summary(pipe).pattern
     assert np.abs(result.images - reference).max() < 1e-4
+
+
+@pytest.mark.slow
+def test_a_fixed_text_axis_says_why_and_refuses_another_length_in_one_line(tmp_path, monkeypatch):
+    """Where the model bakes a size the text axis would change (here pooled text declared as text),
+    the axis stays fixed, the manifest says why, and a run at another text length is refused."""
+    model = tiny_transformer("sd3")
+    adapter = rfcache.get_adapter(model)
+    monkeypatch.setattr(type(adapter), "text_inputs", {"encoder_hidden_states": 1, "pooled_projections": 1})
+    example = adapter.example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
+    bundle = load_bundle(export(model, _profile(model, example), tmp_path / "b"))
+    text = bundle.text_axis
+    assert not text.dynamic and text.tokens == adapter.example_text_tokens
+    assert "does not run at 7 text tokens" in text.reason
+    runner = OrtRunner(bundle)
+    runner.steps(2, text_tokens=6)  # the exported length runs
+    with pytest.raises(rfcache.RfcacheError, match="text axis is fixed at 6 tokens") as info:
+        runner.steps(2, text_tokens=7)
+    assert "\n" not in str(info.value)
