@@ -64,16 +64,10 @@ def test_aoti_bundle_matches_the_pytorch_runtime_at_any_batch(aoti_bundle):
 
 
 def test_an_aoti_bundle_in_a_pipeline_matches_the_runtime(aoti_bundle):
-    pipe, profile, path = aoti_bundle
-    engine_pipe = load_bundle(path).into(make_tiny_digits_pipeline())
+    from tests.export.test_export import assert_bundle_in_a_pipeline_matches_the_runtime
+
+    engine_pipe = assert_bundle_in_a_pipeline_matches_the_runtime(*aoti_bundle)
     assert isinstance(engine_pipe.transformer.runner, AotiRunner)
-    images = engine_pipe(
-        class_labels=LABELS, num_inference_steps=len(SCHEDULE), generator=torch.Generator().manual_seed(0)
-    )
-    reference, pattern = _torch_images(pipe, profile)
-    assert engine_pipe.transformer.executed == pattern
-    assert engine_pipe.transformer.conditioning_runs == 1  # the scheduler predicted every step
-    assert np.abs(images.images - reference).max() < 1e-4
 
 
 def test_aoti_graphs_have_the_onnx_graphs_inputs_outputs_and_state(aoti_bundle, tmp_path):

@@ -15,7 +15,6 @@ graph as a CUDA graph (``cuda_graphs=True``; runtime/cudagraphs.py), captured on
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -69,11 +68,6 @@ class AotiRunner(BundleRunner):
     def input_device(self) -> torch.device:
         return self.torch_device
 
-    def steps(
-        self, batch: int, timesteps: Sequence[float] | None = None, *, text_tokens: int | None = None
-    ) -> StepRunner:
-        return _AotiSteps(self, batch, timesteps, text_tokens=text_tokens)
-
     def decode_latents(self, latents: Any) -> Any:
         z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", "latents"))
         with torch.no_grad():
@@ -87,15 +81,8 @@ class AotiRunner(BundleRunner):
 class _AotiSteps(StepRunner):
     """The state is the full graph's outputs, kept as device tensors until the next full step."""
 
-    def __init__(
-        self,
-        runner: AotiRunner,
-        batch: int,
-        timesteps: Sequence[float] | None = None,
-        *,
-        text_tokens: int | None = None,
-    ) -> None:
-        super().__init__(runner, batch, timesteps, text_tokens=text_tokens)
+    def __init__(self, runner: AotiRunner, *args: Any, **kwargs: Any) -> None:
+        super().__init__(runner, *args, **kwargs)
         self.aoti = runner
         graphs = runner.bundle.graphs
         self._dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["full"].inputs}
@@ -151,3 +138,6 @@ class _AotiSteps(StepRunner):
         args = self._tensors(inputs, "coeffs", coeffs)
         out = self._call("cached", [*args, *self._state])[0]
         return out.clone() if self.aoti.cuda_graphs else out
+
+
+AotiRunner.step_runner = _AotiSteps

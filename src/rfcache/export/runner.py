@@ -72,8 +72,10 @@ class GenerationResult:
 class BundleRunner:
     """What every backend shares: the pattern's coefficients and the class-conditional sampler.
 
-    Backends implement :meth:`steps` (a fresh :class:`StepRunner`) and :meth:`decode_latents`.
+    Backends name their :class:`StepRunner` subclass (``step_runner``) and implement :meth:`decode_latents`.
     """
+
+    step_runner: type[StepRunner]
 
     def __init__(self, bundle: Bundle, device: str) -> None:
         self.bundle, self.device = bundle, device
@@ -98,7 +100,7 @@ class BundleRunner:
         text inputs (the bundle's own when not given); another length than the bundle's is refused
         where its text axis is fixed.
         """
-        raise NotImplementedError
+        return self.step_runner(self, batch, timesteps, text_tokens=text_tokens)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Run the bundle's decoder graph on final latents."""
@@ -307,11 +309,6 @@ class OrtRunner(BundleRunner):
                 raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")
             self.sessions[name] = session
 
-    def steps(
-        self, batch: int, timesteps: Sequence[float] | None = None, *, text_tokens: int | None = None
-    ) -> StepRunner:
-        return _OrtSteps(self, batch, timesteps, text_tokens=text_tokens)
-
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         return self.sessions["decoder"].run(None, {"latents": latents})[0]
 
@@ -319,15 +316,8 @@ class OrtRunner(BundleRunner):
 class _OrtSteps(StepRunner):
     """State in two preallocated sets of OrtValues on the device, swapped after each full step."""
 
-    def __init__(
-        self,
-        runner: OrtRunner,
-        batch: int,
-        timesteps: Sequence[float] | None = None,
-        *,
-        text_tokens: int | None = None,
-    ) -> None:
-        super().__init__(runner, batch, timesteps, text_tokens=text_tokens)
+    def __init__(self, runner: OrtRunner, *args: Any, **kwargs: Any) -> None:
+        super().__init__(runner, *args, **kwargs)
         self.sessions = runner.sessions
         device = runner.device
         graphs = runner.bundle.graphs
@@ -377,6 +367,9 @@ class _OrtSteps(StepRunner):
             binding.bind_ortvalue_input(name, value)
         self.sessions["cached"].run_with_iobinding(binding)
         return self._sample.numpy()
+
+
+OrtRunner.step_runner = _OrtSteps
 
 
 def open_runner(bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:
