@@ -152,6 +152,7 @@ def export(
                 {"name": s.name, "shape": _symbolic(s.shape, True, text_dims.get(s.name)), "dtype": s.dtype}
                 for s in graphs.state
             ]
+            # which axes of the shapes above are dynamic; the text axis's length at export and why it is fixed
             manifest["axes"] = {"batch": {"dynamic": True}, "text": None if text is None else asdict(text)}
             manifest["setup"] = _setup_record(pipe, profile, inputs)
             manifest["device"] = device.type  # aoti packages run only on the device kind they were compiled for

@@ -254,15 +254,6 @@ def _read_manifest(root: Path) -> dict[str, Any]:
         if not isinstance(data.get(key), kind):
             raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
     _validate(data, path)
-    text = data["axes"].get("text")
-    if text is not None:
-        fields = {"tokens": int, "inputs": dict, "dynamic": bool}
-        if (
-            not isinstance(text, dict)
-            or set(text) - {*fields, "reason"}
-            or not all(isinstance(text.get(k), kind) for k, kind in fields.items())
-        ):
-            raise BundleError(f"{path}: axes.text must be an object with tokens, inputs, dynamic (and reason)")
     return data
 
 
@@ -281,6 +272,14 @@ def _validate(data: dict[str, Any], path: Path) -> None:
             raise BundleError(f"{path}: state[{i}] malformed ({first_line(exc)})") from None
         if spec.shape[:1] != ("batch",) or spec.dtype not in _DTYPES:
             raise BundleError(f"{path}: state[{i}] must have a leading 'batch' axis and a float dtype")
+    text = data["axes"].get("text")
+    fields = {"tokens": int, "inputs": dict, "dynamic": bool}
+    if text is not None and (
+        not isinstance(text, dict)
+        or set(text) - {*fields, "reason"}
+        or not all(isinstance(text.get(k), kind) for k, kind in fields.items())
+    ):
+        raise BundleError(f"{path}: axes.text must be an object with tokens, inputs, dynamic (and reason)")
     predictor = data["predictor"]
     if predictor.get("kind") not in ("reuse", "taylor", "relational") or predictor.get("order") not in (0, 1, 2):
         raise BundleError(f"{path}: predictor must have kind reuse|taylor|relational and order 0, 1 or 2")

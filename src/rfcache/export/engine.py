@@ -97,9 +97,8 @@ class EngineTransformer(torch.nn.Module):
                 raise BundleError(f"{self.bundle.path}: the pipeline did not pass {name!r}, an input of the graphs")
             arrays[name] = value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
         out = self._steps[self._branch](arrays)
-        sample = torch.as_tensor(out).to(
-            device=hidden.device, dtype=hidden.dtype
-        )  # numpy (ORT) or a tensor (aoti, TensorRT)
+        # a numpy array (ONNX Runtime) or a tensor (aoti, TensorRT)
+        sample = torch.as_tensor(out).to(device=hidden.device, dtype=hidden.dtype)
         if not return_dict:
             return (sample,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
