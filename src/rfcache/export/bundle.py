@@ -278,8 +278,13 @@ def _validate(data: dict[str, Any], path: Path) -> None:
         not isinstance(text, dict)
         or set(text) - {*fields, "reason"}
         or not all(isinstance(text.get(k), kind) for k, kind in fields.items())
+        or not all(isinstance(a, int) and not isinstance(a, bool) for a in text["inputs"].values())
     ):
-        raise BundleError(f"{path}: axes.text must be an object with tokens, inputs, dynamic (and reason)")
+        raise BundleError(f"{path}: axes.text must be an object with tokens, inputs (name: axis), dynamic, reason")
+    shapes = [t["shape"] for g in graphs.values() for t in (*g["inputs"], *g["outputs"])]
+    shapes += [s["shape"] for s in data["state"]]
+    if any(str(d).startswith("text") for shape in shapes for d in shape) and not (text and text["dynamic"]):
+        raise BundleError(f"{path}: shapes name a text axis, but axes.text is not dynamic")
     predictor = data["predictor"]
     if predictor.get("kind") not in ("reuse", "taylor", "relational") or predictor.get("order") not in (0, 1, 2):
         raise BundleError(f"{path}: predictor must have kind reuse|taylor|relational and order 0, 1 or 2")
