@@ -69,6 +69,7 @@ def test_calibrate_end_to_end_and_resume(tiny_pipe, tmp_path):
     result = calibrate(tiny_pipe, trials=5, progress=False, name="tiny", **kwargs)
     p = result.profile
     assert len(p.schedule) == STEPS and p.budget.achieved <= 0.5 and p.provenance.trials == 5
+    assert p.provenance.dtype == "float32"  # the transformer's, recorded
     assert p.quality["test_rel_l2"] == result.test_rel_l2 >= 0  # tiny random models saturate
     assert p.quality["taylorseer_rel_l2"] == result.taylorseer_rel_l2 and "selection_rel_l2" in p.quality
     # three disjoint input sets, recorded in the profile; seeds never repeat
