@@ -119,6 +119,8 @@ def test_a_transformer_only_bundle_replays_the_runtime_step_by_step(tmp_path):
     profile = _profile(model, example, schedule)
     bundle = load_bundle(export(model, profile, tmp_path / "b", backend="aoti"))
     assert bundle.text_axis.dynamic and any("text+" in str(s["shape"]) for s in bundle.manifest["state"])
+    conditioning = bundle.graphs["conditioning"]  # pooled text and guidance only: no text axis
+    assert not any("text" in map(str, t.shape) for t in (*conditioning.inputs, *conditioning.outputs))
     names = [t.name for t in bundle.graphs["cached"].inputs if t.name in example]
     longer = adapter.example_inputs(model, batch=2, generator=torch.Generator().manual_seed(1))
     tokens = adapter.example_text_tokens + 3
