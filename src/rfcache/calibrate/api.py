@@ -274,11 +274,13 @@ def calibrate(
     selection_reference = run(sets.selection)
     sampling = run_setup(pipe, spec, resolution[0])
     best: tuple[float, Profile] | None = None
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # what the user calibrated in (--dtype)
     for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
         one = replace(sampling, boundary_step=None)  # the first expert's profile, then each expert's entry
         profile = _profile(name, identity, one, cand, fits, budget, seed, completed_trials(study), sets)
         profile = _with_experts(profile, pipe, sampling, spans, cand.params, fits)
-        profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
+        provenance = replace(profile.provenance, dtype=dtype)
+        profile = replace(profile, provenance=provenance, diagnostics={**profile.diagnostics, **diagnostics})
         out, s = run_cached(sets.selection, profile)
         err = _rel_l2(out, selection_reference)
         if best is None or err < best[0]:
