@@ -58,6 +58,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=STEPS, help="part 2: sampling steps (NFC scales with them)")
     parser.add_argument("--methods", default=",".join(SPEED_METHODS), help="part 2: methods")
     parser.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    parser.add_argument(
+        "--compile", action="store_true", help="part 2: also each method with compile=True (torch.compile, inductor)"
+    )
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default large-allocation handling")
     args = parser.parse_args()
     if not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
@@ -81,7 +84,7 @@ def main() -> None:
     )
     methods = [m for m in args.methods.split(",") if m]
     for tokens in (int(x) for x in args.tokens.split(",")):
-        speed_report(tokens, steps=args.steps, repeats=args.repeats, methods=methods)
+        speed_report(tokens, steps=args.steps, repeats=args.repeats, methods=methods, compile=args.compile)
 
 
 # -- part 2 -----------------------------------------------------------------------------------------
@@ -109,55 +112,97 @@ class StepTimer:
             h.remove()
 
 
-def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -> None:
+class Run:
+    """One row of the speed table: a pipeline and what is switched on around each of its generations.
+
+    ``params``: ``enable()`` arguments, enabled before and disabled after every generation (the
+    eager rows, which share one pipeline); ``kept``: enabled once on a pipeline of its own and left
+    on (the compiled rows: a fresh ``torch.compile`` per round would compile again every round).
+    """
+
+    def __init__(self, name: str, pipe: Any, params: dict[str, Any] | None = None, *, kept: bool = False) -> None:
+        self.name, self.pipe, self.params, self.kept = name, pipe, params, kept
+        self.skeleton: SkeletonOnly | None = None
+        self.pattern = ""
+        self.fraction: float | None = None
+
+    def begin(self) -> None:
+        import rfcache
+
+        if self.skeleton is not None:
+            self.skeleton.attach()
+        elif self.params is not None and not self.kept:
+            rfcache.enable(self.pipe, **self.params)
+
+    def end(self, steps: int) -> None:
+        import rfcache
+
+        if self.skeleton is not None:
+            self.skeleton.detach()
+            self.pattern = self.skeleton.pattern
+        elif self.params is not None:
+            summary = rfcache.summary(self.pipe)
+            self.pattern, self.fraction = summary.pattern, summary.flops_fraction
+            if not self.kept:
+                rfcache.disable(self.pipe)
+        else:
+            self.pattern = "C" * steps
+
+
+def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str], compile: bool = False) -> None:
     import rfcache
     from rfcache.models.toy import random_dit_pipeline
 
-    pipe = random_dit_pipeline(sample_size=round(tokens**0.5) * 2)  # patch 2
-    model = pipe.transformer
-
-    def generate() -> None:
-        pipe(
-            class_labels=[3], num_inference_steps=steps, guidance_scale=2.0, generator=torch.Generator().manual_seed(0)
-        )
-
+    sample_size = round(tokens**0.5) * 2  # patch 2
+    pipe = random_dit_pipeline(sample_size=sample_size)
     pattern = _interval_pattern(steps)
     parts = StepParts(pipe, steps=steps)
-    skeleton = SkeletonOnly(pipe, pattern)
-    runs: dict[str, dict[str, Any] | None] = {"unmodified": None, "shared conditioning": {"method": "none"}}
-    runs[ATTAINABLE] = None
-    runs.update({m: SPEED_METHODS[m] for m in methods})
-    seconds: dict[str, list[float]] = {name: [] for name in runs}
-    step_times: dict[str, list[tuple[str, float]]] = {name: [] for name in runs}
-    fractions: dict[str, float] = {}
+    runs = [Run("unmodified", pipe), Run("shared conditioning", pipe, {"method": "none", "share_conditioning": True})]
+    runs.append(Run(ATTAINABLE, pipe))
+    runs[-1].skeleton = SkeletonOnly(pipe, pattern)
+    runs += [Run(m, pipe, {**SPEED_METHODS[m], "share_conditioning": True}) for m in methods]
+    if compile:  # each on a pipeline of its own (the same seeded weights), compiled in the warm-up round
+        plain = random_dit_pipeline(sample_size=sample_size)
+        plain.transformer.forward = torch.compile(plain.transformer.forward, fullgraph=True, dynamic=False)
+        runs.append(Run(f"unmodified{COMPILED}", plain))
+        for m in methods:
+            run = Run(m + COMPILED, random_dit_pipeline(sample_size=sample_size), {**SPEED_METHODS[m], "compile": True})
+            rfcache.enable(run.pipe, **run.params, share_conditioning=True)
+            run.kept = True
+            runs.append(run)
+    seconds: dict[str, list[float]] = {run.name: [] for run in runs}
+    warmup: dict[str, float] = {}
+    step_times: dict[str, list[tuple[str, float]]] = {run.name: [] for run in runs}
     part_times: dict[str, list[float]] = {}
-    for round_index in range(repeats + 1):  # round 0 warms up; parts are timed between the runs
-        for name, params in runs.items():
-            if params is not None:
-                rfcache.enable(pipe, **params, share_conditioning=True)
-            elif name == ATTAINABLE:
-                skeleton.attach()
-            timer = StepTimer(model)
+    for round_index in range(repeats + 1):  # round 0 warms up (and compiles); parts are timed after each round
+        for run in runs:
+            run.begin()
+            timer = StepTimer(run.pipe.transformer)
             try:
                 start = time.perf_counter()
-                generate()
+                run.pipe(
+                    class_labels=[3],
+                    num_inference_steps=steps,
+                    guidance_scale=2.0,
+                    generator=torch.Generator().manual_seed(0),
+                )
                 elapsed = time.perf_counter() - start
-                run_pattern = rfcache.summary(pipe).pattern if params is not None else "C" * steps
-                if name == ATTAINABLE:
-                    run_pattern = pattern
-                if params is not None:
-                    fractions[name] = rfcache.summary(pipe).flops_fraction
             finally:
                 timer.remove()
-                if params is not None:
-                    rfcache.disable(pipe)
-                elif name == ATTAINABLE:
-                    skeleton.detach()
+                run.end(steps)
             if round_index:
-                seconds[name].append(elapsed)
-                step_times[name] += list(zip(run_pattern, timer.times, strict=True))
-                for part, value in parts.measure().items():
-                    part_times.setdefault(part, []).append(value)
+                seconds[run.name].append(elapsed)
+                step_times[run.name] += list(zip(run.pattern, timer.times, strict=True))
+            else:
+                warmup[run.name] = elapsed
+        if round_index:
+            for part, value in parts.measure().items():
+                part_times.setdefault(part, []).append(value)
+    for run in runs:
+        if run.kept:
+            rfcache.disable(run.pipe)
+    fractions = {run.name: run.fraction for run in runs if run.fraction is not None}
+    names = [run.name for run in runs]
 
     median = {name: statistics.median(v) for name, v in seconds.items()}
     part = {name: statistics.median(v) for name, v in part_times.items()}
@@ -172,8 +217,8 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
         f"{'method':<20} {'seconds':>8} {'vs unmodified':>14} {'vs shared cond.':>16} "
         f"{'FLOP ideal':>11} {'attainable':>11} {'of ideal':>9}"
     )
-    for name in runs:
-        if name == ATTAINABLE:
+    for name in names:
+        if name == ATTAINABLE or name.endswith(COMPILED):
             continue
         cached = name in fractions and name != "shared conditioning"
         ideal = f"{1 / fractions[name]:.2f}x" if cached else ""
@@ -184,6 +229,24 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
             f"{ideal:>11} {limit:>11} {of_ideal:>9}"
         )
     print(f"{'(attainable run)':<20} {attainable:>8.2f} {base / attainable:>13.2f}x {shared / attainable:>15.2f}x")
+    if compile:
+        base_compiled = median["unmodified" + COMPILED]
+        print(
+            f"\ncompiled (enable(..., compile=True); the unmodified transformer under torch.compile), {tokens} "
+            "tokens; compile: the warm-up generation's time over the median, not in the timing"
+        )
+        print(
+            f"{'method':<31} {'seconds':>8} {'vs unmodified':>14} {'vs unmod. compiled':>19} "
+            f"{'FLOP ideal':>11} {'of ideal':>9} {'compile s':>10}"
+        )
+        for name in (n for n in names if n.endswith(COMPILED)):
+            ideal = f"{1 / fractions[name]:.2f}x" if name in fractions else ""
+            of_ideal = f"{base / median[name] * fractions[name]:.2f}" if name in fractions else ""
+            print(
+                f"{name:<31} {median[name]:>8.2f} {base / median[name]:>13.2f}x "
+                f"{base_compiled / median[name]:>18.2f}x {ideal:>11} {of_ideal:>9} "
+                f"{warmup[name] - median[name]:>10.1f}"
+            )
 
     step = {name: _median_step(step_times[name], "P") for name in methods}
     skeleton_step = _median_step(step_times[ATTAINABLE], "P")
@@ -194,6 +257,9 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
         ("cached step, skeleton alone (units free, conditioning shared)", skeleton_step),
     ]
     rows += [(f"cached step, {name}", step[name]) for name in methods]
+    if compile:
+        rows.append(("full step, unmodified compiled", _median_step(step_times["unmodified" + COMPILED], "C")))
+        rows += [(f"cached step, {name}{COMPILED}", _median_step(step_times[name + COMPILED], "P")) for name in methods]
     if "fora" in methods:  # a cached step = skeleton + session bookkeeping + predictor arithmetic
         rows.append(("  = skeleton alone", skeleton_step))
         rows.append(("  + session bookkeeping (fora - skeleton alone)", step["fora"] - skeleton_step))
@@ -206,6 +272,7 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str]) -
 
 
 ATTAINABLE = "attainable"
+COMPILED = " (compiled)"
 
 
 class SkeletonOnly:
