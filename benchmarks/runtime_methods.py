@@ -3,6 +3,7 @@
     python benchmarks/runtime_methods.py                 # toy model, 50 DDIM steps, NFC 14/10/7
     python benchmarks/runtime_methods.py --speed-only    # wall clock at 64 and 256 tokens
     python benchmarks/runtime_methods.py --speed-only --tokens 64 --steps 20 --repeats 1   # quick look
+    python benchmarks/runtime_methods.py --speed-only --compile --methods fora,taylorseer-m2,rfe-m2
 
 Part 1 (embedded toy model) is a thin front to :func:`rfcache.evaluate.bench.run_bench` (the
 engine of ``rfc-bench``) with rfcache's own methods only: the same seeds and classes for every
@@ -13,9 +14,18 @@ Part 2 (a random DiT sized like DiT-S: hidden 384, 12 layers, CFG batch 2, NFC 1
 placement): every run in one process, interleaved after a warm-up round, median of ``--repeats``.
 Per method: seconds, speed-up against the unmodified pipeline and against the pipeline with shared
 conditioning alone (``method="none", share_conditioning=True``), the FLOP ideal (1 / FLOP
-fraction, analytic) and the *attainable* limit: the speed-up if every cached step cost only the
-skeleton (units returning constants, conditioning served) and every full step what it costs with
-shared conditioning, all measured in the same run. Then the parts of a cached step (ms, median).
+fraction, analytic), the *attainable* limit and the fraction of the ideal reached. The attainable
+limit is a run of its own in the same rounds: the methods' schedule with full steps computed (with
+shared conditioning) and every cached step costing the skeleton alone (each unit returns its
+output of the last full step, no session: FORA's output without FORA's bookkeeping), so it does a
+subset of every method's work. Then the parts of a step, medians over the timed rounds' steps: a
+cached step = skeleton alone + session bookkeeping (FORA - skeleton alone) + predictor arithmetic
+(method - FORA), which sum to it by construction; and parts timed on their own between rounds.
+
+``--compile`` adds each method with ``enable(..., compile=True)`` (torch.compile, inductor on CPU)
+and the unmodified transformer under ``torch.compile``, each on a pipeline of its own (the same
+seeded weights) enabled once, so only the warm-up round compiles; the compile time (warm-up minus
+median) is reported apart from the timing.
 
 Allocator: glibc returns large freed blocks to the OS and faults them in again at every step,
 which made the 256-token full step 21 % slower; the script re-executes itself with
@@ -162,6 +172,9 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str], c
     runs[-1].skeleton = SkeletonOnly(pipe, pattern)
     runs += [Run(m, pipe, {**SPEED_METHODS[m], "share_conditioning": True}) for m in methods]
     if compile:  # each on a pipeline of its own (the same seeded weights), compiled in the warm-up round
+        torch._dynamo.reset()
+        # the pipelines share the transformer's forward code: two variants each must all stay cached
+        torch._dynamo.config.recompile_limit = 4 * (len(methods) + 1)
         plain = random_dit_pipeline(sample_size=sample_size)
         plain.transformer.forward = torch.compile(plain.transformer.forward, fullgraph=True, dynamic=False)
         runs.append(Run(f"unmodified{COMPILED}", plain))
