@@ -1,7 +1,7 @@
 """Where a cached step's time goes, per op, and what other forms of the predictor arithmetic cost.
 
     python benchmarks/cached_step.py                      # 256 tokens, taylor m=2 and rfe m=2
-    python benchmarks/cached_step.py --tokens 64 --rounds 20
+    python benchmarks/cached_step.py --tokens 64 --rounds 20 --generations 3
 
 Part 1: ``torch.profiler`` over three cached steps (transformer calls 7-9 of a 20-step generation,
 interval 4 after a warm-up of 2) of each method on the random DiT of ``runtime_methods.py``, the
@@ -15,8 +15,15 @@ minimum (the minimum is the least disturbed by other jobs on a loaded machine):
   differences with 0-d coefficient tensors; RFE with its norm from the Gram entries);
 - ``scalar weights``: the same sums with Python-float coefficients (``add(alpha=)``), RFE's
   per-sample weights as one ``(B, m)`` tensor and the input change into a reused buffer;
+- ``output buffers``: as ``scalar weights``, written into one preallocated output per unit;
 - ``stacked (bmm)``: the differences kept as one ``(m+1, ...)`` tensor and the forecast one batched
   matrix product of the coefficient row with it, no intermediate pass.
+
+Part 3: the same forms (but the stacked one) as the session's prediction in real generations,
+interleaved with the skeleton-alone run and FORA (``runtime_methods.py``'s attainable run): the
+median cached step, and whether the output equals the session form's. Timed alone (part 2) a
+form runs on a cache-hot state; inside a generation the skeleton runs between units, which is
+what counts.
 
 The allocator is pinned as in ``runtime_methods.py`` (``MALLOC_MMAP_THRESHOLD_``).
 """
@@ -29,6 +36,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -43,6 +51,7 @@ def main() -> None:
     parser.add_argument("--tokens", type=int, default=256, help="image tokens (64 or 256)")
     parser.add_argument("--rounds", type=int, default=40, help="part 2: interleaved rounds")
     parser.add_argument("--rows", type=int, default=12, help="part 1: ops shown per method")
+    parser.add_argument("--generations", type=int, default=2, help="part 3: interleaved rounds of generations")
     args = parser.parse_args()
     if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
         env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
@@ -77,16 +86,77 @@ def main() -> None:
         for name, (session, units) in states.items():
             for form, fn in forms.items():
                 start = time.perf_counter()
-                fn(session, units)
+                [fn(session, u, st, x) for u, st, x in units]
                 times.setdefault((name, form), []).append(time.perf_counter() - start)
     print(f"\npredictor arithmetic of all units, one cached step, {args.rounds} interleaved rounds (ms)")
     print(f"{'method':<15} {'form':<16} {'median':>7} {'min':>7} {'max rel. diff':>14}")
     for (name, form), values in times.items():
         session, units = states[name]
-        reference = forms["session"](session, units)
-        pairs = zip(forms[form](session, units), reference, strict=True)
-        diff = max(float((a - b).abs().max() / b.abs().max()) for a, b in pairs)
+        diff = max(
+            float((forms[form](session, u, st, x) - ref).abs().max() / ref.abs().max())
+            for u, st, x in units
+            for ref in [session._predict(u, st, x)]
+        )
         print(f"{name:<15} {form:<16} {statistics.median(values) * 1e3:>7.2f} {min(values) * 1e3:>7.2f} {diff:>14.1e}")
+    in_generation(pipe, forms, rounds=args.generations)
+
+
+def in_generation(pipe: Any, forms: dict[str, Form], *, rounds: int) -> None:
+    """Part 3: each form as the session's prediction in real generations, interleaved (median cached step)."""
+    import rfcache
+    from rfcache.runtime.session import CacheSession
+
+    sys.path.insert(0, str(Path(__file__).parent))
+    from runtime_methods import SkeletonOnly, StepTimer, _interval_pattern
+
+    pattern = _interval_pattern(STEPS)
+    skeleton = SkeletonOnly(pipe, pattern)
+    original = CacheSession._predict
+    runs: list[tuple[str, str, dict[str, Any] | None]] = [
+        ("skeleton alone", "", None),
+        ("fora", "", {"method": "fora"}),
+    ]
+    runs += [(name, form, params) for name, params in METHODS.items() for form in forms if form != "stacked (bmm)"]
+    steps: dict[tuple[str, str], list[float]] = {}
+    images: dict[tuple[str, str], torch.Tensor] = {}
+    for round_index in range(rounds + 1):  # round 0 warms up
+        for name, form, params in runs:
+            if params is None:
+                skeleton.attach()
+            else:
+                if form and form != "session":
+                    fn = forms[form]
+                    CacheSession._predict = lambda self, unit, state, x, fn=fn: fn(self, unit, state, x)  # type: ignore[method-assign]
+                rfcache.enable(pipe, **params, interval=4, share_conditioning=True)
+            timer = StepTimer(pipe.transformer)
+            try:
+                generator = torch.Generator().manual_seed(0)
+                out = pipe(
+                    class_labels=[3],
+                    num_inference_steps=STEPS,
+                    guidance_scale=2.0,
+                    generator=generator,
+                    output_type="pt",
+                )
+            finally:
+                timer.remove()
+                CacheSession._predict = original  # type: ignore[method-assign]
+                if params is None:
+                    skeleton.detach()
+                else:
+                    rfcache.disable(pipe)
+            images[(name, form)] = out.images
+            if round_index:
+                steps.setdefault((name, form), []).extend(
+                    t for c, t in zip(pattern, timer.times, strict=True) if c == "P"
+                )
+    print(f"\ncached step in generations, {rounds} interleaved rounds of {STEPS} steps (ms; median, min)")
+    for (name, form), values in steps.items():
+        same = ""
+        if form:
+            equal = torch.equal(images[(name, form)], images[(name, "session")])
+            same = f"  output {'equal to' if equal else 'differs from'} the session form's"
+        print(f"{name:<15} {form:<16} {statistics.median(values) * 1e3:>7.2f} {min(values) * 1e3:>7.2f}{same}")
 
 
 def profile_cached_steps(pipe: Any, *, first: int, last: int, rows: int) -> str:
@@ -122,58 +192,65 @@ def _moved(state: Any) -> torch.Tensor:
     return (state.input_at_full if state.input_at_full is not None else state.differences[0][0]) * 1.01
 
 
-def predictor_forms(
-    states: dict[str, tuple[Any, list[tuple[Any, Any, torch.Tensor]]]],
-) -> dict[str, Callable[[Any, list], list[torch.Tensor]]]:
-    """Each form as ``fn(session, [(unit, state, input)]) -> predictions``; state prepared here, untimed."""
+Form = Callable[[Any, Any, Any, torch.Tensor], torch.Tensor]  # (session, unit, state, input) -> prediction
+
+
+def predictor_forms(states: dict[str, tuple[Any, list[tuple[Any, Any, torch.Tensor]]]]) -> dict[str, Form]:
+    """Each form as ``fn(session, unit, state, input) -> prediction`` (single-output units)."""
     from rfcache.runtime.predictors import per_sample_norm, taylor_coefficients
 
     stacks = {id(st): torch.stack(st.differences[0]) for _, units in states.values() for _, st, _ in units}
-    scratch = {id(st): torch.empty_like(x) for _, units in states.values() for _, st, x in units}
+    buffers: dict[tuple[int, str], torch.Tensor] = {}
 
-    def session_form(session: Any, units: list) -> list[torch.Tensor]:
-        return [session._predict(u, st, x) for u, st, x in units]
+    def buffer(st: Any, like: torch.Tensor, role: str) -> torch.Tensor:
+        buf = buffers.get((id(st), role))
+        if buf is None or buf.shape != like.shape or buf.dtype != like.dtype:
+            buf = buffers[(id(st), role)] = torch.empty_like(like)
+        return buf
 
-    def rfe_scale(session: Any, u: Any, st: Any, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def session_form(session: Any, u: Any, st: Any, x: torch.Tensor) -> torch.Tensor:
+        return session._predict(u, st, x)
+
+    def rfe_weights(session: Any, u: Any, st: Any, x: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
         """Per-sample weights of D_1..D_m, ``(B, m)``: ``s ||x - x_full|| c_i / ||d(k)||``."""
         _, _, pairs = session._step_coefficients(session._step - st.last_full, len(values), st.differences[0][0])
-        change = per_sample_norm(torch.sub(x, st.input_at_full, out=scratch[id(st)]))
+        change = per_sample_norm(torch.sub(x, st.input_at_full, out=buffer(st, x, "input")))
         scale = session._ratio(u, st, 0) * change / (st.grams[0] @ pairs).clamp_min(1e-24).sqrt()
         return torch.outer(scale, values[1:])
 
-    def scalar_form(session: Any, units: list) -> list[torch.Tensor]:
-        out = []
-        for u, st, x in units:
-            d, k = st.differences[0], session._step - st.last_full
-            c = taylor_coefficients(k, len(d))
-            if session.config.predictor == "taylor":
-                pred = torch.add(d[0], d[1], alpha=c[1])
-                for i in range(2, len(d)):
-                    pred.add_(d[i], alpha=c[i])
-            else:
-                w = rfe_scale(session, u, st, x, torch.tensor(c)).to(d[0].dtype)
-                w = w.view(w.shape[0], *([1] * (d[0].ndim - 1)), w.shape[1])
-                pred = torch.addcmul(d[0], d[1], w[..., 0])
-                for i in range(2, len(d)):
-                    pred.addcmul_(d[i], w[..., i - 1])
-            out.append(pred)
-        return out
+    def scalar_form(session: Any, u: Any, st: Any, x: torch.Tensor, *, into: bool = False) -> torch.Tensor:
+        d, k = st.differences[0], session._step - st.last_full
+        c = taylor_coefficients(k, len(d))
+        out = buffer(st, d[0], "output") if into else None
+        if session.config.predictor == "taylor":
+            pred = torch.add(d[0], d[1], alpha=c[1], out=out)
+            for i in range(2, len(d)):
+                pred.add_(d[i], alpha=c[i])
+            return pred
+        w = rfe_weights(session, u, st, x, torch.tensor(c)).to(d[0].dtype)
+        w = w.view(w.shape[0], *([1] * (d[0].ndim - 1)), w.shape[1])
+        pred = torch.addcmul(d[0], d[1], w[..., 0], out=out)
+        for i in range(2, len(d)):
+            pred.addcmul_(d[i], w[..., i - 1])
+        return pred
 
-    def stacked_form(session: Any, units: list) -> list[torch.Tensor]:
-        out = []
-        for u, st, x in units:
-            stack, k = stacks[id(st)], session._step - st.last_full
-            values = torch.tensor(taylor_coefficients(k, stack.shape[0]))
-            batch = stack.shape[1]
-            if session.config.predictor == "taylor":
-                w = values.expand(batch, -1)
-            else:
-                w = torch.cat([torch.ones(batch, 1), rfe_scale(session, u, st, x, values)], dim=1)
-            rows = torch.bmm(w.to(stack.dtype).unsqueeze(1), stack.flatten(2).transpose(0, 1))
-            out.append(rows.view_as(stack[0]))
-        return out
+    def stacked_form(session: Any, u: Any, st: Any, x: torch.Tensor) -> torch.Tensor:
+        stack, k = stacks[id(st)], session._step - st.last_full
+        values = torch.tensor(taylor_coefficients(k, stack.shape[0]))
+        batch = stack.shape[1]
+        if session.config.predictor == "taylor":
+            w = values.expand(batch, -1)
+        else:
+            w = torch.cat([torch.ones(batch, 1), rfe_weights(session, u, st, x, values)], dim=1)
+        rows = torch.bmm(w.to(stack.dtype).unsqueeze(1), stack.flatten(2).transpose(0, 1))
+        return rows.view_as(stack[0])
 
-    return {"session": session_form, "scalar weights": scalar_form, "stacked (bmm)": stacked_form}
+    return {
+        "session": session_form,
+        "scalar weights": scalar_form,
+        "output buffers": lambda session, u, st, x: scalar_form(session, u, st, x, into=True),
+        "stacked (bmm)": stacked_form,
+    }
 
 
 if __name__ == "__main__":
