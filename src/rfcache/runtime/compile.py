@@ -12,9 +12,11 @@ What would specialise per step is kept out of the graph as tensors:
   allow, as the bundle runner does) and the distance ``N`` of a full step are 0-d/1-d device
   tensors, prepared once per (k, order) and reused;
 - the cache state has a fixed layout from the first step on: ``D_0..D_m`` per unit output (orders
-  not yet available hold finite values whose weight is 0), the input at the last full step and the
-  run-time ratio ``s``. Its first step per batch size runs eagerly to allocate it; every later
-  step, and every later generation of the same shape, replays the compiled variants.
+  not yet available hold finite values whose weight is 0), the input at the last full step, the
+  run-time ratio ``s`` and, for RFE, the Gram entries ``<D_i, D_j>`` from which a cached step
+  takes ``||d(k)||`` (as the eager session does; one pass over the differences, not two). Its
+  first step per batch size runs eagerly to allocate it; every later step, and every later
+  generation of the same shape, replays the compiled variants.
 
 Shared conditioning is served the same way: the pre-hook picks the step's precomputed outputs
 (conditioning.py), the graphs read them as tensors. The session's once-per-step non-finite guard
