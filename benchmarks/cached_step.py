@@ -31,17 +31,15 @@ The allocator is pinned as in ``runtime_methods.py`` (``MALLOC_MMAP_THRESHOLD_``
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
-import sys
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 import torch
 
-MMAP_THRESHOLD = "33554432"
+from runtime_methods import SkeletonOnly, StepTimer, _interval_pattern, pin_allocator  # this script's folder
+
 STEPS = 20
 METHODS = {"taylorseer-m2": {"method": "taylorseer", "order": 2}, "rfe-m2": {"method": "rfe", "order": 2}}
 
@@ -53,9 +51,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=12, help="part 1: ops shown per method")
     parser.add_argument("--generations", type=int, default=2, help="part 3: interleaved rounds of generations")
     args = parser.parse_args()
-    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads it at start-up only
+    pin_allocator()
     import rfcache
     from rfcache.models.toy import random_dit_pipeline
     from rfcache.runtime.api import get_session
@@ -105,9 +101,6 @@ def in_generation(pipe: Any, forms: dict[str, Form], *, rounds: int) -> None:
     """Part 3: each form as the session's prediction in real generations, interleaved (median cached step)."""
     import rfcache
     from rfcache.runtime.session import CacheSession
-
-    sys.path.insert(0, str(Path(__file__).parent))
-    from runtime_methods import SkeletonOnly, StepTimer, _interval_pattern
 
     pattern = _interval_pattern(STEPS)
     skeleton = SkeletonOnly(pipe, pattern)

@@ -73,9 +73,8 @@ def main() -> None:
     )
     parser.add_argument("--system-malloc", action="store_true", help="keep glibc's default large-allocation handling")
     args = parser.parse_args()
-    if not args.system_malloc and "MALLOC_MMAP_THRESHOLD_" not in os.environ:
-        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
-        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads it at start-up only
+    if not args.system_malloc:
+        pin_allocator()
     torch.set_grad_enabled(False)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -95,6 +94,13 @@ def main() -> None:
     methods = [m for m in args.methods.split(",") if m]
     for tokens in (int(x) for x in args.tokens.split(",")):
         speed_report(tokens, steps=args.steps, repeats=args.repeats, methods=methods, compile=args.compile)
+
+
+def pin_allocator() -> None:
+    """Re-execute this script with ``MALLOC_MMAP_THRESHOLD_`` pinned, unless it is set already."""
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
+        os.execve(sys.executable, [sys.executable, *sys.argv], env)  # glibc reads it at start-up only
 
 
 # -- part 2 -----------------------------------------------------------------------------------------
