@@ -136,9 +136,20 @@ class Run:
     on (the compiled rows: a fresh ``torch.compile`` per round would compile again every round).
     """
 
-    def __init__(self, name: str, pipe: Any, params: dict[str, Any] | None = None, *, kept: bool = False) -> None:
-        self.name, self.pipe, self.params, self.kept = name, pipe, params, kept
-        self.skeleton: SkeletonOnly | None = None
+    def __init__(
+        self,
+        name: str,
+        pipe: Any,
+        params: dict[str, Any] | None = None,
+        *,
+        kept: bool = False,
+        skeleton: SkeletonOnly | None = None,
+    ) -> None:
+        self.name, self.pipe, self.params, self.kept, self.skeleton = name, pipe, params, kept, skeleton
+        if kept:
+            import rfcache
+
+            rfcache.enable(pipe, **(params or {}))
         self.pattern = ""
         self.fraction: float | None = None
 
@@ -174,8 +185,7 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str], c
     pattern = _interval_pattern(steps)
     parts = StepParts(pipe, steps=steps)
     runs = [Run("unmodified", pipe), Run("shared conditioning", pipe, {"method": "none", "share_conditioning": True})]
-    runs.append(Run(ATTAINABLE, pipe))
-    runs[-1].skeleton = SkeletonOnly(pipe, pattern)
+    runs.append(Run(ATTAINABLE, pipe, skeleton=SkeletonOnly(pipe, pattern)))
     runs += [Run(m, pipe, {**SPEED_METHODS[m], "share_conditioning": True}) for m in methods]
     if compile:  # each on a pipeline of its own (the same seeded weights), compiled in the warm-up round
         torch._dynamo.reset()
@@ -185,10 +195,8 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str], c
         plain.transformer.forward = torch.compile(plain.transformer.forward, fullgraph=True, dynamic=False)
         runs.append(Run(f"unmodified{COMPILED}", plain))
         for m in methods:
-            run = Run(m + COMPILED, random_dit_pipeline(sample_size=sample_size), {**SPEED_METHODS[m], "compile": True})
-            rfcache.enable(run.pipe, **run.params, share_conditioning=True)
-            run.kept = True
-            runs.append(run)
+            params = {**SPEED_METHODS[m], "share_conditioning": True, "compile": True}
+            runs.append(Run(m + COMPILED, random_dit_pipeline(sample_size=sample_size), params, kept=True))
     seconds: dict[str, list[float]] = {run.name: [] for run in runs}
     warmup: dict[str, float] = {}
     step_times: dict[str, list[tuple[str, float]]] = {run.name: [] for run in runs}
