@@ -54,3 +54,13 @@ def test_every_command_refuses_cuda_in_one_line_and_writes_nothing(command, tmp_
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "error: device 'cuda'" in err[0]
     assert list(tmp_path.iterdir()) == []  # no study database, no bundle, no image
+
+
+@pytest.mark.parametrize("command", ["calibrate", "generate", "export", "run", "bench"])
+def test_every_command_loading_a_pipeline_takes_the_shared_dtype_flag(command, tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    args = {"export": ["--profile", "toy-b0.4", "--out", "b"], "run": ["--bundle", "b", "--model", "toy"]}
+    assert main([command, *args.get(command, []), "--dtype", "int8"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--dtype must be one of float32, bfloat16, float16, got 'int8'" in err[0]
+    assert list(tmp_path.iterdir()) == []

@@ -12,6 +12,7 @@ from PIL import Image
 
 from rfcache.cli.main import main
 from rfcache.errors import RfcacheError
+from rfcache.export import load_bundle
 from rfcache.models.tiny import build_tiny_pipeline
 from rfcache.runtime.runspec import RunSpec
 
@@ -77,6 +78,20 @@ def test_family_through_every_command(family, folders, tmp_path, capsys):
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # of 255, on CPU
     width, height = int(size[size.index("--width") + 1]), int(size[size.index("--height") + 1])
     assert a.shape[:2] == ((5 * height, width) if video else (4 * height, 4 * width))  # 4x below 64 px
+    # the text axis is dynamic: the bundle made at max_sequence_length 8 runs at 12, as the runtime does
+    assert load_bundle(bundle).manifest["axes"]["text"]["dynamic"]
+    longer = ["--call-args", json.dumps({**call_args, "max_sequence_length": 12})]
+    cached12, engine12 = (p.with_stem(f"{p.stem}12") for p in (cached, engine))
+    for command, out in (("generate", cached12), ("run", engine12)):
+        source = ["--bundle", bundle] if command == "run" else ["--profile", profile]
+        code, _, err = _cli(
+            command, "--model", model, *source, "--prompt", "a red fox", "--seed", 3, *longer, "--out", out,
+            capsys=capsys,
+        )  # fmt: skip
+        assert code == 0, err
+    assert np.abs(_pixels(cached12).astype(int) - _pixels(engine12).astype(int)).max() <= 2
+    if family != "pixart":  # no attention mask: the 4 more padding tokens change the image
+        assert (_pixels(cached12) != a).any()
     # a different step count changes the trajectory: refused, one line, exit 2
     code, _, err = _cli(
         "run", "--bundle", bundle, "--model", model, "--prompt", "x", "--steps", 5, "--out", tmp_path / "n.png",

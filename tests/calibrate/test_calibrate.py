@@ -8,7 +8,10 @@ import rfcache
 from rfcache.calibrate import StudyMismatchError, Trace, calibrate, fit_ratio_steps, fit_ratios, record_trace
 from rfcache.calibrate.search import uniform_seeds
 from rfcache.cli.main import main
+from rfcache.schedules import load_profile
 from rfcache.schedules.masks import interval_mask, warped_mask
+from tests.calibrate.conftest import TINY_RUN
+from tests.conftest import make_tiny_digits_pipeline
 
 STEPS = 10
 
@@ -66,6 +69,7 @@ def test_calibrate_end_to_end_and_resume(tiny_pipe, tmp_path):
     result = calibrate(tiny_pipe, trials=5, progress=False, name="tiny", **kwargs)
     p = result.profile
     assert len(p.schedule) == STEPS and p.budget.achieved <= 0.5 and p.provenance.trials == 5
+    assert p.provenance.dtype == "float32"  # the transformer's, recorded
     assert p.quality["test_rel_l2"] == result.test_rel_l2 >= 0  # tiny random models saturate
     assert p.quality["taylorseer_rel_l2"] == result.taylorseer_rel_l2 and "selection_rel_l2" in p.quality
     # three disjoint input sets, recorded in the profile; seeds never repeat
@@ -193,3 +197,13 @@ def test_fit_ratio_steps_tells_a_constant_ratio_from_one_that_drifts_over_the_st
     assert fit.r2_constant[0] == pytest.approx(1.0) and abs(fit.relative_change[0]) < 1e-9
     assert fit.r2_linear[1] == pytest.approx(1.0) and fit.r2_constant[1] < 0.99
     assert fit.relative_change[1] == pytest.approx(0.8)
+
+
+@pytest.mark.slow
+def test_cli_calibrates_in_the_dtype_asked_and_records_it(tmp_path):
+    make_tiny_digits_pipeline().save_pretrained(tmp_path / "model")
+    out = tmp_path / "p.yaml"
+    argv = ["calibrate", "--model", str(tmp_path / "model"), "--dtype", "bfloat16", "--budget", "0.5", "--seed", "18"]
+    argv += ["--trials", "3", "--storage", f"sqlite:///{tmp_path / 'study.db'}", *TINY_RUN, "--out", str(out)]
+    assert main(argv) == 0
+    assert load_profile(out).provenance.dtype == "bfloat16"

@@ -156,6 +156,8 @@ def test_optimal_masks_match_brute_force():
         )
         assert model.estimate(*fe.step_errors(best[nfc])) == pytest.approx(brute[0])
         assert sum(best[nfc]) == nfc
+    # a budget below the forced full steps (4 steps at budget 0.4: max_nfc 1) still yields their mask
+    assert optimal_masks(fe, model, warmup=2, max_nfc=1, max_gap=9) == {2: (True, True) + (False,) * 7}
 
 
 def test_scorer_and_input_proxy_on_a_real_trace(tiny_trace):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from rfcache.cli.main import main
 
@@ -48,6 +49,7 @@ def test_bench_writes_json_markdown_and_plots(tmp_path, capsys) -> None:
         (["--budget", "1.5"], "--budget values must be in (0, 1]"),
         (["--model", "tiny:nope"], "unknown family"),
         (["--methods", "fora,profile:nope"], "no profile file or shipped profile named 'nope'"),
+        (["--seed", "3"], "--seed 3: the evaluated samples' seeds would overlap the seeds 0..13"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_code_2(argv, message, capsys) -> None:
@@ -91,3 +93,14 @@ def test_paired_ratios_and_the_table_say_lower_only_when_the_interval_excludes_o
     lines = {line.split()[2]: line for line in table.splitlines()[2:]}  # setting "NFC 4", method
     assert "vs ref [95% CI]" in table and "x [" in lines["better"] and " lower " in lines["better"]
     assert "lower" not in lines["mixed"] and "higher" not in lines["mixed"]
+
+
+def test_seed_is_the_base_seed_of_the_evaluated_samples() -> None:
+    from rfcache.evaluate.workload import load_workload
+
+    work = load_workload("tiny:dit", steps=2)
+    first = work.generate(10)  # class 0, seed 1000 + 10
+    work.seed = 2000
+    assert not torch.equal(work.generate(10), first)
+    work.seed = 1010
+    assert torch.equal(work.generate(0), first)  # class 0 again, the same seed

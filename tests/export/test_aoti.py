@@ -63,6 +63,13 @@ def test_aoti_bundle_matches_the_pytorch_runtime_at_any_batch(aoti_bundle):
         assert np.abs(result.images - reference).max() < 1e-4  # measured ~1.5e-6 (inductor vs eager kernels)
 
 
+def test_an_aoti_bundle_in_a_pipeline_matches_the_runtime(aoti_bundle):
+    from tests.export.test_export import assert_bundle_in_a_pipeline_matches_the_runtime
+
+    engine_pipe = assert_bundle_in_a_pipeline_matches_the_runtime(*aoti_bundle)
+    assert isinstance(engine_pipe.transformer.runner, AotiRunner)
+
+
 def test_aoti_graphs_have_the_onnx_graphs_inputs_outputs_and_state(aoti_bundle, tmp_path):
     pipe, profile, path = aoti_bundle
     aoti = load_bundle(path)
@@ -100,23 +107,34 @@ def test_a_bundle_compiled_for_cpu_is_refused_on_another_device(aoti_bundle, tmp
 
 
 def test_a_transformer_only_bundle_replays_the_runtime_step_by_step(tmp_path):
-    """A family with tuple-returning blocks (Flux: joint attention, rms_norm), run step by step."""
+    """A family with tuple-returning blocks (Flux: joint attention, rms_norm), run step by step, at
+    the exported text length and at another one (the text axis is a ``Dim``, ``text + K`` in the
+    single-stream state)."""
     model = tiny_transformer("flux").eval()
-    example = rfcache.get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
+    adapter = rfcache.get_adapter(model)
+    example = adapter.example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
     from tests.export.test_families import _profile, sampling_steps
 
     schedule = "CCPPCPPC"
     profile = _profile(model, example, schedule)
     bundle = load_bundle(export(model, profile, tmp_path / "b", backend="aoti"))
-    steps = open_runner(bundle).steps(2)
+    assert bundle.text_axis.dynamic and any("text+" in str(s["shape"]) for s in bundle.manifest["state"])
+    conditioning = bundle.graphs["conditioning"]  # pooled text and guidance only: no text axis
+    assert not any("text" in map(str, t.shape) for t in (*conditioning.inputs, *conditioning.outputs))
     names = [t.name for t in bundle.graphs["cached"].inputs if t.name in example]
+    longer = adapter.example_inputs(model, batch=2, generator=torch.Generator().manual_seed(1))
+    tokens = adapter.example_text_tokens + 3
+    longer["encoder_hidden_states"] = torch.randn(2, tokens, model.config.joint_attention_dim)
+    longer["txt_ids"] = torch.zeros(tokens, 3)
     rfcache.enable(model, profile)
     try:
-        for i, inputs, reference in sampling_steps(model, example, schedule):
-            out = steps({n: inputs[n] for n in names})
-            assert isinstance(out, torch.Tensor)  # stays a tensor on the runner's device
-            assert (out - reference).abs().max() < 1e-4, f"step {i}"
-        assert steps.executed == rfcache.summary(model).pattern == schedule
+        for text in (example, longer):
+            steps = open_runner(bundle).steps(2, text_tokens=text["encoder_hidden_states"].shape[1])
+            for i, inputs, reference in sampling_steps(model, text, schedule):
+                out = steps({n: inputs[n] for n in names})
+                assert isinstance(out, torch.Tensor)  # stays a tensor on the runner's device
+                assert (out - reference).abs().max() < 1e-4, f"step {i}"
+            assert steps.executed == rfcache.summary(model).pattern == schedule
     finally:
         rfcache.disable(model)
 

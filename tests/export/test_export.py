@@ -113,8 +113,8 @@ def test_a_step_linear_ratio_exports_with_parity(tmp_path):
     assert steps.executed == SCHEDULE
 
 
-def test_a_bundle_in_a_pipeline_shares_conditioning_and_matches_the_runtime(tiny_bundle):
-    pipe, profile, path = tiny_bundle
+def assert_bundle_in_a_pipeline_matches_the_runtime(pipe, profile, path):
+    """The bundle in place of a fresh pipeline's transformer gives the runtime's images; returns that pipeline."""
     engine_pipe = load_bundle(path).into(make_tiny_digits_pipeline())
     images = engine_pipe(
         class_labels=LABELS, num_inference_steps=len(SCHEDULE), generator=torch.Generator().manual_seed(0)
@@ -123,6 +123,11 @@ def test_a_bundle_in_a_pipeline_shares_conditioning_and_matches_the_runtime(tiny
     assert engine_pipe.transformer.executed == pattern
     assert engine_pipe.transformer.conditioning_runs == 1  # the scheduler predicted every step
     assert np.abs(images.images - reference).max() < 1e-4
+    return engine_pipe
+
+
+def test_a_bundle_in_a_pipeline_shares_conditioning_and_matches_the_runtime(tiny_bundle):
+    assert_bundle_in_a_pipeline_matches_the_runtime(*tiny_bundle)
 
 
 def test_one_bundle_serves_any_batch(tiny_bundle):

@@ -252,9 +252,11 @@ def calibrate(
     selection_reference = run(sets.selection)
     sampling = run_setup(pipe, spec, resolution[0])
     best: tuple[float, Profile] | None = None
+    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # what the user calibrated in (--dtype)
     for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
         profile = _profile(name, identity, sampling, cand, (fit, step_fit), budget, seed, completed_trials(study), sets)
-        profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
+        provenance = replace(profile.provenance, dtype=dtype)
+        profile = replace(profile, provenance=provenance, diagnostics={**profile.diagnostics, **diagnostics})
         out, s = run_cached(sets.selection, profile)
         err = _rel_l2(out, selection_reference)
         if best is None or err < best[0]:

@@ -321,7 +321,7 @@ def optimal_masks(
         model.sensitivity,
         keep=errors.keep,
         warmup=warmup,
-        max_nfc=max_nfc,
+        max_nfc=max(max_nfc, warmup),  # a budget below the forced full steps still gets their mask (over budget)
         max_gap=max_gap,
     )
 

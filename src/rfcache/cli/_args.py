@@ -9,7 +9,7 @@ import typing
 from pathlib import Path
 from typing import Any, TypeVar
 
-__all__ = ["add_config_arguments", "config_from_args", "option"]
+__all__ = ["DTYPES", "add_config_arguments", "config_from_args", "dtype_option", "option", "torch_dtype"]
 
 T = TypeVar("T")
 
@@ -21,6 +21,26 @@ def option(
     return dataclasses.field(
         default=default, metadata={"help": help, "flag": flag, "metavar": metavar, "repeat": repeat}
     )
+
+
+#: the model dtypes a command loads a pipeline in (``--dtype``)
+DTYPES = ("float32", "bfloat16", "float16")
+
+
+def dtype_option(what: str = "the pipeline is loaded in") -> Any:
+    """The shared ``--dtype`` flag: one of :data:`DTYPES`, float32 by default."""
+    return option("float32", f"{', '.join(DTYPES)}: the dtype {what}")
+
+
+def torch_dtype(name: str) -> Any:
+    """``--dtype``'s value as a torch dtype; anything else is one line."""
+    import torch
+
+    from rfcache.errors import RfcacheError
+
+    if name not in DTYPES:
+        raise RfcacheError(f"--dtype must be one of {', '.join(DTYPES)}, got {name!r}")
+    return getattr(torch, name)
 
 
 def _base_type(annotation: Any) -> Any:

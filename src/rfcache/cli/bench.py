@@ -14,7 +14,7 @@ import argparse
 from dataclasses import dataclass
 from pathlib import Path
 
-from rfcache.cli._args import option
+from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._run import RunFlags, run_spec
 
 __all__ = ["BenchCommandConfig", "run_bench_command"]
@@ -36,7 +36,10 @@ class BenchCommandConfig(RunFlags):
     nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules")
     budget: tuple[float, ...] = option((), "target costs as measured FLOP fractions (replaces --nfc)")
     methods: tuple[str, ...] = option((), "comma-separated methods (default: all; see the list above)")
-    samples: int = option(10, "evaluated samples per method (seeds 1000..)")
+    samples: int = option(10, "evaluated samples per method (seeds SEED, SEED+1, ...)")
+    seed: int = option(  # type: ignore[assignment]
+        1000, "base seed of the evaluated samples (tuning samples use SEED+500..; calibration's 0..13 are kept apart)"
+    )
     tune_samples: int = option(2, "samples used to match each swept method's FLOP fraction")
     repeats: int = option(3, "timed rounds after one warm-up round (0: no timing)")
     calibrate_trials: int = option(24, "Optuna trials per calibrated static profile")
@@ -44,7 +47,7 @@ class BenchCommandConfig(RunFlags):
         "taylorseer-m2", "method every other is compared with per sample (paired ratio; none if it is not run)"
     )
     device: str = option("cpu", "torch device")
-    dtype: str = option("float32", "float32, float16 or bfloat16")
+    dtype: str = dtype_option()
     json: Path | None = option(None, "write the records as a JSON list")
     markdown: Path | None = option(None, "write the table as Markdown")
     plot: Path | None = option(None, "write the quality-vs-FLOPs plot (PNG); the per-step pattern plot goes beside it")
@@ -53,7 +56,6 @@ class BenchCommandConfig(RunFlags):
 
 def run_bench_command(cfg: BenchCommandConfig):
     """Run the benchmark and write the requested files; returns the result and the paths written."""
-    from rfcache.cli.generate import _dtype
     from rfcache.evaluate.bench import DEFAULT_METHODS, BenchConfig, run_bench
     from rfcache.evaluate.plots import pattern_plot_path, plot_patterns, plot_quality
     from rfcache.evaluate.tables import markdown_table, save_json, save_text
@@ -71,8 +73,9 @@ def run_bench_command(cfg: BenchCommandConfig):
             calibrate_trials=cfg.calibrate_trials,
             reference=cfg.reference,
             device=cfg.device,
-            dtype=_dtype(cfg.dtype),
+            dtype=torch_dtype(cfg.dtype),
             progress=cfg.progress,
+            seed=cfg.seed,
             run=run_spec(cfg) if _sets_run(cfg) else None,
         )
     )

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfcache.cli._args import option
+from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._run import RunFlags, run_spec
 
 __all__ = ["CalibrateConfig", "run_calibrate"]
@@ -50,6 +50,7 @@ class CalibrateConfig(RunFlags):
     test: int = option(8, "test inputs: reported only, never used for a choice")
     allow_overlap: bool = option(False, "let prompts repeat across the three input sets when the prompt file is short")
     device: str = option("cpu", "torch device")
+    dtype: str = dtype_option("the pipeline is loaded and calibrated in (recorded in the profile's provenance)")
     shard: str | None = option(None, "record only shard i/n of the calibration inputs into --trace-dir, then stop")
     trace_dir: Path | None = option(None, "folder of trace shards: written with --shard, merged without it")
     record_batch: int | None = option(
@@ -78,7 +79,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         raise RfcacheError(f"--record-batch must be >= 1, got {cfg.record_batch}")
     # merged traces are checked before the storage is opened (which may create a database file)
     trace = load_shards(cfg.trace_dir) if shard is None and cfg.trace_dir is not None else None
-    pipe = load_pipeline(cfg.model, device=cfg.device)
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
     pipe.set_progress_bar_config(disable=True)
     # the same calibration inputs, whether recorded here or in shards
     inputs = {

@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfcache.cli._args import option
+from rfcache.cli._args import dtype_option, option, torch_dtype
 
 __all__ = ["ExportConfig", "run_export"]
 
@@ -32,6 +32,7 @@ class ExportConfig:
     )
     fp16: bool = option(False, "half-precision graphs (CUDA) or FP16 TensorRT engines")
     device: str = option("cpu", "torch device the model is exported from (cpu, cuda, ...); aoti compiles for it")
+    dtype: str = dtype_option("the pipeline is loaded and its graphs exported in (--fp16 halves them instead)")
     guidance: float | None = option(
         None, "default guidance scale of the bundle's sampler (the pipeline's own if unset)"
     )
@@ -47,7 +48,7 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.profile is None or cfg.out is None:
         raise RfcacheError("--profile and --out are required")
     started = time.perf_counter()
-    pipe = load_pipeline(cfg.model, device=cfg.device)
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
     path = export(
         pipe, cfg.profile, cfg.out, backend=cfg.backend, fp16=cfg.fp16, guidance_scale=cfg.guidance, force=cfg.force
     )

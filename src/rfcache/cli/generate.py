@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfcache.cli._args import option
+from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._images import cycle_labels, save_output
 from rfcache.cli._run import RunFlags, run_spec
 
@@ -37,7 +37,7 @@ class GenerateConfig(RunFlags):
     scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")
     fps: int = option(8, "frames per second of a .gif or .mp4")
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
-    dtype: str = option("float32", "float32, float16 or bfloat16")
+    dtype: str = dtype_option()
     profile: str | None = option(None, "profile YAML or shipped name (e.g. toy-b0.4); replaces --method")
     method: str = option("none", "caching method: none, fora, taylorseer, rfe, rcs, rfc")
     interval: int = option(4, "full step every N steps after the warm-up (fora, taylorseer, rfe)")
@@ -57,7 +57,7 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
 
     profile = load_profile(cfg.profile) if cfg.profile is not None else None
     spec = run_spec(cfg, profile.sampling if profile is not None else None)
-    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=_dtype(cfg.dtype))
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
     inputs = run_inputs(pipe, spec, cfg.num)
     cached = cfg.profile is not None or cfg.method != "none"
     if cfg.compile and not cached:
@@ -107,17 +107,6 @@ def generate_with(pipe: Any, spec: Any, inputs: dict[str, Any], *, device: str, 
     kwargs = {**inputs, **spec.call_kwargs(pipe), "generator": spec.generator(device), "output_type": "np"}
     out = pipeline_call(pipe, kwargs, what=what)
     return np.asarray(out.frames if hasattr(out, "frames") else out.images, dtype=np.float32)
-
-
-def _dtype(name: str):
-    import torch
-
-    from rfcache.errors import RfcacheError
-
-    dtypes = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
-    if name not in dtypes:
-        raise RfcacheError(f"--dtype must be one of {', '.join(dtypes)}, got {name!r}")
-    return dtypes[name]
 
 
 def report(cfg: GenerateConfig, result: tuple[Path, object | None]) -> str:

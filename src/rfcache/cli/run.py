@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from rfcache.cli._args import option
+from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._images import cycle_labels, save_grid, save_output
 from rfcache.cli._run import RunFlags, run_spec
 
@@ -36,6 +36,7 @@ class RunConfig(RunFlags):
     fps: int = option(8, "frames per second of a .gif or .mp4")
     device: str = option("cpu", "cpu or cuda (ONNX Runtime execution provider; an aoti bundle's compile device)")
     threads: int = option(0, "ONNX Runtime intra-op threads (0: its default)")
+    dtype: str = dtype_option("the --model pipeline (text encoders, VAE) is loaded in; the engine keeps its own")
     json: bool = option(False, "print one JSON object as the last line")
 
 
@@ -46,11 +47,12 @@ def run_bundle(cfg: RunConfig) -> dict[str, Any]:
 
     if cfg.bundle is None:
         raise RfcacheError("--bundle is required")
+    dtype = torch_dtype(cfg.dtype)
     if cfg.num is not None and cfg.num < 1:
         raise RfcacheError(f"--num must be at least 1, got {cfg.num}")
     bundle = load_bundle(cfg.bundle)
     if cfg.model is not None:
-        result = _run_in_pipeline(cfg, bundle)
+        result = _run_in_pipeline(cfg, bundle, dtype)
     elif bundle.sampling.get("recipe") != "class-conditional":
         pipeline = bundle.setup.get("pipeline", "pipeline")
         raise RfcacheError(f"{cfg.bundle}: this bundle runs inside its {pipeline}: give --model DIR (or a hub id)")
@@ -75,7 +77,7 @@ def run_bundle(cfg: RunConfig) -> dict[str, Any]:
     }
 
 
-def _run_in_pipeline(cfg: RunConfig, bundle: Any) -> Any:
+def _run_in_pipeline(cfg: RunConfig, bundle: Any, dtype: Any) -> Any:
     """The pipeline from ``--model`` with the bundle as its transformer, at the bundle's setup."""
     import time
 
@@ -84,7 +86,7 @@ def _run_in_pipeline(cfg: RunConfig, bundle: Any) -> Any:
     from rfcache.pipelines import load_pipeline
     from rfcache.runtime.runspec import run_setup
 
-    pipe = load_pipeline(cfg.model, device=cfg.device)
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=dtype)
     spec = run_spec(cfg, bundle.profile.sampling)
     bundle.into(pipe, device=cfg.device, threads=cfg.threads or None)
     bundle.profile.check_setup(run_setup(pipe, spec))

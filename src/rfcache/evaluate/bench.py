@@ -31,7 +31,7 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.evaluate.cost import Measurement, measure_generation, step_fractions, time_interleaved
-from rfcache.evaluate.methods import OURS, Applied, BenchContext, MethodSpec, Target, ours_method
+from rfcache.evaluate.methods import CALIBRATION_ITEMS, OURS, Applied, BenchContext, MethodSpec, Target, ours_method
 from rfcache.evaluate.metrics import psnr, relative_l2, ssim
 from rfcache.evaluate.peers import PEERS
 from rfcache.evaluate.workload import TUNE_OFFSET, Workload, load_workload
@@ -76,6 +76,7 @@ class BenchConfig:
     device: str = "cpu"
     dtype: torch.dtype = torch.float32
     progress: bool = True
+    seed: int = 1000  # evaluated sample i uses seed + i, tuning sample i seed + 500 + i
     run: Any = None  # a RunSpec: prompts, size, frames, guidance and other pipeline arguments of the workload
 
 
@@ -316,6 +317,12 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
         raise RfcacheError(f"--budget values must be in (0, 1], got {','.join(map(str, cfg.budgets))}")
     if not cfg.budgets and any(not 1 <= n <= cfg.steps for n in cfg.nfc):
         raise RfcacheError(f"--nfc values must be in 1..{cfg.steps}, got {','.join(map(str, cfg.nfc))}")
+    calibration = sum(CALIBRATION_ITEMS)
+    if cfg.seed < calibration:
+        raise RfcacheError(
+            f"--seed {cfg.seed}: the evaluated samples' seeds would overlap the seeds 0..{calibration - 1} "
+            f"calibration uses; give --seed {calibration} or more"
+        )
     specs = _resolve(cfg.methods)
     skipped: dict[str, str] = {}
     for spec in list(specs):
@@ -325,6 +332,7 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
             specs.remove(spec)
             logger.warning("skipping %s: %s", spec.name, reason)
     work = workload or load_workload(cfg.model, steps=cfg.steps, device=cfg.device, dtype=cfg.dtype, run=cfg.run)
+    work.seed = cfg.seed
     bench = _Bench(cfg, work)
     from tqdm.auto import tqdm
 

@@ -3,8 +3,9 @@
 ``toy`` is the embedded digits DiT (class ``i % 10``, guidance 2); ``tiny:FAMILY`` a family's tiny
 random pipeline from ``rfcache.models.tiny`` (its own call arguments, prompt ``"cat i"``); anything
 else a local pipeline folder or hub id (class labels where the transformer is class-conditional,
-else the calibration prompts). Sample ``i`` uses seed ``1000 + i``; tuning samples (only used to
-match costs) use indices from 500 on, so they never coincide with evaluated samples.
+else the calibration prompts). Sample ``i`` uses seed ``seed + i`` (``seed`` is 1000 unless the
+benchmark's ``--seed`` says otherwise); tuning samples (only used to match costs) use indices from
+500 on, so they never coincide with evaluated samples.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ class Workload:
     num_classes: int = 0
     prompts: list[str] = field(default_factory=list)
     device: str = "cpu"
+    seed: int = 1000  # sample i uses seed + i
 
     @property
     def transformer(self) -> torch.nn.Module:
@@ -57,7 +59,7 @@ class Workload:
 
     def generate(self, index: int) -> torch.Tensor:
         """Sample ``index`` as ``(N, C, H, W)`` float images in [0, 1] (video frames become the batch)."""
-        generator = torch.Generator(device=self.device).manual_seed(1000 + index)
+        generator = torch.Generator(device=self.device).manual_seed(self.seed + index)
         out = self.pipe(**self.kwargs(index), num_inference_steps=self.steps, generator=generator, output_type="np")
         images = torch.from_numpy(np.asarray(out.images if hasattr(out, "images") else out.frames, dtype=np.float32))
         images = images.reshape(-1, *images.shape[-3:])  # (N[*F], H, W, C)

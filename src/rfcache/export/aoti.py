@@ -15,7 +15,6 @@ graph as a CUDA graph (``cuda_graphs=True``; runtime/cudagraphs.py), captured on
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +22,7 @@ import torch
 
 from rfcache.devices import check_device
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, first_line
+from rfcache.export.bundle import Bundle, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.runtime.cudagraphs import GraphedCall
 
@@ -69,9 +68,6 @@ class AotiRunner(BundleRunner):
     def input_device(self) -> torch.device:
         return self.torch_device
 
-    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
-        return _AotiSteps(self, batch, timesteps)
-
     def decode_latents(self, latents: Any) -> Any:
         z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", "latents"))
         with torch.no_grad():
@@ -85,8 +81,8 @@ class AotiRunner(BundleRunner):
 class _AotiSteps(StepRunner):
     """The state is the full graph's outputs, kept as device tensors until the next full step."""
 
-    def __init__(self, runner: AotiRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
-        super().__init__(runner, batch, timesteps)
+    def __init__(self, runner: AotiRunner, *args: Any, **kwargs: Any) -> None:
+        super().__init__(runner, *args, **kwargs)
         self.aoti = runner
         graphs = runner.bundle.graphs
         self._dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["full"].inputs}
@@ -96,7 +92,7 @@ class _AotiSteps(StepRunner):
         self._state_names = [s["name"] for s in runner.bundle.manifest["state"]]
         dev = runner.torch_device
         self._state = [
-            torch.zeros(_dims(s["shape"], batch), dtype=getattr(torch, s["dtype"]), device=dev)
+            torch.zeros(resolve_shape(s["shape"], self.sizes), dtype=getattr(torch, s["dtype"]), device=dev)
             for s in runner.bundle.manifest["state"]
         ]
         reads = {t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")}
@@ -144,5 +140,4 @@ class _AotiSteps(StepRunner):
         return out.clone() if self.aoti.cuda_graphs else out
 
 
-def _dims(shape: Sequence[int | str], batch: int) -> list[int]:
-    return [batch if d == "batch" else int(d) for d in shape]
+AotiRunner.step_runner = _AotiSteps

@@ -15,15 +15,23 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import time
-from dataclasses import replace
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import BUNDLE_FORMAT, BUNDLE_VERSION, PROFILE, encode_config, write_bundle
-from rfcache.export.graphs import MODEL_OUTPUT, PredictorSpec, StepGraphs
+from rfcache.export.bundle import (
+    BUNDLE_FORMAT,
+    BUNDLE_VERSION,
+    PROFILE,
+    TextAxis,
+    encode_config,
+    first_line,
+    write_bundle,
+)
+from rfcache.export.graphs import CONDITIONING_PREFIX, MODEL_OUTPUT, PredictorSpec, StepGraphs
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime.api import profile_config
 from rfcache.runtime.identity import config_hash, input_resolution
@@ -109,13 +117,26 @@ def export(
         if half:
             model.half()
             inputs = {k: v.half() if v.is_floating_point() else v for k, v in inputs.items()}
-        graphs.probe(inputs)
+        text, text_dims = _text_axis(graphs, inputs, backend)
 
         def fill(folder: Path) -> dict[str, Any]:
+            nonlocal text, text_dims
             ext = ".pt2" if backend == "aoti" else ".onnx"
+            try:
+                full = _export_graph(graphs, inputs, axes, text_dims, folder / f"full{ext}", full=True, backend=backend)
+            except Exception as exc:  # torch raises many types from export; the text axis then stays fixed
+                if not text_dims:
+                    raise
+                assert text is not None
+                text = replace(text, dynamic=False, reason=f"no graph with a dynamic text axis: {first_line(exc)}")
+                text_dims = {}
+                logger.warning("the text axis stays fixed at %d tokens (%s)", text.tokens, text.reason)
+                full = _export_graph(graphs, inputs, axes, {}, folder / f"full{ext}", full=True, backend=backend)
             specs = {
-                "full": _export_graph(graphs, inputs, axes, folder / f"full{ext}", full=True, backend=backend),
-                "cached": _export_graph(graphs, inputs, axes, folder / f"cached{ext}", full=False, backend=backend),
+                "full": full,
+                "cached": _export_graph(
+                    graphs, inputs, axes, text_dims, folder / f"cached{ext}", full=False, backend=backend
+                ),
             }
             if graphs.conditioning:
                 specs["conditioning"] = _export_conditioning(
@@ -127,6 +148,12 @@ def export(
                 sampling["decode"] = "decoder"
             profile.save(folder / PROFILE)
             manifest = _manifest(model, adapter, profile, spec, pattern, graphs, specs, sampling, backend, fp16)
+            manifest["state"] = [
+                {"name": s.name, "shape": _symbolic(s.shape, True, text_dims.get(s.name)), "dtype": s.dtype}
+                for s in graphs.state
+            ]
+            # which axes of the shapes above are dynamic; the text axis's length at export and why it is fixed
+            manifest["axes"] = {"batch": {"dynamic": True}, "text": None if text is None else asdict(text)}
             manifest["setup"] = _setup_record(pipe, profile, inputs)
             manifest["device"] = device.type  # aoti packages run only on the device kind they were compiled for
             if backend == "tensorrt":
@@ -232,6 +259,7 @@ def _export_graph(
     graphs: StepGraphs,
     inputs: dict[str, torch.Tensor],
     axes: dict[str, bool],
+    text_dims: dict[str, tuple[int, int]],
     path: Path,
     *,
     full: bool,
@@ -255,16 +283,31 @@ def _export_graph(
         torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in (*graphs.conditioning, *state)
     ]
     args = (*model_args, constant[1], *state_args)
-    batch = torch.export.Dim("batch", min=1, max=4096)
-    dynamic = [{0: batch} if axes[n] else None for n in names] + [None] + [{0: batch} for _ in state_args]
+    batched = [axes[n] for n in names] + [False] + [True for _ in state_args]
+    state_names = [s.name for s in (*graphs.conditioning, *state)]
+    texts = [text_dims.get(n) for n in [*names, constant[0], *state_names]]
+    dynamic = [_dynamic(b, t) for b, t in zip(batched, texts, strict=True)]
     with torch.no_grad():
         reference = module(*args)
     _save_graph(module, args, (tuple(dynamic),), path, backend, input_names=in_names, output_names=outputs)
     return {
         "file": path.name,
-        "inputs": [_spec(n, a, d is not None) for n, a, d in zip(in_names, args, dynamic, strict=True)],
-        "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],  # all batched
+        "inputs": [_spec(n, a, b, t) for n, a, b, t in zip(in_names, args, batched, texts, strict=True)],
+        "outputs": [_spec(n, r, True) for n, r in zip(outputs, reference, strict=True)],  # all batched, no text axis
     }
+
+
+_BATCH = torch.export.Dim("batch", min=1, max=4096)
+_TEXT = torch.export.Dim("text", min=2, max=8192)
+
+
+def _dynamic(batched: bool, text: tuple[int, int] | None) -> dict[int, Any] | None:
+    """An input's dynamic axes for ``torch.export``: the batch (axis 0) and the text axis (``text + offset``)."""
+    dims: dict[int, Any] = {0: _BATCH} if batched else {}
+    if text is not None:
+        axis, offset = text
+        dims[axis] = _TEXT + offset if offset else _TEXT
+    return dims or None
 
 
 _PROBE_STEPS = 5  # steps in the conditioning graph's example; the axis is dynamic
@@ -279,8 +322,8 @@ def _export_conditioning(
     timesteps = t.expand(_PROBE_STEPS, *t.shape).contiguous()  # (steps, batch)
     conditions = [inputs[n] for n in graphs.condition_inputs]
     module = graphs.conditioning_module(inputs)
-    steps, batch = torch.export.Dim("steps", min=1, max=10_000), torch.export.Dim("batch", min=1, max=4096)
-    dynamic = ({0: steps, 1: batch}, *({0: batch} if axes[n] else None for n in graphs.condition_inputs))
+    steps = torch.export.Dim("steps", min=1, max=10_000)
+    dynamic = ({0: steps, 1: _BATCH}, *({0: _BATCH} if axes[n] else None for n in graphs.condition_inputs))
     with torch.no_grad():
         outputs = module(timesteps, *conditions)
     names = [c.name for c in graphs.conditioning]
@@ -312,10 +355,9 @@ def _export_decoder(vae: torch.nn.Module, latents: torch.Tensor, path: Path, bac
 
     channels = vae.config.latent_channels
     z = torch.randn(latents.shape[0], channels, *latents.shape[2:], device=latents.device, dtype=latents.dtype)
-    batch = torch.export.Dim("batch", min=1, max=4096)
     with torch.no_grad():
         image = Decode()(z)
-    _save_graph(Decode().eval(), (z,), ({0: batch},), path, backend, input_names=["latents"], output_names=["image"])
+    _save_graph(Decode().eval(), (z,), ({0: _BATCH},), path, backend, input_names=["latents"], output_names=["image"])
     return {"file": path.name, "inputs": [_spec("latents", z, True)], "outputs": [_spec("image", image, True)]}
 
 
@@ -401,11 +443,63 @@ def _batch_axis(name: str, t: torch.Tensor, batch: int, adapter: Any) -> bool:
     return bool(t.ndim) and t.shape[0] == batch and name not in adapter.unbatched_inputs
 
 
-def _spec(name: str, t: torch.Tensor, dynamic: bool) -> dict[str, Any]:
-    shape: list[int | str] = list(t.shape)
-    if dynamic and shape:
-        shape[0] = "batch"
-    return {"name": name, "shape": shape, "dtype": str(t.dtype).removeprefix("torch.")}
+def _spec(name: str, t: torch.Tensor, batched: bool, text: tuple[int, int] | None = None) -> dict[str, Any]:
+    return {"name": name, "shape": _symbolic(t.shape, batched, text), "dtype": str(t.dtype).removeprefix("torch.")}
+
+
+def _symbolic(shape: Any, batched: bool, text: tuple[int, int] | None = None) -> list[int | str]:
+    """A shape as the manifest writes it: ``"batch"`` for the batch axis, ``"text"`` (``"text+K"``:
+    text and ``K`` image tokens) for the text axis."""
+    out: list[int | str] = [int(d) for d in shape]
+    if batched and out:
+        out[0] = "batch"
+    if text is not None:
+        axis, offset = text
+        out[axis] = f"text+{offset}" if offset else "text"
+    return out
+
+
+def _text_axis(
+    graphs: StepGraphs, inputs: dict[str, torch.Tensor], backend: str
+) -> tuple[TextAxis | None, dict[str, tuple[int, int]]]:
+    """Probe the step at the text length of ``inputs`` and one token longer: the text axis, and where
+    it lies (axis, offset from the text length) in each input and state tensor that has it.
+
+    Leaves ``graphs`` probed at ``inputs``. The axis stays fixed, with the reason, where another
+    length does not run or a tensor's size does not follow it one to one.
+    """
+    where = {n: a for n, a in graphs.adapter.text_inputs.items() if n in inputs}
+    if not where:
+        graphs.probe(inputs)
+        return None, {}
+    tokens = int(inputs[next(iter(where))].shape[next(iter(where.values()))])
+
+    def fixed(reason: str) -> tuple[TextAxis, dict[str, tuple[int, int]]]:
+        graphs.probe(inputs)
+        return TextAxis(tokens, where, False, reason), {}
+
+    if backend == "tensorrt":
+        return fixed("TensorRT engines are built for the exported text length")
+    longer = {n: torch.cat([t, t.narrow(where[n], 0, 1)], where[n]) if n in where else t for n, t in inputs.items()}
+    try:
+        graphs.probe(longer)
+    except Exception as exc:  # any failure of the model's own code at another length
+        return fixed(f"the transformer does not run at {tokens + 1} text tokens: {first_line(exc)}")
+    shapes = {s.name: s.shape for s in (*graphs.state, *graphs.conditioning)}
+    graphs.probe(inputs)
+    dims = {n: (a, 0) for n, a in where.items()}
+    for s in (*graphs.state, *graphs.conditioning):
+        changed = [i for i, (a, b) in enumerate(zip(s.shape, shapes[s.name], strict=True)) if a != b]
+        if not changed:
+            continue
+        axis = changed[0]
+        offset = s.shape[axis] - tokens
+        if len(changed) > 1 or shapes[s.name][axis] != s.shape[axis] + 1 or offset < 0:
+            return fixed(f"{s.name}'s shape {list(s.shape)} does not follow the text length one to one")
+        if s.name.startswith(CONDITIONING_PREFIX):  # pooled text only: checked, never expected
+            return fixed(f"the conditioning output {s.name} depends on the text length")
+        dims[s.name] = (axis, offset)
+    return TextAxis(tokens, where, True), dims
 
 
 def _manifest(
@@ -457,7 +551,6 @@ def _manifest(
             "nfc": pattern.count("C"),
             "flops_fraction": profile.budget.achieved,
         },
-        "state": [{"name": s.name, "shape": ["batch", *s.shape[1:]], "dtype": s.dtype} for s in graphs.state],
         "graphs": specs,
         "sampling": sampling if sampling is not None else {"recipe": "transformer-only"},
     }

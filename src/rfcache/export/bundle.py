@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -38,11 +39,13 @@ __all__ = [
     "BundleError",
     "GraphSpec",
     "TensorSpec",
+    "TextAxis",
     "first_line",
+    "resolve_shape",
 ]
 
 BUNDLE_FORMAT = "rfcache-bundle"
-BUNDLE_VERSION = 2
+BUNDLE_VERSION = 3  # 3: the text token axis (``axes.text``; ``"text"`` / ``"text+K"`` in shapes)
 MANIFEST = "manifest.json"
 PROFILE = "profile.yaml"
 _MAX_MANIFEST_BYTES = 16 << 20
@@ -55,7 +58,8 @@ class BundleError(RfcacheError, ValueError):
 @dataclass(frozen=True)
 class TensorSpec:
     """A graph input or output: name, shape (``"batch"`` for the dynamic batch axis, ``"steps"`` for
-    the conditioning graph's step axis) and dtype."""
+    the conditioning graph's step axis, ``"text"`` for a dynamic text token axis and ``"text+K"``
+    for one of text and ``K`` image tokens) and dtype."""
 
     name: str
     shape: tuple[int | str, ...]
@@ -69,6 +73,39 @@ class GraphSpec:
     file: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
+
+
+@dataclass(frozen=True)
+class TextAxis:
+    """The text token axis of a bundle's graphs: its length at export, where it lies in which
+    inputs, and whether the graphs take another length (``reason`` says why not)."""
+
+    tokens: int
+    inputs: dict[str, int]
+    dynamic: bool
+    reason: str | None = None
+
+    def check(self, tokens: int, where: Path, max_sequence_length: Any = None) -> None:
+        """Refuse a run at ``tokens`` text tokens where the axis is fixed at another length."""
+        if self.dynamic or tokens == self.tokens:
+            return
+        hint = f" (max_sequence_length {max_sequence_length})" if max_sequence_length is not None else ""
+        raise BundleError(
+            f"{where}: the text axis is fixed at {self.tokens} tokens{hint} ({self.reason}); "
+            f"the pipeline passed {tokens}: run at the bundle's max_sequence_length or export again"
+        )
+
+
+def resolve_shape(shape: tuple[int | str, ...] | list[int | str], sizes: dict[str, int]) -> list[int]:
+    """A manifest shape with its symbols (``batch``, ``steps``, ``text``, ``text+K``) replaced by ``sizes``."""
+    out = []
+    for d in shape:
+        if isinstance(d, int):
+            out.append(d)
+        else:
+            name, _, offset = d.partition("+")
+            out.append(sizes[name] + int(offset or 0))
+    return out
 
 
 @dataclass(frozen=True)
@@ -107,6 +144,12 @@ class Bundle:
     def setup(self) -> dict[str, Any]:
         """What the bundle was exported for (pipeline, size, frames, guidance, call arguments); {} if not recorded."""
         return self.manifest.get("setup", {})
+
+    @property
+    def text_axis(self) -> TextAxis | None:
+        """The graphs' text token axis; None for a model without text inputs."""
+        text = self.manifest["axes"].get("text")
+        return None if text is None else TextAxis(**text)
 
     def into(self, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
         """Put the bundle in place of ``pipe.transformer``: the pipeline's text encoders, scheduler loop
@@ -229,6 +272,19 @@ def _validate(data: dict[str, Any], path: Path) -> None:
             raise BundleError(f"{path}: state[{i}] malformed ({first_line(exc)})") from None
         if spec.shape[:1] != ("batch",) or spec.dtype not in _DTYPES:
             raise BundleError(f"{path}: state[{i}] must have a leading 'batch' axis and a float dtype")
+    text = data["axes"].get("text")
+    fields = {"tokens": int, "inputs": dict, "dynamic": bool}
+    if text is not None and (
+        not isinstance(text, dict)
+        or set(text) - {*fields, "reason"}
+        or not all(isinstance(text.get(k), kind) for k, kind in fields.items())
+        or not all(isinstance(a, int) and not isinstance(a, bool) for a in text["inputs"].values())
+    ):
+        raise BundleError(f"{path}: axes.text must be an object with tokens, inputs (name: axis), dynamic, reason")
+    shapes = [t["shape"] for g in graphs.values() for t in (*g["inputs"], *g["outputs"])]
+    shapes += [s["shape"] for s in data["state"]]
+    if any(str(d).startswith("text") for shape in shapes for d in shape) and not (text and text["dynamic"]):
+        raise BundleError(f"{path}: shapes name a text axis, but axes.text is not dynamic")
     predictor = data["predictor"]
     if predictor.get("kind") not in ("reuse", "taylor", "relational") or predictor.get("order") not in (0, 1, 2):
         raise BundleError(f"{path}: predictor must have kind reuse|taylor|relational and order 0, 1 or 2")
@@ -268,6 +324,7 @@ _CLASS_CONDITIONAL: dict[str, Any] = {
 
 
 _REQUIRED: dict[str, type] = {
+    "axes": dict,
     "backend": str,
     "graphs": dict,
     "schedule": dict,
@@ -316,9 +373,13 @@ def _tensor_spec(data: dict[str, Any]) -> TensorSpec:
     shape = tuple(data["shape"])
     if not isinstance(data["name"], str) or not isinstance(data["dtype"], str):
         raise TypeError("name and dtype must be strings")
-    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or d in ("batch", "steps") for d in shape):
+    if not all((isinstance(d, int) and not isinstance(d, bool) and d >= 0) or _symbol(d) for d in shape):
         raise ValueError(f"shape {list(shape)} of {data['name']!r}")
     return TensorSpec(data["name"], shape, data["dtype"])
+
+
+def _symbol(d: Any) -> bool:
+    return isinstance(d, str) and re.fullmatch(r"batch|steps|text(\+[0-9]+)?", d) is not None
 
 
 def _content_hash(manifest: dict[str, Any]) -> str:

@@ -88,7 +88,8 @@ class EngineTransformer(torch.nn.Module):
             self._branch = 0
         self._timestep = t
         if self._branch >= len(self._steps):
-            self._steps.append(self.runner.steps(int(hidden.shape[0]), self._timesteps(bound["timestep"])))
+            batch, timesteps = int(hidden.shape[0]), self._timesteps(bound["timestep"])
+            self._steps.append(self.runner.steps(batch, timesteps, text_tokens=self._text_tokens(bound)))
         arrays = {}
         for name in self._inputs:
             value = bound.get(name)
@@ -96,12 +97,22 @@ class EngineTransformer(torch.nn.Module):
                 raise BundleError(f"{self.bundle.path}: the pipeline did not pass {name!r}, an input of the graphs")
             arrays[name] = value.detach().float().cpu().numpy() if value.is_floating_point() else value.cpu().numpy()
         out = self._steps[self._branch](arrays)
-        sample = torch.from_numpy(out).to(device=hidden.device, dtype=hidden.dtype)
+        # a numpy array (ONNX Runtime) or a tensor (aoti, TensorRT)
+        sample = torch.as_tensor(out).to(device=hidden.device, dtype=hidden.dtype)
         if not return_dict:
             return (sample,)
         from diffusers.models.modeling_outputs import Transformer2DModelOutput
 
         return Transformer2DModelOutput(sample=sample)
+
+    def _text_tokens(self, bound: dict[str, Any]) -> int | None:
+        """The length of the text inputs the pipeline passed (its ``max_sequence_length`` and more)."""
+        text = self.bundle.text_axis
+        if text is None:
+            return None
+        name, axis = next(iter(text.inputs.items()))
+        value = bound.get(name)
+        return int(value.shape[axis]) if isinstance(value, torch.Tensor) else None
 
     def _timesteps(self, first: Any) -> list[float] | None:
         """The timestep input at every step of the generation starting now, where the scheduler predicts it."""

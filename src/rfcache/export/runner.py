@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, decode_config, first_line
+from rfcache.export.bundle import Bundle, BundleError, decode_config, first_line, resolve_shape
 from rfcache.export.graphs import CONDITIONING_PREFIX
 from rfcache.schedules import ratio_position
 
@@ -72,8 +72,10 @@ class GenerationResult:
 class BundleRunner:
     """What every backend shares: the pattern's coefficients and the class-conditional sampler.
 
-    Backends implement :meth:`steps` (a fresh :class:`StepRunner`) and :meth:`decode_latents`.
+    Backends name their :class:`StepRunner` subclass (``step_runner``) and implement :meth:`decode_latents`.
     """
+
+    step_runner: type[StepRunner]
 
     def __init__(self, bundle: Bundle, device: str) -> None:
         self.bundle, self.device = bundle, device
@@ -88,13 +90,17 @@ class BundleRunner:
         host inputs), the GPU for runners whose graphs read device tensors (aoti, TensorRT)."""
         return torch.device("cpu")
 
-    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
+    def steps(
+        self, batch: int, timesteps: Sequence[float] | None = None, *, text_tokens: int | None = None
+    ) -> StepRunner:
         """A fresh generation of ``batch`` samples (CFG doubles the batch the transformer sees).
 
         ``timesteps``: the timestep input's value at each step, when known (the scheduler's), so the
-        conditioning graph runs once for the whole generation.
+        conditioning graph runs once for the whole generation. ``text_tokens``: the length of the
+        text inputs (the bundle's own when not given); another length than the bundle's is refused
+        where its text axis is fixed.
         """
-        raise NotImplementedError
+        return self.step_runner(self, batch, timesteps, text_tokens=text_tokens)
 
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         """Run the bundle's decoder graph on final latents."""
@@ -167,9 +173,23 @@ class StepRunner:
     output is not finite is run again in full and counted. Backends implement the two graph calls.
     """
 
-    def __init__(self, runner: BundleRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
+    def __init__(
+        self,
+        runner: BundleRunner,
+        batch: int,
+        timesteps: Sequence[float] | None = None,
+        *,
+        text_tokens: int | None = None,
+    ) -> None:
         self.runner, self.batch = runner, batch
-        full = runner.bundle.graphs["full"]
+        bundle = runner.bundle
+        self.sizes = {"batch": batch}  # what each symbolic axis of the manifest's shapes is in this generation
+        text = bundle.text_axis
+        if text is not None:
+            tokens = text.tokens if text_tokens is None else text_tokens
+            text.check(tokens, bundle.path, bundle.setup.get("text_tokens") or None)
+            self.sizes["text"] = tokens
+        full = bundle.graphs["full"]
         self._shapes = {t.name: t.shape for t in full.inputs if not t.name.startswith(CONDITIONING_PREFIX)}
         self.step = 0
         self.last_full = -1
@@ -192,7 +212,7 @@ class StepRunner:
             expected = self._shapes.get(name)
             if expected is None:
                 raise BundleError(f"input {name!r} is not an input of this bundle's graphs")
-            wanted = tuple(self.batch if d == "batch" else d for d in expected)
+            wanted = tuple(resolve_shape(expected, self.sizes))
             if tuple(value.shape) != wanted:
                 raise BundleError(f"input {name!r} has shape {tuple(value.shape)}; this bundle runs {wanted}")
         if self._condition_names:
@@ -289,9 +309,6 @@ class OrtRunner(BundleRunner):
                 raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")
             self.sessions[name] = session
 
-    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
-        return _OrtSteps(self, batch, timesteps)
-
     def decode_latents(self, latents: np.ndarray) -> np.ndarray:
         return self.sessions["decoder"].run(None, {"latents": latents})[0]
 
@@ -299,8 +316,8 @@ class OrtRunner(BundleRunner):
 class _OrtSteps(StepRunner):
     """State in two preallocated sets of OrtValues on the device, swapped after each full step."""
 
-    def __init__(self, runner: OrtRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
-        super().__init__(runner, batch, timesteps)
+    def __init__(self, runner: OrtRunner, *args: Any, **kwargs: Any) -> None:
+        super().__init__(runner, *args, **kwargs)
         self.sessions = runner.sessions
         device = runner.device
         graphs = runner.bundle.graphs
@@ -308,7 +325,7 @@ class _OrtSteps(StepRunner):
         sample = graphs["full"].outputs[0]
 
         def alloc(shape: Sequence[int | str], dtype: str) -> Any:
-            dims = [batch if d == "batch" else d for d in shape]
+            dims = resolve_shape(shape, self.sizes)
             return runner.ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, dtype=np.dtype(dtype)), device, 0)
 
         state = runner.bundle.manifest["state"]
@@ -350,6 +367,9 @@ class _OrtSteps(StepRunner):
             binding.bind_ortvalue_input(name, value)
         self.sessions["cached"].run_with_iobinding(binding)
         return self._sample.numpy()
+
+
+OrtRunner.step_runner = _OrtSteps
 
 
 def open_runner(bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:

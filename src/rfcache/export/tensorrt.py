@@ -105,9 +105,6 @@ class TrtRunner(BundleRunner):
     def input_device(self) -> Any:
         return self.torch.device("cuda")
 
-    def steps(self, batch: int, timesteps: Sequence[float] | None = None) -> StepRunner:
-        return _TrtSteps(self, batch, timesteps)
-
     def decode_latents(self, latents: Any) -> np.ndarray:
         image = self.bundle.graphs["decoder"].outputs[0]
         z = self.to_device(latents, self.bundle.graphs["decoder"].inputs[0].dtype)
@@ -138,15 +135,15 @@ class TrtRunner(BundleRunner):
 
 
 class _TrtSteps(StepRunner):
-    def __init__(self, runner: TrtRunner, batch: int, timesteps: Sequence[float] | None = None) -> None:
-        super().__init__(runner, batch, timesteps)
+    def __init__(self, runner: TrtRunner, *args: Any, **kwargs: Any) -> None:
+        super().__init__(runner, *args, **kwargs)
         self.trt = runner
         state = runner.bundle.manifest["state"]
-        self._current = {s["name"]: runner._empty(s["shape"], s["dtype"], batch) for s in state}
-        self._next = {s["name"]: runner._empty(s["shape"], s["dtype"], batch) for s in state}
+        self._current = {s["name"]: runner._empty(s["shape"], s["dtype"], self.batch) for s in state}
+        self._next = {s["name"]: runner._empty(s["shape"], s["dtype"], self.batch) for s in state}
         full = runner.bundle.graphs["full"]
         self._sample_name = full.outputs[0].name
-        self._sample = runner._empty(full.outputs[0].shape, full.outputs[0].dtype, batch)
+        self._sample = runner._empty(full.outputs[0].shape, full.outputs[0].dtype, self.batch)
         self._dtypes = {t.name: t.dtype for t in full.inputs}
         self._full_reads = [t.name.removeprefix("prev.") for t in full.inputs if t.name.startswith("prev.")]
 
@@ -178,3 +175,6 @@ class _TrtSteps(StepRunner):
         tensors.update(self._current)
         self.trt.execute("cached", tensors)
         return self._sample.clone()
+
+
+TrtRunner.step_runner = _TrtSteps

@@ -119,6 +119,8 @@ class BlockAdapter:
     timestep_divisor: ClassVar[float] = 1.0
     #: transformer inputs without a batch axis (shared by every sample, e.g. Flux's position ids)
     unbatched_inputs: ClassVar[tuple[str, ...]] = ()
+    #: transformer inputs with a text token axis, and which axis it is (the export's dynamic text axis)
+    text_inputs: ClassVar[dict[str, int]] = {}
 
     # -- structure -------------------------------------------------------------------------------
 

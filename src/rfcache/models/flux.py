@@ -70,6 +70,7 @@ class FluxAdapter(BlockAdapter):
         return ("encoder_hidden_states", "hidden_states")
 
     conditioning_inputs = ("pooled_projections", "guidance")
+    text_inputs: ClassVar[dict[str, int]] = {"encoder_hidden_states": 1, "txt_ids": 0}
     timestep_divisor = 1000.0  # FluxPipeline passes t / 1000; the transformer multiplies it back
 
     def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:

@@ -75,6 +75,7 @@ class PixArtAdapter(BlockAdapter):
         return flops + linear_flops(model.proj_out, b * n)
 
     conditioning_inputs = ("added_cond_kwargs",)
+    text_inputs: ClassVar[dict[str, int]] = {"encoder_hidden_states": 1, "encoder_attention_mask": 1}
 
     def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
         return ("adaln_single",)  # timestep MLP + the one 6·D modulation linear, shared by all blocks

@@ -48,6 +48,7 @@ class SD3Adapter(BlockAdapter):
         return ("encoder_hidden_states", "hidden_states")
 
     conditioning_inputs = ("pooled_projections",)
+    text_inputs: ClassVar[dict[str, int]] = {"encoder_hidden_states": 1}
 
     def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
         blocks = range(len(model.transformer_blocks))

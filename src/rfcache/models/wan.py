@@ -45,6 +45,8 @@ class WanAdapter(BlockAdapter):
     example_latent: ClassVar[tuple[int, int, int]] = (2, 8, 8)
     example_text_tokens: ClassVar[int] = 6
 
+    text_inputs: ClassVar[dict[str, int]] = {"encoder_hidden_states": 1}
+
     def conditioning_paths(self, model: torch.nn.Module) -> tuple[str, ...]:
         # the time embedding (timestep MLP and the 6·D projection); the text projection stays per step
         return ("condition_embedder.time_embedder", "condition_embedder.time_proj")

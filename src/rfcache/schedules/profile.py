@@ -112,7 +112,7 @@ class InputItem:
 @dataclass(frozen=True)
 class Provenance:
     """Where a profile came from. ``inputs``: the disjoint ``calibration``, ``selection`` and ``test``
-    sets (empty in profiles made before they were recorded)."""
+    sets (empty in profiles made before they were recorded); ``dtype``: the transformer's while calibrating."""
 
     inputs_hash: str
     seed: int
@@ -120,6 +120,7 @@ class Provenance:
     created: str
     versions: dict[str, str] = field(default_factory=dict)
     inputs: dict[str, tuple[InputItem, ...]] = field(default_factory=dict)
+    dtype: str | None = None  # the transformer's dtype while calibrating ("bfloat16", ...); None: not recorded
 
 
 @dataclass(frozen=True)
