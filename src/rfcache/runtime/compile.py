@@ -12,9 +12,11 @@ What would specialise per step is kept out of the graph as tensors:
   allow, as the bundle runner does) and the distance ``N`` of a full step are 0-d/1-d device
   tensors, prepared once per (k, order) and reused;
 - the cache state has a fixed layout from the first step on: ``D_0..D_m`` per unit output (orders
-  not yet available hold finite values whose weight is 0), the input at the last full step and the
-  run-time ratio ``s``. Its first step per batch size runs eagerly to allocate it; every later
-  step, and every later generation of the same shape, replays the compiled variants.
+  not yet available hold finite values whose weight is 0), the input at the last full step, the
+  run-time ratio ``s`` and, for RFE, the Gram entries ``<D_i, D_j>`` from which a cached step
+  takes ``||d(k)||`` (as the eager session does; one pass over the differences, not two). Its
+  first step per batch size runs eagerly to allocate it; every later step, and every later
+  generation of the same shape, replays the compiled variants.
 
 Shared conditioning is served the same way: the pre-hook picks the step's precomputed outputs
 (conditioning.py), the graphs read them as tensors. The session's once-per-step non-finite guard
@@ -36,7 +38,15 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.models import CacheUnit
 from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
-from rfcache.runtime.predictors import estimate_predictor_flops, relation_ratio, rescaled_forecast, weighted_sum
+from rfcache.runtime.predictors import (
+    difference_gram,
+    estimate_predictor_flops,
+    gram_pair_weights,
+    relation_ratio,
+    stack_gram,
+    stacked_relational_forecast,
+    weighted_sum,
+)
 from rfcache.runtime.session import HOOK_NAME, CacheSession, _flatten, _unflatten
 from rfcache.schedules import ratio_position
 
@@ -51,6 +61,7 @@ class _Slot:
 
     differences: list[list[torch.Tensor]]  # per output tensor: D_0..D_keep
     ratios: list[torch.Tensor]  # per output tensor: s, (B,) (or a 0-d calibrated ratio)
+    grams: list[torch.Tensor]  # per output tensor (relational): <D_i, D_j> for 1 <= i <= j, (B, P)
     input_at_full: torch.Tensor | None
     layout: tuple[bool, ...]
     single: bool
@@ -84,12 +95,14 @@ class CompiledSchedule:
         self.full = True  # the one Python value the graphs are specialised on
         self.distance = torch.ones((), dtype=torch.float32, device=param.device)
         self.coeffs = torch.ones(self.keep + 1, dtype=torch.float32, device=param.device)
+        self.pair_weights = gram_pair_weights(self.coeffs)  # ||d(k)||^2 = grams @ pair_weights (RFE)
         # a step-linear calibrated ratio: s = ratios[u] + slopes[u] * position, position a per-step tensor
         slopes = config.ratio_slopes
         self.slopes = None if slopes is None else torch.tensor(slopes, dtype=torch.float32, device=param.device)
         self.position = torch.zeros((), dtype=torch.float32, device=param.device)
         self._position_cache: dict[int, torch.Tensor] = {}
         self._coeff_cache: dict[tuple[int, int], torch.Tensor] = {}
+        self._pair_cache: dict[tuple[int, int], torch.Tensor] = {}
         self._distance_cache: dict[int, torch.Tensor] = {}
         self._branches: list[_BranchSlots] = []
         self._active: dict[int, _Slot] = {}
@@ -167,6 +180,9 @@ class CompiledSchedule:
                 (k, order),
                 lambda: [k**i / math.factorial(i) if i <= order else 0.0 for i in range(self.keep + 1)],
             )
+            if (k, order) not in self._pair_cache:
+                self._pair_cache[(k, order)] = gram_pair_weights(self.coeffs)
+            self.pair_weights = self._pair_cache[(k, order)]
         self._count(full)
 
     def _cached(self, cache: dict, key: Any, value: Any) -> torch.Tensor:
@@ -229,9 +245,11 @@ class CompiledSchedule:
         config = self.session.config
         relational = config.predictor == "relational"
         if slot is None:  # eager: the first step of this shape allocates the state
+            differences = [[o, *(torch.zeros_like(o) for _ in range(self.keep))] for o in tensors]
             slot = _Slot(
-                differences=[[o, *(torch.zeros_like(o) for _ in range(self.keep))] for o in tensors],
+                differences=differences,
                 ratios=[self._initial_ratio(unit, o) for o in tensors],
+                grams=[stack_gram(difference_gram(d)) for d in differences] if relational and self.keep else [],
                 input_at_full=x.detach().clone() if relational else None,
                 layout=layout,
                 single=single,
@@ -255,6 +273,8 @@ class CompiledSchedule:
         slot.differences, slot.ratios = differences, ratios
         if relational:
             slot.input_at_full = x.detach().clone()
+            # ||d(k)|| at a cached step from <D_i, D_j>, as the session does: no pass over d(k)
+            slot.grams = [stack_gram(difference_gram(d)) for d in differences] if self.keep else []
 
     def _initial_ratio(self, unit: CacheUnit, o: torch.Tensor) -> torch.Tensor:
         calibrated = self.session.config.ratios
@@ -273,9 +293,9 @@ class CompiledSchedule:
                 outs.append(weighted_sum(diffs, self.coeffs))
             else:
                 assert slot.input_at_full is not None
-                direction = weighted_sum(diffs, self.coeffs, start=1)
                 ratio = slot.ratios[j]
                 if self.slopes is not None:
                     ratio = ratio + self.slopes[unit.index] * self.position
-                outs.append(rescaled_forecast(diffs[0], direction, ratio, x, slot.input_at_full))
+                grams, x_full = slot.grams[j], slot.input_at_full
+                outs.append(stacked_relational_forecast(diffs, self.coeffs, self.pair_weights, grams, ratio, x, x_full))
         return _unflatten(outs, slot.layout, slot.single)
