@@ -200,10 +200,13 @@ def test_fit_ratio_steps_tells_a_constant_ratio_from_one_that_drifts_over_the_st
 
 
 @pytest.mark.slow
-def test_cli_calibrates_in_the_dtype_asked_and_records_it(tmp_path):
+def test_cli_calibrates_in_the_dtype_asked_and_records_it(tmp_path, capsys):
     make_tiny_digits_pipeline().save_pretrained(tmp_path / "model")
     out = tmp_path / "p.yaml"
     argv = ["calibrate", "--model", str(tmp_path / "model"), "--dtype", "bfloat16", "--budget", "0.5", "--seed", "18"]
     argv += ["--trials", "3", "--storage", f"sqlite:///{tmp_path / 'study.db'}", *TINY_RUN, "--out", str(out)]
     assert main(argv) == 0
     assert load_profile(out).provenance.dtype == "bfloat16"
+    capsys.readouterr()
+    assert main(["show", str(out)]) == 0
+    assert ", bfloat16" in next(line for line in capsys.readouterr().out.splitlines() if line.startswith("provenance"))

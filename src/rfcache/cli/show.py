@@ -45,7 +45,10 @@ def format_profile(p: Any) -> str:
     lines += [f"diagnostics       {k} = {v:.4g}" for k, v in p.diagnostics.items()]
     prov = p.provenance
     versions = ", ".join(f"{k} {v}" for k, v in prov.versions.items())
-    lines.append(f"provenance        {prov.created}, seed {prov.seed}, {prov.trials} trials, inputs {prov.inputs_hash}")
+    dtype = f", {prov.dtype}" if prov.dtype else ""
+    lines.append(
+        f"provenance        {prov.created}, seed {prov.seed}, {prov.trials} trials, inputs {prov.inputs_hash}{dtype}"
+    )
     lines.append(f"                  {versions}")
     return "\n".join(lines)
 
