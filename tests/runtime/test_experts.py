@@ -156,3 +156,24 @@ def test_bad_experts_section_is_one_line(pipe, changes, message):
     with pytest.raises(ProfileError, match=message) as info:
         Profile.from_dict(data, source="p.yaml")
     assert "\n" not in str(info.value) and str(info.value).startswith("p.yaml: ")
+
+
+def test_a_second_expert_running_one_step_starts_each_generation_afresh():
+    """Its first call of a generation has the timestep of its last call of the one before; the
+    scheduler's new timesteps, not the timestep, tell the generations apart."""
+    pipe = build_tiny_pipeline("wan", experts=2)
+    pipe.scheduler.set_timesteps(STEPS)
+    *_, before, last = (float(t) for t in pipe.scheduler.timesteps)
+    pipe.register_to_config(boundary_ratio=(last + before) / 2 / pipe.scheduler.config.num_train_timesteps)
+    assert boundary_step(pipe, STEPS) == STEPS - 1
+    rfcache.enable(pipe, method="fora", interval=2)
+    try:
+        first = _frames(pipe)
+        summaries = [rfcache.summary(pipe)]
+        second = _frames(pipe)
+        summaries.append(rfcache.summary(pipe))
+    finally:
+        rfcache.disable(pipe)
+    assert np.array_equal(first, second)
+    assert [len(s.patterns) for s in summaries] == [2, 2]  # the two CFG branches, not four
+    assert [s.num_calls for s in summaries] == [2 * STEPS] * 2

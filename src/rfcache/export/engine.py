@@ -52,6 +52,7 @@ class EngineTransformer(torch.nn.Module):
             t.name for t in full if t.name != "distance" and not t.name.startswith(("prev.", CONDITIONING_PREFIX))
         ]
         self._timestep: float | None = None
+        self._run: Any = None  # the scheduler's timesteps of the current generation
         self._branch = 0
         self._steps: list[StepRunner] = []
 
@@ -88,8 +89,9 @@ class EngineTransformer(torch.nn.Module):
         bound = {**dict(zip(self._names, args, strict=False)), **kwargs}
         hidden = bound["hidden_states"]
         t = float(torch.as_tensor(bound["timestep"]).flatten()[0])
-        if self._timestep is None or t > self._timestep:
-            self._steps, self._branch = [], 0
+        run = getattr(self._scheduler, "timesteps", None)  # a new tensor per generation (set_timesteps)
+        if self._timestep is None or t > self._timestep or (run is not None and run is not self._run):
+            self._steps, self._branch, self._run = [], 0, run
         elif t == self._timestep:
             self._branch += 1
         else:

@@ -204,6 +204,7 @@ class CacheSession:
     def reset(self) -> None:
         """Forget all cached tensors and counts (a new generation starts from scratch)."""
         self._timestep: float | None = None
+        self._run: Any = None  # the scheduler's timesteps of the current generation
         self._step = -1
         self._branch_index = 0
         self._branches: list[_Branch] = []
@@ -225,8 +226,10 @@ class CacheSession:
                 "rfcache identifies denoising steps by it"
             )
         t = float(torch.as_tensor(timestep).flatten()[0])
-        if self._timestep is None or t > self._timestep:
+        run = getattr(self.scheduler, "timesteps", None)  # a new tensor per generation (set_timesteps)
+        if self._timestep is None or t > self._timestep or (run is not None and run is not self._run):
             self.reset()
+            self._run = run
             self._step, self._branch_index = self.first_step, 0
             if self.config.policy == "static":
                 self._check_generation_start(t)
