@@ -18,6 +18,7 @@ import socket
 import time
 import warnings
 from pathlib import Path
+from typing import Any
 
 import optuna
 
@@ -59,18 +60,23 @@ def _open_rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: i
     create Optuna's tables, and all but one see a duplicate-key or duplicate-table error once."""
     import sqlalchemy.exc
 
-    engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {}
+    sqlite = url.startswith("sqlite")
+    # pysqlite's own transaction handling off (isolation_level None): _serialise_sqlite begins each one
+    engine_kwargs = {"connect_args": {"timeout": 60, "isolation_level": None}} if sqlite else {}
     for attempt in range(_CREATE_ATTEMPTS):
         try:
             with warnings.catch_warnings():  # heartbeats are marked experimental; we rely on them knowingly
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-                return optuna.storages.RDBStorage(
+                storage = optuna.storages.RDBStorage(
                     url,
                     engine_kwargs=engine_kwargs,
                     heartbeat_interval=heartbeat_interval,
                     grace_period=grace_period,
                     **_retry_callback(max_retry),
                 )
+            if sqlite:
+                _serialise_sqlite(storage.engine)
+            return storage
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError, sqlalchemy.exc.OperationalError) as exc:
             # SQLite reports the race as an OperationalError "table ... already exists"
             racing = not isinstance(exc, sqlalchemy.exc.OperationalError) or "already exists" in str(exc)
@@ -81,6 +87,19 @@ def _open_rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: i
 
 
 _CREATE_ATTEMPTS = 5
+
+
+def _serialise_sqlite(engine: Any) -> None:
+    """Begin every SQLite transaction with ``BEGIN IMMEDIATE`` (the write lock first).
+
+    SQLite ignores Optuna's ``SELECT ... FOR UPDATE``, and pysqlite begins a transaction only at
+    the first write, so two workers could both read an enqueued trial as WAITING and both run it
+    (the second then fails with "Cannot tell a COMPLETE trial"). Taking the lock at the start makes
+    the read and the write one step; the others wait (``timeout``).
+    """
+    import sqlalchemy
+
+    sqlalchemy.event.listen(engine, "begin", lambda conn: conn.exec_driver_sql("BEGIN IMMEDIATE"))
 
 
 def worker_name() -> str:
