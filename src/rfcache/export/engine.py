@@ -35,11 +35,9 @@ class EngineTransformer(torch.nn.Module):
         runner: BundleRunner,
         original: torch.nn.Module,
         scheduler: Any = None,
-        first_step: int = 0,
     ) -> None:
         super().__init__()
         self.bundle, self.runner = bundle, runner
-        self.first_step = first_step  # a two-expert pipeline's second expert: the step it starts at
         # the pipeline's scheduler predicts a generation's timesteps: the conditioning graph then runs once
         self._scheduler = scheduler
         self._adapter = get_adapter(original)
@@ -99,9 +97,7 @@ class EngineTransformer(torch.nn.Module):
         self._timestep = t
         if self._branch >= len(self._steps):
             batch, timesteps = int(hidden.shape[0]), self._timesteps(bound["timestep"])
-            steps = self.runner.steps(batch, timesteps, text_tokens=self._text_tokens(bound))
-            steps.step = steps.first_step = self.first_step
-            self._steps.append(steps)
+            self._steps.append(self.runner.steps(batch, timesteps, text_tokens=self._text_tokens(bound)))
         arrays = {}
         for name in self._inputs:
             value = bound.get(name)
@@ -129,7 +125,7 @@ class EngineTransformer(torch.nn.Module):
     def _timesteps(self, first: Any) -> list[float] | None:
         """The timestep input at every step of the generation starting now, where the scheduler predicts it."""
         predicted = predicted_timesteps(self._adapter, self._scheduler, torch.as_tensor(first).flatten())
-        if predicted is None or len(predicted) != len(self.bundle.pattern) - self.first_step:
+        if predicted is None or len(predicted) != len(self.bundle.pattern) - self.runner.first_step:
             return None
         return [float(v) for v in predicted]
 
@@ -145,7 +141,7 @@ def put_bundle(
 ) -> Any:
     """Replace ``pipe.transformer`` (or another ``component``, starting at ``first_step``) by the
     bundle's engine; refuses a bundle made for another model."""
-    from rfcache.export.runner import open_runner, pattern_coefficients
+    from rfcache.export.runner import open_runner
 
     original = getattr(pipe, component, None)
     if not isinstance(original, torch.nn.Module) or isinstance(original, EngineTransformer):
@@ -158,11 +154,7 @@ def put_bundle(
             f"this pipeline's transformer is a {found[0]} with config hash {found[1]}"
         )
     runner = open_runner(bundle, device=device, threads=threads)
-    if first_step:  # the second expert's engine: its history starts at its first step
-        step_linear = bundle.manifest["predictor"].get("ratio_form") == "step-linear"
-        runner.coefficients = pattern_coefficients(
-            bundle.pattern, runner.keep, step_position=step_linear, first_step=first_step
-        )
-    engine = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None), first_step)
+    runner.start_at(first_step)  # the second expert's engine: its history starts at its first step
+    engine = EngineTransformer(bundle, runner, original, getattr(pipe, "scheduler", None))
     setattr(pipe, component, engine)
     return pipe

@@ -88,8 +88,16 @@ class BundleRunner:
         self.bundle, self.device = bundle, device
         predictor = bundle.manifest["predictor"]
         self.keep = 0 if predictor["kind"] == "reuse" else int(predictor["order"])
-        step_linear = predictor.get("ratio_form") == "step-linear"
-        self.coefficients = pattern_coefficients(bundle.pattern, self.keep, step_position=step_linear)
+        self.start_at(0)
+
+    def start_at(self, first_step: int) -> None:
+        """Run the steps from ``first_step`` on (a two-expert pipeline's second engine): the
+        predictor's history, the coefficients and each generation's step count start there."""
+        self.first_step = first_step
+        step_linear = self.bundle.manifest["predictor"].get("ratio_form") == "step-linear"
+        self.coefficients = pattern_coefficients(
+            self.bundle.pattern, self.keep, step_position=step_linear, first_step=first_step
+        )
 
     @property
     def input_device(self) -> torch.device:
@@ -198,7 +206,7 @@ class StepRunner:
             self.sizes["text"] = tokens
         full = bundle.graphs["full"]
         self._shapes = {t.name: t.shape for t in full.inputs if not t.name.startswith(CONDITIONING_PREFIX)}
-        self.step = self.first_step = 0  # first_step: where a two-expert pipeline's second engine starts
+        self.step = self.first_step = runner.first_step  # a two-expert pipeline's second engine starts later
         self.last_full = -1
         self.executed = ""
         self.fallbacks = 0
