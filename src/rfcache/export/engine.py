@@ -2,9 +2,10 @@
 
 The pipeline's own text encoders, scheduler loop, guidance and VAE run unchanged; each call of
 ``pipe.transformer`` runs one step of the bundle's graphs with its baked schedule. Steps and
-guidance branches are told apart by the timestep, as the PyTorch runtime does: a lower timestep
-is the next step, the same one again is the next branch of sequential guidance (own cache state),
-a higher one starts a new generation.
+guidance branches are told apart by the timestep with the PyTorch runtime's own rule
+(:func:`rfcache.runtime.session.call_kind`): a lower timestep is the next step, the same one again
+is the next branch of sequential guidance (own cache state), a higher one or new scheduler
+timesteps start a new generation.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.models import get_adapter
 from rfcache.runtime.conditioning import predicted_timesteps
 from rfcache.runtime.identity import config_hash
+from rfcache.runtime.session import call_kind
 
 __all__ = ["EngineTransformer", "put_bundle"]
 
@@ -87,10 +89,11 @@ class EngineTransformer(torch.nn.Module):
         bound = {**dict(zip(self._names, args, strict=False)), **kwargs}
         hidden = bound["hidden_states"]
         t = float(torch.as_tensor(bound["timestep"]).flatten()[0])
-        run = getattr(self._scheduler, "timesteps", None)  # a new tensor per generation (set_timesteps)
-        if self._timestep is None or t > self._timestep or (run is not None and run is not self._run):
+        run = getattr(self._scheduler, "timesteps", None)
+        call = call_kind(t, self._timestep, run, self._run)
+        if call == "generation":
             self._steps, self._branch, self._run = [], 0, run
-        elif t == self._timestep:
+        elif call == "branch":
             self._branch += 1
         else:
             self._branch = 0

@@ -69,7 +69,7 @@ from rfcache.runtime.predictors import (
 from rfcache.runtime.runspec import guidance_mode
 from rfcache.schedules import Profile
 
-__all__ = ["CacheSession", "CacheSummary"]
+__all__ = ["CacheSession", "CacheSummary", "call_kind"]
 
 logger = logging.getLogger(__name__)
 HOOK_NAME = "rfcache"
@@ -146,6 +146,19 @@ class _Counters:
     predictor: int = 0
     fallbacks: int = 0
     shared: int = 0
+
+
+def call_kind(t: float, last: float | None, run: Any, last_run: Any) -> str:
+    """What a transformer call at timestep ``t`` starts, after a call at ``last``: ``"generation"``
+    (the first call, a higher timestep, or new scheduler timesteps ``run``: ``set_timesteps`` makes a
+    tensor per generation, which tells generations apart when a second expert's only step repeats
+    its timestep), ``"branch"`` (the same timestep: the next guidance branch) or ``"step"``.
+
+    The PyTorch runtime and the bundle engine share it, so both count steps alike.
+    """
+    if last is None or t > last or (run is not None and run is not last_run):
+        return "generation"
+    return "branch" if t == last else "step"
 
 
 class CacheSession:
@@ -226,8 +239,9 @@ class CacheSession:
                 "rfcache identifies denoising steps by it"
             )
         t = float(torch.as_tensor(timestep).flatten()[0])
-        run = getattr(self.scheduler, "timesteps", None)  # a new tensor per generation (set_timesteps)
-        if self._timestep is None or t > self._timestep or (run is not None and run is not self._run):
+        run = getattr(self.scheduler, "timesteps", None)
+        call = call_kind(t, self._timestep, run, self._run)
+        if call == "generation":
             self.reset()
             self._run = run
             self._step, self._branch_index = self.first_step, 0
@@ -235,7 +249,7 @@ class CacheSession:
                 self._check_generation_start(t)
             if self.profile is not None:
                 self._check_profile(inputs)
-        elif t == self._timestep:
+        elif call == "branch":
             self._branch_index += 1
         else:
             self._step, self._branch_index = self._step + 1, 0
