@@ -21,7 +21,7 @@ correlation between estimated and measured error over these candidates, none of 
 was fitted on (and, labelled in-sample, the fit's own R² and spread).
 
 ``--ratio-steps``: on the same calibration inputs, whether the relation ratio ``s`` varies with the
-step (method.md): per unit, R² of ``||ΔO|| ≈ s ||ΔI||`` with ``s`` constant and linear in the step,
+step (docs/method.md): per unit, R² of ``||ΔO|| ≈ s ||ΔI||`` with ``s`` constant and linear in the step,
 and the linear fit's relative change of ``s`` over the trajectory.
 
 ``--ratio-forms BUDGET``: calibrates the embedded model at ``BUDGET`` (as ``rfc-calibrate`` does,

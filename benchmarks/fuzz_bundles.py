@@ -28,7 +28,8 @@ from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 import rfcache
 from rfcache.export import Bundle, BundleError, export
-from rfcache.export.bundle import MANIFEST, _content_hash
+from rfcache.export.manifest import MANIFEST
+from rfcache.export.manifest import content_hash as _content_hash
 from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
 from rfcache.runtime.identity import model_identity
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup

@@ -39,7 +39,7 @@ from diffusers import DDIMScheduler, DiTTransformer2DModel
 import rfcache
 from rfcache.devices import check_device
 from rfcache.export import export, load_bundle
-from rfcache.export.aoti import AotiRunner
+from rfcache.export.backends.aoti import AotiRunner
 from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
 from rfcache.runtime.identity import model_identity
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup

@@ -9,8 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from rfcache.export.bundle import BundleError
-from rfcache.export.experts import validate_experts
+from rfcache.export.manifest import BundleError, validate_experts
 from rfcache.models.tiny import build_tiny_pipeline
 from tests.test_text_to_image import _cli, _one_error_line, _pixels
 

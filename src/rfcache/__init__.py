@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from rfcache._version import __version__
 from rfcache.calibrate import calibrate
 from rfcache.errors import RfcacheError
 from rfcache.export import Bundle, BundleError, export, load_bundle
@@ -15,8 +16,6 @@ from rfcache.models import UnsupportedModelError, get_adapter, supported_familie
 from rfcache.pipelines import load_pipeline
 from rfcache.runtime import CacheConfig, CacheSummary, disable, enable, summary
 from rfcache.schedules import Profile, ProfileError, load_profile
-
-__version__ = "0.1.0.dev0"
 
 __all__ = [
     "Bundle",

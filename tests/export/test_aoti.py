@@ -14,8 +14,8 @@ import rfcache
 from rfcache.cli.main import main
 from rfcache.devices import cuda_available
 from rfcache.export import BundleError, export, load_bundle
-from rfcache.export.aoti import AotiRunner
-from rfcache.export.runner import open_runner
+from rfcache.export.backends import open_runner
+from rfcache.export.backends.aoti import AotiRunner
 from rfcache.models.tiny import tiny_transformer
 from tests.conftest import make_profile, make_tiny_digits_pipeline
 

@@ -12,7 +12,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from rfcache.export import Bundle, BundleError, export
-from rfcache.export.bundle import MANIFEST, _content_hash
+from rfcache.export.manifest import MANIFEST
+from rfcache.export.manifest import content_hash as _content_hash
 from tests.conftest import make_profile, make_tiny_digits_pipeline
 from tests.schedules.test_profile_fuzz import _paths, apply_edits, weird_values
 
@@ -67,7 +68,7 @@ def test_yaml_tags_in_the_bundled_profile_are_refused(bundle_dir, tmp_path):
     profile = folder / "profile.yaml"
     profile.write_text("!!python/object/apply:os.system ['echo pwned > pwned.txt']\n")
     manifest = json.loads((folder / MANIFEST).read_text())
-    from rfcache.export.bundle import _sha256
+    from rfcache.export.bundle import sha256 as _sha256
 
     manifest["files"]["profile.yaml"] = _sha256(profile)
     manifest["content_sha256"] = _content_hash(manifest)

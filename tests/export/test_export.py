@@ -10,8 +10,8 @@ import torch
 
 import rfcache
 from rfcache.export import BundleError, OrtRunner, export, load_bundle
-from rfcache.export.api import effective_pattern
 from rfcache.export.runner import pattern_coefficients
+from rfcache.schedules.masks import effective_pattern
 from tests.conftest import make_profile, make_tiny_digits_pipeline
 
 SCHEDULE = "CCCPPCPPPCPC"
@@ -296,7 +296,7 @@ def test_tensorrt_backend_names_the_extra_when_missing(tmp_path):
 def test_tensorrt_bundle_matches_the_pytorch_runtime(tmp_path):
     if not _tensorrt_available():
         pytest.skip("needs the tensorrt extra and a CUDA GPU")
-    from rfcache.export.runner import open_runner
+    from rfcache.export.backends import open_runner
 
     pipe = make_tiny_digits_pipeline()
     profile = make_profile(pipe, SCHEDULE)

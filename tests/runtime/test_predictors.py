@@ -46,7 +46,7 @@ def test_order_one_is_exact_on_lines(coeffs):
 
 def test_order_two_follows_the_taylorseer_formula_on_parabolas(coeffs):
     # D_1 is a backward difference, D_2 the exact second derivative; TaylorSeer's k^i/i! weights
-    # then miss the parabola by exactly D_2 * k * N / 2 (method.md's formula, kept as published)
+    # then miss the parabola by exactly D_2 * k * N / 2 (docs/method.md's formula, kept as published)
     para = lambda s: coeffs[0] + s * coeffs[1] + s * s * coeffs[2]  # noqa: E731
     n = 3
     diffs = _differences(para, [0, n, 2 * n], order=2)

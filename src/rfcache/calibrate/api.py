@@ -445,7 +445,7 @@ def _profile(
     import diffusers
     import optuna
 
-    import rfcache
+    from rfcache._version import __version__
 
     p = cand.params
     fit, step_fit = fits[0]
@@ -465,7 +465,7 @@ def _profile(
             trials=trials,
             created=_dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
             versions={
-                "rfcache": rfcache.__version__,
+                "rfcache": __version__,
                 "torch": torch.__version__,
                 "diffusers": diffusers.__version__,
                 "optuna": optuna.__version__,

@@ -1,7 +1,7 @@
 """Error models: score a candidate schedule from the full-compute trace, without running the model.
 
 A candidate is a per-step compute mask, a predictor and its order. Its estimated final error is
-built in two stages (method.md, "What this project adds", step 3):
+built in two stages (docs/method.md, "Calibration", step 3):
 
 1. **Forecast errors** (:class:`ForecastErrors`, exact given the trace, no fit): replaying the
    candidate on the recorded full-compute trajectory, each cached step ``c`` gets the error of
@@ -146,7 +146,7 @@ class ForecastErrors:
         """Unit errors at steps ``a+1 .. a+length`` predicted from ``fulls``: shape (length, U)."""
         a = fulls[0]
         length = max(1, min(length, self.num_steps - 1 - a))
-        O, I = self.outputs, self.inputs  # noqa: E741 - method.md's names
+        O, I = self.outputs, self.inputs  # noqa: E741 - docs/method.md's names
         diffs = [O[a]]  # D_0 .. D_m at the last full step, as update_differences builds them
         if len(fulls) >= 2 and self.keep >= 1:
             n = a - fulls[1]

@@ -60,20 +60,11 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
         "pattern": bundle.pattern,
         "nfc": bundle.manifest["schedule"]["nfc"],
         "flops_fraction": bundle.manifest["schedule"]["flops_fraction"],
-        "graphs": _graph_names(bundle),
+        "graphs": bundle.graph_names,  # each expert's as component/graph
         "bytes": size,
         "seconds": round(time.perf_counter() - started, 2),
         "json": cfg.json,
     }
-
-
-def _graph_names(bundle: Any) -> list[str]:
-    """The bundle's graphs; each expert's as ``component/graph`` in a two-expert bundle."""
-    if "experts" not in bundle.manifest:
-        return sorted(bundle.graphs)
-    from rfcache.export.experts import expert_bundles
-
-    return [f"{component}/{name}" for component, _, sub in expert_bundles(bundle) for name in sorted(sub.graphs)]
 
 
 def report(cfg: ExportConfig, r: dict[str, Any]) -> str:

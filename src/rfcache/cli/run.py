@@ -42,8 +42,7 @@ class RunConfig(RunFlags):
 
 def run_bundle(cfg: RunConfig) -> dict[str, Any]:
     from rfcache.errors import RfcacheError
-    from rfcache.export import load_bundle
-    from rfcache.export.runner import open_runner
+    from rfcache.export import load_bundle, open_runner
 
     if cfg.bundle is None:
         raise RfcacheError("--bundle is required")

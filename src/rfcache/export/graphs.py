@@ -36,20 +36,21 @@ from typing import Any
 
 import torch
 
+from rfcache.export.manifest import CONDITIONING_PREFIX
 from rfcache.models import BlockAdapter, CacheUnit, Granularity
 from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.outputs import flatten_output, unflatten_output
 from rfcache.runtime.predictors import (
     difference_gram,
     gram_relational_forecast,
+    kept_differences,
     relation_ratio,
     update_differences,
     weighted_sum,
 )
 
-__all__ = ["CONDITIONING_PREFIX", "MODEL_OUTPUT", "PredictorSpec", "StateTensor", "StepGraphs"]
+__all__ = ["PredictorSpec", "StateTensor", "StepGraphs"]
 
-MODEL_OUTPUT = "sample"
-CONDITIONING_PREFIX = "c."
 _HOOK = "rfcache-export"
 
 
@@ -66,7 +67,7 @@ class PredictorSpec:
     @property
     def keep(self) -> int:
         """Highest difference order kept (``D_0..D_keep``)."""
-        return 0 if self.predictor == "reuse" else self.order
+        return kept_differences(self.predictor, self.order)
 
     @property
     def num_coeffs(self) -> int:
@@ -88,11 +89,26 @@ class StateTensor:
     dtype: str
 
 
-@dataclass
+@dataclass(frozen=True)
 class _Layout:
-    tensors: int  # how many tensors the unit returns
-    positions: tuple[bool, ...]  # which places of a returned tuple hold tensors
-    single: bool  # returns a bare tensor
+    """What a unit returns (runtime/outputs.py): which places of a tuple hold tensors, or a bare tensor."""
+
+    positions: tuple[bool, ...]
+    single: bool
+
+    @property
+    def tensors(self) -> int:
+        """How many tensors the unit returns."""
+        return sum(self.positions)
+
+
+def _flatten(out: Any) -> tuple[list[torch.Tensor], _Layout]:
+    tensors, positions, single = flatten_output(out)
+    return tensors, _Layout(positions, single)
+
+
+def _unflatten(tensors: list[torch.Tensor], layout: _Layout) -> Any:
+    return unflatten_output(tensors, layout.positions, layout.single)
 
 
 class StepGraphs:
@@ -341,19 +357,3 @@ def _conditioning_names(path: str, layout: _Layout) -> list[str]:
     if layout.single:
         return [f"{CONDITIONING_PREFIX}{path}"]
     return [f"{CONDITIONING_PREFIX}{path}.{i}" for i in range(layout.tensors)]
-
-
-def _flatten(out: Any) -> tuple[list[torch.Tensor], _Layout]:
-    if isinstance(out, torch.Tensor):
-        return [out], _Layout(1, (True,), True)
-    if isinstance(out, tuple):
-        tensors = [o for o in out if o is not None]
-        return tensors, _Layout(len(tensors), tuple(o is not None for o in out), False)
-    raise TypeError(f"a cached unit must return a tensor or a tuple of tensors, not {type(out).__name__}")
-
-
-def _unflatten(tensors: list[torch.Tensor], layout: _Layout) -> Any:
-    if layout.single:
-        return tensors[0]
-    it = iter(tensors)
-    return tuple(next(it) if present else None for present in layout.positions)

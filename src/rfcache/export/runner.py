@@ -1,11 +1,11 @@
-"""Run a bundle with ONNX Runtime: replay its fixed pattern, cache state kept on the device.
+"""What every backend's runner shares: the pattern's coefficients, one generation step by step, the sampler.
 
-`OrtRunner.steps(batch)` gives a `StepRunner` that executes one denoising step per call, in order:
-the full graph at ``C`` steps (reading the previous state, writing the new one into the other of
-two preallocated buffers, then swapping them) and the cached graph at ``P`` steps (reading the
-state, fed the step's coefficients). State tensors are bound with I/O binding, so between steps
-they never leave the device; only the transformer's inputs and its output cross. A cached step
-whose output is not finite is run again as a full step and counted.
+A runner (:class:`BundleRunner`, one subclass per backend in ``backends/``) holds a bundle's loaded
+graphs; ``runner.steps(batch)`` gives a :class:`StepRunner` that executes one denoising step per
+call, in order: the full graph at ``C`` steps (reading the previous state, writing the new one) and
+the cached graph at ``P`` steps (reading the state, fed the step's coefficients). A cached step
+whose output is not finite is run again as a full step and counted. Backends implement the graph
+calls and keep the cache state on their device.
 
 Where the bundle has a conditioning graph (every step's timestep embedding and adaLN modulation from
 the timestep and the per-sample condition), the step graphs read its rows (``c.*`` inputs) instead
@@ -14,7 +14,7 @@ as :meth:`BundleRunner.generate` does), it runs once, at the first step, for eve
 whose timestep or condition inputs differ from that prediction, or a runner given no timesteps,
 runs it for that step alone.
 
-`OrtRunner.generate(...)` is the sampler loop of class-conditional bundles (the embedded model,
+:meth:`BundleRunner.generate` is the sampler loop of class-conditional bundles (the embedded model,
 DiT): diffusers' scheduler, classifier-free guidance as the pipeline does it, and the bundle's
 decoder graph where there is one. No model code is needed.
 """
@@ -22,7 +22,6 @@ decoder graph where there is one. No model code is needed.
 from __future__ import annotations
 
 import logging
-import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,14 +31,14 @@ import numpy as np
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, decode_config, first_line, resolve_shape
-from rfcache.export.graphs import CONDITIONING_PREFIX
+from rfcache.export.bundle import EngineFolder
+from rfcache.export.manifest import CONDITIONING_PREFIX, BundleError, decode_config, resolve_shape
+from rfcache.runtime.predictors import kept_differences, padded_taylor_coefficients
 from rfcache.schedules import ratio_position
 
-__all__ = ["BundleRunner", "GenerationResult", "OrtRunner", "StepRunner", "open_runner", "pattern_coefficients"]
+__all__ = ["BundleRunner", "GenerationResult", "StepRunner", "host_array", "pattern_coefficients"]
 
 logger = logging.getLogger(__name__)
-_PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider"}
 
 
 def pattern_coefficients(
@@ -60,8 +59,7 @@ def pattern_coefficients(
             full, last = full + 1, step
             out.append(None)
             continue
-        k, order = step - last, min(keep, full - 1)
-        coeffs = [k**i / math.factorial(i) if i <= order else 0.0 for i in range(keep + 1)]
+        coeffs = padded_taylor_coefficients(step - last, min(keep, full - 1), keep)
         out.append([*coeffs, ratio_position(step, len(pattern))] if step_position else coeffs)
     return out
 
@@ -84,10 +82,10 @@ class BundleRunner:
 
     step_runner: type[StepRunner]
 
-    def __init__(self, bundle: Bundle, device: str) -> None:
+    def __init__(self, bundle: EngineFolder, device: str) -> None:
         self.bundle, self.device = bundle, device
         predictor = bundle.manifest["predictor"]
-        self.keep = 0 if predictor["kind"] == "reuse" else int(predictor["order"])
+        self.keep = kept_differences(predictor["kind"], int(predictor["order"]))
         self.start_at(0)
 
     def start_at(self, first_step: int) -> None:
@@ -262,10 +260,11 @@ class StepRunner:
 
     def _predicted(self, t: Any, inputs: dict[str, Any], conditions: list[str]) -> bool:
         assert self._schedule is not None
-        if not bool((_host(t) == self._schedule[self.step - self.first_step]).all()):
+        if not bool((host_array(t) == self._schedule[self.step - self.first_step]).all()):
             return False
         return all(
-            inputs[n] is self._first[n] or np.array_equal(_host(inputs[n]), _host(self._first[n])) for n in conditions
+            inputs[n] is self._first[n] or np.array_equal(host_array(inputs[n]), host_array(self._first[n]))
+            for n in conditions
         )
 
     def _run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -293,116 +292,7 @@ class StepRunner:
         raise NotImplementedError
 
 
-class OrtRunner(BundleRunner):
-    """ONNX Runtime sessions for a bundle's graphs on ``device`` (``"cpu"`` or ``"cuda"``)."""
-
-    def __init__(self, bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> None:
-        import onnxruntime as ort
-
-        super().__init__(bundle, device)
-        if bundle.precision == "fp16" and device != "cuda":
-            raise RfcacheError(f"{bundle.path}: an fp16 bundle runs on cuda only")
-        provider = _PROVIDERS.get(device)
-        if provider is None:
-            raise RfcacheError(f"device {device!r} is not one of {', '.join(_PROVIDERS)}")
-        if provider not in ort.get_available_providers():
-            raise RfcacheError(f"ONNX Runtime here has no {provider}; install onnxruntime-gpu for --device cuda")
-        self.ort = ort
-        options = ort.SessionOptions()
-        if threads:
-            options.intra_op_num_threads = threads
-        providers = [provider] if device == "cpu" else [provider, "CPUExecutionProvider"]
-        self.sessions: dict[str, Any] = {}
-        for name, spec in bundle.graphs.items():
-            try:
-                session = ort.InferenceSession(str(bundle.file(spec.file)), options, providers=providers)
-            except Exception as exc:  # onnxruntime raises its own exception types
-                raise BundleError(
-                    f"{bundle.file(spec.file)}: ONNX Runtime cannot load it ({first_line(exc)})"
-                ) from None
-            found = [i.name for i in session.get_inputs()]
-            if found != [t.name for t in spec.inputs]:
-                raise BundleError(f"{bundle.file(spec.file)}: graph inputs {found} differ from the manifest's")
-            self.sessions[name] = session
-
-    def decode_latents(self, latents: np.ndarray) -> np.ndarray:
-        return self.sessions["decoder"].run(None, {"latents": latents})[0]
-
-
-class _OrtSteps(StepRunner):
-    """State in two preallocated sets of OrtValues on the device, swapped after each full step."""
-
-    def __init__(self, runner: OrtRunner, *args: Any, **kwargs: Any) -> None:
-        super().__init__(runner, *args, **kwargs)
-        self.sessions = runner.sessions
-        device = runner.device
-        graphs = runner.bundle.graphs
-        self._dtypes = {t.name: np.dtype(t.dtype) for t in graphs["full"].inputs}
-        sample = graphs["full"].outputs[0]
-
-        def alloc(shape: Sequence[int | str], dtype: str) -> Any:
-            dims = resolve_shape(shape, self.sizes)
-            return runner.ort.OrtValue.ortvalue_from_numpy(np.zeros(dims, dtype=np.dtype(dtype)), device, 0)
-
-        state = runner.bundle.manifest["state"]
-        self._current = {s["name"]: alloc(s["shape"], s["dtype"]) for s in state}
-        self._next = {s["name"]: alloc(s["shape"], s["dtype"]) for s in state}
-        self._sample_name = sample.name
-        self._sample = alloc(sample.shape, sample.dtype)
-        self._full_reads = [t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")]
-        if "conditioning" in graphs:
-            self._dtypes.update({t.name: np.dtype(t.dtype) for t in graphs["conditioning"].inputs})
-            self._condition_outputs = [t.name for t in graphs["conditioning"].outputs]
-
-    def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
-        # on the host: the step graphs bind each step's rows (a view) as inputs
-        feeds = {n: np.ascontiguousarray(_host(a), dtype=self._dtypes[n]) for n, a in inputs.items()}
-        return dict(zip(self._condition_outputs, self.sessions["conditioning"].run(None, feeds), strict=True))
-
-    def _binding(self, graph: str, inputs: dict[str, np.ndarray], constant: str, value: Any) -> Any:
-        binding = self.sessions[graph].io_binding()
-        for name, array in inputs.items():
-            binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=self._dtypes[name]))
-        binding.bind_cpu_input(constant, np.asarray(value, dtype=self._dtypes["distance"]))
-        binding.bind_ortvalue_output(self._sample_name, self._sample)
-        return binding
-
-    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
-        binding = self._binding("full", inputs, "distance", distance)
-        for name in self._full_reads:
-            binding.bind_ortvalue_input(f"prev.{name}", self._current[name])
-        for name, value in self._next.items():
-            binding.bind_ortvalue_output(name, value)
-        self.sessions["full"].run_with_iobinding(binding)
-        self._current, self._next = self._next, self._current
-        return self._sample.numpy()
-
-    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
-        binding = self._binding("cached", inputs, "coeffs", coeffs)
-        for name, value in self._current.items():
-            binding.bind_ortvalue_input(name, value)
-        self.sessions["cached"].run_with_iobinding(binding)
-        return self._sample.numpy()
-
-
-OrtRunner.step_runner = _OrtSteps
-
-
-def open_runner(bundle: Bundle, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:
-    """The runner for ``bundle``'s backend, from its manifest: ONNX Runtime, AOTInductor packages,
-    or TensorRT engines (``tensorrt`` extra)."""
-    if bundle.backend == "aoti":
-        from rfcache.export.aoti import AotiRunner
-
-        return AotiRunner(bundle, device=device)
-    if bundle.backend == "tensorrt":
-        from rfcache.export.tensorrt import TrtRunner
-
-        return TrtRunner(bundle, device=device)
-    return OrtRunner(bundle, device=device, threads=threads)
-
-
-def _host(value: Any) -> np.ndarray:
+def host_array(value: Any) -> np.ndarray:
     """A step input (numpy array or torch tensor, on any device) as a host array."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu().numpy()

@@ -29,7 +29,6 @@ the development machines (no GPU there).
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,16 +37,19 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.models import CacheUnit
 from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.outputs import flatten_output, unflatten_output
 from rfcache.runtime.predictors import (
     difference_gram,
     estimate_predictor_flops,
     gram_pair_weights,
+    kept_differences,
+    padded_taylor_coefficients,
     relation_ratio,
     stack_gram,
     stacked_relational_forecast,
     weighted_sum,
 )
-from rfcache.runtime.session import HOOK_NAME, CacheSession, _flatten, _unflatten
+from rfcache.runtime.session import HOOK_NAME, CacheSession
 from rfcache.schedules import ratio_position
 
 __all__ = ["CompiledSchedule"]
@@ -90,7 +92,7 @@ class CompiledSchedule:
         if cuda_graphs and param.device.type != "cuda":
             raise RfcacheError("cuda_graphs=True needs the model on a CUDA device")
         self.session, self.model, self.adapter = session, session.model, session.adapter
-        self.keep = 0 if config.predictor == "reuse" else config.order
+        self.keep = kept_differences(config.predictor, config.order)
         self.cuda_graphs = cuda_graphs
         self.full = True  # the one Python value the graphs are specialised on
         self.distance = torch.ones((), dtype=torch.float32, device=param.device)
@@ -178,7 +180,7 @@ class CompiledSchedule:
             self.coeffs = self._cached(
                 self._coeff_cache,
                 (k, order),
-                lambda: [k**i / math.factorial(i) if i <= order else 0.0 for i in range(self.keep + 1)],
+                lambda: padded_taylor_coefficients(k, order, self.keep),
             )
             if (k, order) not in self._pair_cache:
                 self._pair_cache[(k, order)] = gram_pair_weights(self.coeffs)
@@ -241,7 +243,7 @@ class CompiledSchedule:
         return original(*args, **kwargs) if shared is None else shared
 
     def _refresh(self, unit: CacheUnit, slot: _Slot | None, out: Any, x: torch.Tensor) -> None:
-        tensors, layout, single = _flatten(out)
+        tensors, layout, single = flatten_output(out)
         config = self.session.config
         relational = config.predictor == "relational"
         if slot is None:  # eager: the first step of this shape allocates the state
@@ -298,4 +300,4 @@ class CompiledSchedule:
                     ratio = ratio + self.slopes[unit.index] * self.position
                 grams, x_full = slot.grams[j], slot.input_at_full
                 outs.append(stacked_relational_forecast(diffs, self.coeffs, self.pair_weights, grams, ratio, x, x_full))
-        return _unflatten(outs, slot.layout, slot.single)
+        return unflatten_output(outs, slot.layout, slot.single)

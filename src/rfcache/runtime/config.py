@@ -1,6 +1,6 @@
 """`CacheConfig`: a caching method and its parameters, validated once.
 
-Methods (method.md): ``none`` (hooks attached, every step computed), ``fora`` (reuse + interval),
+Methods (docs/method.md): ``none`` (hooks attached, every step computed), ``fora`` (reuse + interval),
 ``taylorseer`` (Taylor + interval), ``rfe`` (relational + interval), ``rcs`` (Taylor + dynamic),
 ``rfc`` (relational + dynamic: the paper's full method) and ``static`` (a profile's fixed mask with
 the profile's predictor). Parameter names are shared by all methods where they apply.

@@ -1,6 +1,6 @@
 """Predictors: how a skipped unit's output is produced. Pure tensor code, no model knowledge.
 
-Notation (method.md): the last full step is ``t``, the one before ``t+N``; ``k >= 1`` steps have
+Notation (docs/method.md): the last full step is ``t``, the one before ``t+N``; ``k >= 1`` steps have
 passed since ``t``. Steps are counted in sampling order here, so ``N`` and ``k`` are positive.
 
 - ``reuse`` (FORA): ``O(t-k) = O(t)``.
@@ -37,6 +37,8 @@ __all__ = [
     "estimate_predictor_flops",
     "gram_pair_weights",
     "gram_relational_forecast",
+    "kept_differences",
+    "padded_taylor_coefficients",
     "per_sample_norm",
     "relation_ratio",
     "relational_forecast",
@@ -81,6 +83,17 @@ def update_differences(
 def taylor_coefficients(k: int, count: int) -> list[float]:
     """``[k^0/0!, ..., k^(count-1)/(count-1)!]``: the weights of the differences at ``k`` steps."""
     return [k**i / math.factorial(i) for i in range(count)]
+
+
+def padded_taylor_coefficients(k: int, order: int, keep: int) -> list[float]:
+    """``keep + 1`` weights: :func:`taylor_coefficients` up to ``order`` (what the full steps so far
+    allow) and 0 above it, so one fixed-size step (an exported graph, a compiled step) serves every ``k``."""
+    return [*taylor_coefficients(k, order + 1), *[0.0] * (keep - order)]
+
+
+def kept_differences(predictor: str, order: int) -> int:
+    """The highest difference a predictor keeps (``D_0..D_keep``): reuse keeps ``D_0`` alone."""
+    return 0 if predictor == "reuse" else order
 
 
 def weighted_sum(differences: list[torch.Tensor], coefficients: Sequence[Any], *, start: int = 0) -> torch.Tensor:

@@ -54,11 +54,14 @@ from rfcache.runtime.memory import (
     shape_only_forward,
     tensor_shapes,
 )
+from rfcache.runtime.outputs import flatten_output as _flatten
+from rfcache.runtime.outputs import unflatten_output as _unflatten
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
 from rfcache.runtime.predictors import (
     difference_gram,
     estimate_predictor_flops,
     gram_pair_weights,
+    kept_differences,
     relation_ratio,
     stack_gram,
     stacked_relational_forecast,
@@ -68,6 +71,7 @@ from rfcache.runtime.predictors import (
 )
 from rfcache.runtime.runspec import guidance_mode
 from rfcache.schedules import Profile
+from rfcache.schedules.masks import runs_full
 
 __all__ = ["CacheSession", "CacheSummary", "call_kind"]
 
@@ -372,8 +376,7 @@ class CacheSession:
         step = self._step
         since = step - branch.last_full if branch.last_full >= 0 else step + 1
         full = branch.policy.decide(step, since, first_input if branch.policy.needs_first_input else None)
-        if not full and branch.num_full < self.config.min_full_steps:
-            full = True  # the predictor has no history yet (RFE needs two full steps)
+        full = runs_full(full, branch.num_full, self.config.min_full_steps)  # no history yet: computed
         branch.first_input = first_input if branch.policy.needs_first_input else None
         if full:
             self._mark_full(branch, step, branch.first_input)
@@ -393,7 +396,7 @@ class CacheSession:
         tensors, state.layout, state.single = _flatten(out)
         distance = step - state.last_full if state.last_full >= 0 else 1
         kind, order = self.config.predictor, self.config.order
-        keep = 0 if kind == "reuse" else order
+        keep = kept_differences(kind, order)
         old = state.differences or [[] for _ in tensors]
         if kind == "relational" and state.input_at_full is not None and state.differences:
             state.ratios = [
@@ -546,18 +549,3 @@ def _first_tensor(output: Any) -> torch.Tensor:
 
 def _nbytes(t: torch.Tensor) -> int:
     return t.numel() * t.element_size()
-
-
-def _flatten(out: Any) -> tuple[list[torch.Tensor], tuple[bool, ...], bool]:
-    if isinstance(out, torch.Tensor):
-        return [out], (True,), True
-    if isinstance(out, tuple):
-        return [o for o in out if o is not None], tuple(o is not None for o in out), False
-    raise TypeError(f"a cached unit must return a tensor or a tuple of tensors, not {type(out).__name__}")
-
-
-def _unflatten(tensors: list[torch.Tensor], layout: tuple[bool, ...] | None, single: bool) -> Any:
-    if single:
-        return tensors[0]
-    it = iter(tensors)
-    return tuple(next(it) if present else None for present in (layout or ()))

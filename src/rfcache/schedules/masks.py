@@ -19,9 +19,35 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-__all__ = ["interval_for_nfc", "interval_mask", "is_interval_full", "optimal_masks", "rcs_mask", "warped_mask"]
+__all__ = [
+    "effective_pattern",
+    "interval_for_nfc",
+    "interval_mask",
+    "is_interval_full",
+    "optimal_masks",
+    "rcs_mask",
+    "runs_full",
+    "warped_mask",
+]
 
 _EPS = 1e-12
+
+
+def runs_full(planned_full: bool, full_steps: int, min_full_steps: int) -> bool:
+    """The warm-up rule: a step is computed where it is planned full or where the predictor has fewer
+    than ``min_full_steps`` full steps so far to predict from (RFE needs two)."""
+    return planned_full or full_steps < min_full_steps
+
+
+def effective_pattern(mask: str, min_full_steps: int) -> str:
+    """The pattern a ``C``/``P`` mask executes under :func:`runs_full` (the runtime's session does the
+    same step by step)."""
+    out, full = [], 0
+    for letter in mask:
+        letter = "C" if runs_full(letter == "C", full, min_full_steps) else "P"
+        full += letter == "C"
+        out.append(letter)
+    return "".join(out)
 
 
 def is_interval_full(step: int, interval: int, warmup: int) -> bool:

@@ -1,10 +1,11 @@
-"""AOTInductor packages (``.pt2``) of a bundle's step graphs, and a runner for them.
+"""The aoti backend: AOTInductor packages (``.pt2``) of a bundle's step graphs, and a runner for them.
 
 The same step modules as the ONNX graphs (graphs.py: same inputs, outputs and state, in the same
 order, with the same dynamic batch axis) go through ``torch.export`` and
 ``torch._inductor.aoti_compile_and_package`` into one package per graph, compiled for the device
 the model is on (gcc on CPU, CUDA kernels on a GPU). The bundle format is unchanged: the manifest
-names ``full.pt2``, ``cached.pt2`` (and ``decoder.pt2``), every file is hashed and checked on load.
+names ``full.pt2``, ``cached.pt2`` (``conditioning.pt2``, ``decoder.pt2``), every file is hashed and
+checked on load.
 
 :class:`AotiRunner` loads the packages with ``torch._inductor.aoti_load_package``: no model code,
 no diffusers import to run steps. Inputs, the cache state and the output stay torch tensors on
@@ -16,19 +17,34 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
 from rfcache.devices import check_device
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, first_line, resolve_shape
+from rfcache.export.backends.base import Backend
+from rfcache.export.bundle import EngineFolder
+from rfcache.export.manifest import COEFFS, DECODER_INPUT, DISTANCE, PREVIOUS, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.runtime.cudagraphs import GraphedCall
 
-__all__ = ["AotiRunner", "save_package"]
+__all__ = ["AotiBackend", "AotiRunner", "save_package"]
 
 logger = logging.getLogger(__name__)
+
+
+class AotiBackend(Backend):
+    """AOTInductor packages compiled for the model's device kind; they run only on that kind."""
+
+    name: ClassVar[str] = "aoti"
+    extension: ClassVar[str] = ".pt2"
+
+    def save_graph(self, module: torch.nn.Module, args: tuple, dynamic_shapes: Any, path: Path, **names: Any) -> None:
+        save_package(module, args, dynamic_shapes, path)  # a package's inputs are positional: no names
+
+    def open_runner(self, bundle: EngineFolder, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:
+        return AotiRunner(bundle, device=device)
 
 
 def save_package(module: torch.nn.Module, args: tuple, dynamic_shapes: Any, path: Path) -> None:
@@ -47,7 +63,7 @@ def save_package(module: torch.nn.Module, args: tuple, dynamic_shapes: Any, path
 class AotiRunner(BundleRunner):
     """AOTInductor packages of a bundle on ``device``; same interface as the ONNX runner."""
 
-    def __init__(self, bundle: Bundle, *, device: str = "cpu", cuda_graphs: bool = False) -> None:
+    def __init__(self, bundle: EngineFolder, *, device: str = "cpu", cuda_graphs: bool = False) -> None:
         dev = check_device(device)
         built = bundle.manifest.get("device", "cpu")
         if dev.type != torch.device(built).type:
@@ -69,7 +85,7 @@ class AotiRunner(BundleRunner):
         return self.torch_device
 
     def decode_latents(self, latents: Any) -> Any:
-        z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", "latents"))
+        z = torch.as_tensor(latents).to(self.torch_device, self._dtype("decoder", DECODER_INPUT))
         with torch.no_grad():
             return self.packages["decoder"](z)[0].cpu().numpy()
 
@@ -95,7 +111,7 @@ class _AotiSteps(StepRunner):
             torch.zeros(resolve_shape(s["shape"], self.sizes), dtype=getattr(torch, s["dtype"]), device=dev)
             for s in runner.bundle.manifest["state"]
         ]
-        reads = {t.name.removeprefix("prev.") for t in graphs["full"].inputs if t.name.startswith("prev.")}
+        reads = {t.name.removeprefix(PREVIOUS) for t in graphs["full"].inputs if t.name.startswith(PREVIOUS)}
         self._full_reads = [i for i, n in enumerate(self._state_names) if n in reads]
         self._graphed: dict[str, GraphedCall] = {}
 
@@ -104,7 +120,7 @@ class _AotiSteps(StepRunner):
         dev = self.aoti.torch_device
         out = []
         for n, dtype in self._dtypes.items():
-            if n == "distance":  # the full graph's constant; the cached graph's coeffs stand at its place
+            if n == DISTANCE:  # the full graph's constant; the cached graph's coeffs stand at its place
                 out.append(torch.as_tensor(value, dtype=dtype, device=dev))
             elif n in inputs:
                 # packages assume the dense strides they were compiled with (an expanded timestep has stride 0)
@@ -129,13 +145,13 @@ class _AotiSteps(StepRunner):
             return list(self._graphed[graph](*args))
 
     def run_full(self, inputs: dict[str, Any], distance: int) -> torch.Tensor:
-        args = self._tensors(inputs, "distance", float(distance))
+        args = self._tensors(inputs, DISTANCE, float(distance))
         outs = self._call("full", [*args, *(self._state[i] for i in self._full_reads)])
         self._state = [o.clone() if self.aoti.cuda_graphs else o for o in outs[1:]]  # graph outputs are reused
         return outs[0].clone() if self.aoti.cuda_graphs else outs[0]
 
     def run_cached(self, inputs: dict[str, Any], coeffs: list[float]) -> torch.Tensor:
-        args = self._tensors(inputs, "coeffs", coeffs)
+        args = self._tensors(inputs, COEFFS, coeffs)
         out = self._call("cached", [*args, *self._state])[0]
         return out.clone() if self.aoti.cuda_graphs else out
 

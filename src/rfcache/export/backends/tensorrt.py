@@ -1,4 +1,4 @@
-"""TensorRT engines built from a bundle's ONNX graphs, and a runner with the same interface.
+"""The tensorrt backend: TensorRT engines built from a bundle's ONNX graphs, and a runner for them.
 
 Optional: needs the ``tensorrt`` extra and a CUDA GPU, imported only inside these functions. The
 engines are built from the very graphs ONNX Runtime runs (FP16 optional), with one optimisation
@@ -17,19 +17,41 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from rfcache.errors import RfcacheError
-from rfcache.export.bundle import Bundle, BundleError, first_line
+from rfcache.export.backends.onnx import OnnxBackend
+from rfcache.export.bundle import EngineFolder
+from rfcache.export.manifest import COEFFS, DECODER_INPUT, DISTANCE, PREVIOUS, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner
 
-__all__ = ["TrtRunner", "build_engines", "require_tensorrt"]
+__all__ = ["TensorRTBackend", "TrtRunner", "build_engines", "require_tensorrt"]
 
 logger = logging.getLogger(__name__)
 MAX_BATCH = 64
 MAX_STEPS = 1000  # the conditioning graph runs every step of a generation at once
+
+
+class TensorRTBackend(OnnxBackend):
+    """ONNX graphs (fp32; ``fp16`` builds FP16 engines from them) and the TensorRT engines built from them."""
+
+    name: ClassVar[str] = "tensorrt"
+    half_graphs: ClassVar[bool] = False
+    fixed_text: ClassVar[str | None] = "TensorRT engines are built for the exported text length"
+
+    def require(self) -> None:
+        require_tensorrt()
+
+    def check_export(self, *, fp16: bool, device: Any) -> None:
+        """Any device: the engines are built from the ONNX graphs, whatever device exported them."""
+
+    def finish(self, folder: Path, graphs: dict[str, Any], *, fp16: bool) -> dict[str, Any]:
+        return {"engines": build_engines(folder, graphs, fp16=fp16)}
+
+    def open_runner(self, bundle: EngineFolder, *, device: str = "cpu", threads: int | None = None) -> BundleRunner:
+        return TrtRunner(bundle, device=device)
 
 
 def require_tensorrt() -> Any:
@@ -83,7 +105,7 @@ def build_engines(folder: Path, graphs: dict[str, Any], *, fp16: bool = False) -
 class TrtRunner(BundleRunner):
     """TensorRT execution contexts for a bundle's engines; same interface as the ONNX runner."""
 
-    def __init__(self, bundle: Bundle, *, device: str = "cuda") -> None:
+    def __init__(self, bundle: EngineFolder, *, device: str = "cuda") -> None:
         trt = require_tensorrt()
         import torch
 
@@ -108,8 +130,8 @@ class TrtRunner(BundleRunner):
     def decode_latents(self, latents: Any) -> np.ndarray:
         image = self.bundle.graphs["decoder"].outputs[0]
         z = self.to_device(latents, self.bundle.graphs["decoder"].inputs[0].dtype)
-        out = self._empty(image.shape, image.dtype, z.shape[0])
-        self.execute("decoder", {"latents": z, image.name: out})
+        out = self.zeros(image.shape, image.dtype, {"batch": z.shape[0]})
+        self.execute("decoder", {DECODER_INPUT: z, image.name: out})
         return out.cpu().numpy()  # once, at the end of a generation
 
     def to_device(self, value: Any, dtype: str) -> Any:
@@ -117,9 +139,9 @@ class TrtRunner(BundleRunner):
         torch = self.torch
         return torch.as_tensor(value).to("cuda", getattr(torch, dtype), non_blocking=True).contiguous()
 
-    def _empty(self, shape: Sequence[int | str], dtype: str, batch: int, steps: int = 1) -> Any:
-        dims = [batch if d == "batch" else steps if d == "steps" else d for d in shape]
-        return self.torch.zeros(dims, dtype=getattr(self.torch, dtype), device="cuda")
+    def zeros(self, shape: Sequence[int | str], dtype: str, sizes: dict[str, int]) -> Any:
+        """A CUDA tensor of zeros of a manifest shape, its symbols resolved by ``sizes``."""
+        return self.torch.zeros(resolve_shape(shape, sizes), dtype=getattr(self.torch, dtype), device="cuda")
 
     def execute(self, graph: str, tensors: dict[str, Any]) -> None:
         """Bind every input and output tensor by name and enqueue ``graph``'s engine on torch's stream."""
@@ -139,39 +161,39 @@ class _TrtSteps(StepRunner):
         super().__init__(runner, *args, **kwargs)
         self.trt = runner
         state = runner.bundle.manifest["state"]
-        self._current = {s["name"]: runner._empty(s["shape"], s["dtype"], self.batch) for s in state}
-        self._next = {s["name"]: runner._empty(s["shape"], s["dtype"], self.batch) for s in state}
+        self._current = {s["name"]: runner.zeros(s["shape"], s["dtype"], self.sizes) for s in state}
+        self._next = {s["name"]: runner.zeros(s["shape"], s["dtype"], self.sizes) for s in state}
         full = runner.bundle.graphs["full"]
         self._sample_name = full.outputs[0].name
-        self._sample = runner._empty(full.outputs[0].shape, full.outputs[0].dtype, self.batch)
+        self._sample = runner.zeros(full.outputs[0].shape, full.outputs[0].dtype, self.sizes)
         self._dtypes = {t.name: t.dtype for t in full.inputs}
-        self._full_reads = [t.name.removeprefix("prev.") for t in full.inputs if t.name.startswith("prev.")]
+        self._full_reads = [t.name.removeprefix(PREVIOUS) for t in full.inputs if t.name.startswith(PREVIOUS)]
 
     def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
         graph = self.trt.bundle.graphs["conditioning"]
         tensors = {t.name: self.trt.to_device(inputs[t.name], t.dtype) for t in graph.inputs}
         steps = tensors[graph.inputs[0].name].shape[0]
-        outputs = {t.name: self.trt._empty(t.shape, t.dtype, self.batch, steps) for t in graph.outputs}
+        outputs = {t.name: self.trt.zeros(t.shape, t.dtype, {**self.sizes, "steps": steps}) for t in graph.outputs}
         self.trt.execute("conditioning", {**tensors, **outputs})
         return outputs
 
     def _inputs(self, inputs: dict[str, Any], constant: str, value: Any) -> dict[str, Any]:
         to_device = self.trt.to_device
         out = {n: to_device(a, self._dtypes[n]) for n, a in inputs.items()}
-        out[constant] = to_device(value, self._dtypes["distance"])  # a few floats: the step's only upload
+        out[constant] = to_device(value, self._dtypes[DISTANCE])  # a few floats: the step's only upload
         out[self._sample_name] = self._sample
         return out
 
     def run_full(self, inputs: dict[str, Any], distance: int) -> Any:
-        tensors = self._inputs(inputs, "distance", float(distance))
-        tensors.update({f"prev.{n}": self._current[n] for n in self._full_reads})
+        tensors = self._inputs(inputs, DISTANCE, float(distance))
+        tensors.update({f"{PREVIOUS}{n}": self._current[n] for n in self._full_reads})
         tensors.update(self._next)
         self.trt.execute("full", tensors)
         self._current, self._next = self._next, self._current
         return self._sample.clone()  # stays on the GPU; the buffer is reused by the next step
 
     def run_cached(self, inputs: dict[str, Any], coeffs: list[float]) -> Any:
-        tensors = self._inputs(inputs, "coeffs", coeffs)
+        tensors = self._inputs(inputs, COEFFS, coeffs)
         tensors.update(self._current)
         self.trt.execute("cached", tensors)
         return self._sample.clone()

@@ -1,4 +1,9 @@
-"""`EngineTransformer`: a bundle in place of a pipeline's transformer.
+"""Putting a bundle into a pipeline: :class:`EngineTransformer` in place of its transformer.
+
+:func:`load_bundle` opens a bundle folder as a :class:`Bundle` (one engine) or an
+:class:`ExpertBundle` (a two-expert pipeline's, Wan 2.2); ``bundle.into(pipe)`` replaces the
+pipeline's transformer (both, for two experts, the second counting steps from its boundary) by
+an engine that runs the bundle's graphs with the backend's runner.
 
 The pipeline's own text encoders, scheduler loop, guidance and VAE run unchanged; each call of
 ``pipe.transformer`` runs one step of the bundle's graphs with its baked schedule. Steps and
@@ -12,20 +17,59 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import os
 from collections.abc import Iterator
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
-from rfcache.export.bundle import Bundle, BundleError
-from rfcache.export.graphs import CONDITIONING_PREFIX
+from rfcache.export.backends import open_runner
+from rfcache.export.bundle import EngineFolder, ExpertFolder, read_folder
+from rfcache.export.manifest import CONDITIONING_PREFIX, DISTANCE, PREVIOUS, BundleError
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.models import get_adapter
 from rfcache.runtime.conditioning import predicted_timesteps
+from rfcache.runtime.experts import check_profile_experts
 from rfcache.runtime.identity import config_hash
 from rfcache.runtime.session import call_kind
 
-__all__ = ["EngineTransformer", "put_bundle"]
+__all__ = ["Bundle", "EngineTransformer", "ExpertBundle", "load_bundle", "put_bundle"]
+
+
+@dataclass(frozen=True)
+class Bundle(EngineFolder):
+    """A verified single-engine bundle (bundle.py), ready for a runner or for a pipeline."""
+
+    def into(self, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
+        """Put the bundle in place of ``pipe.transformer``: the pipeline's text encoders, scheduler loop
+        and VAE run as usual, each transformer step runs from the engine with the baked schedule.
+
+        Example:
+            >>> pipe = rfcache.load_pipeline("./my-flux")
+            >>> rfcache.load_bundle("flux-bundle/").into(pipe)
+            >>> image = pipe("a red fox", generator=torch.Generator().manual_seed(0)).images[0]
+        """
+        return put_bundle(self, pipe, device=device, threads=threads)
+
+
+@dataclass(frozen=True)
+class ExpertBundle(ExpertFolder):
+    """A verified two-expert bundle (Wan 2.2): one :class:`Bundle` per transformer."""
+
+    member: ClassVar[type[EngineFolder]] = Bundle
+
+    def into(self, pipe: Any, *, device: str = "cpu", threads: int | None = None) -> Any:
+        """Replace ``pipe.transformer`` and ``pipe.transformer_2``, each by its expert's engine."""
+        check_profile_experts(self.profile, pipe)
+        for component, first_step, bundle in self.experts:
+            put_bundle(bundle, pipe, device=device, threads=threads, component=component, first_step=first_step)
+        return pipe
+
+
+def load_bundle(path: str | os.PathLike[str]) -> Bundle | ExpertBundle:
+    """Open a bundle folder, verifying every file's hash; refuses a missing, altered or extra file."""
+    return read_folder(path, engine=Bundle, experts=ExpertBundle)  # type: ignore[return-value]
 
 
 class EngineTransformer(torch.nn.Module):
@@ -33,7 +77,7 @@ class EngineTransformer(torch.nn.Module):
 
     def __init__(
         self,
-        bundle: Bundle,
+        bundle: EngineFolder,
         runner: BundleRunner,
         original: torch.nn.Module,
         scheduler: Any = None,
@@ -49,7 +93,7 @@ class EngineTransformer(torch.nn.Module):
         self._names = [n for n in inspect.signature(original.forward).parameters if n != "self"]
         full = bundle.graphs["full"].inputs
         self._inputs = [
-            t.name for t in full if t.name != "distance" and not t.name.startswith(("prev.", CONDITIONING_PREFIX))
+            t.name for t in full if t.name != DISTANCE and not t.name.startswith((PREVIOUS, CONDITIONING_PREFIX))
         ]
         self._timestep: float | None = None
         self._run: Any = None  # the scheduler's timesteps of the current generation
@@ -134,7 +178,7 @@ class EngineTransformer(torch.nn.Module):
 
 
 def put_bundle(
-    bundle: Bundle,
+    bundle: EngineFolder,
     pipe: Any,
     *,
     device: str = "cpu",
@@ -144,8 +188,6 @@ def put_bundle(
 ) -> Any:
     """Replace ``pipe.transformer`` (or another ``component``, starting at ``first_step``) by the
     bundle's engine; refuses a bundle made for another model."""
-    from rfcache.export.runner import open_runner
-
     original = getattr(pipe, component, None)
     if not isinstance(original, torch.nn.Module) or isinstance(original, EngineTransformer):
         raise BundleError(f"{type(pipe).__name__} has no transformer of its own to replace")
