@@ -25,7 +25,14 @@ import torch
 from rfcache.calibrate.errormodel import ErrorModel
 from rfcache.calibrate.inputs import InputSets, split_inputs
 from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer, ratio_choice
-from rfcache.calibrate.search import Candidate, completed_trials, error_model_runs, max_nfc, search_schedules
+from rfcache.calibrate.search import (
+    Candidate,
+    check_budget,
+    completed_trials,
+    error_model_runs,
+    max_nfc,
+    search_schedules,
+)
 from rfcache.calibrate.trace import RatioFit, RatioStepFit, Trace, fit_ratio_steps, fit_ratios, record_trace
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
@@ -89,19 +96,25 @@ def default_prompts() -> list[str]:
     ]
 
 
+# the run description's fields under the keyword names calibrate() and record_shard() took before ``run=``
+_RUN_KEYWORDS = {
+    "num_inference_steps": "steps",
+    "guidance_scale": "guidance",
+    "prompts": "prompts",
+    "negative_prompt": "negative_prompt",
+    "height": "height",
+    "width": "width",
+    "num_frames": "num_frames",
+    "call_args": "call_args",
+    "seed": "seed",
+}
+
+
 def calibrate(
     pipe: Any,
     *,
+    run: RunSpec | None = None,
     budget: float = 0.4,
-    num_inference_steps: int = 50,
-    guidance_scale: float | None = None,
-    prompts: list[str] | None = None,
-    negative_prompt: str | None = None,
-    height: int | None = None,
-    width: int | None = None,
-    num_frames: int | None = None,
-    call_args: dict[str, Any] | None = None,
-    record_batch: int | None = None,
     samples: int = 8,
     selection: int = 4,
     test: int = 8,
@@ -110,117 +123,192 @@ def calibrate(
     confirm: int = 4,
     storage: str | None = None,
     study_name: str | None = None,
-    seed: int = 0,
     name: str = "profile",
     progress: bool = True,
     trace: Trace | None = None,
+    record_batch: int | None = None,
     report: Callable[[str], None] | None = None,
+    **run_keywords: Any,
 ) -> CalibrationResult:
     """Calibrate a static cache schedule for ``pipe`` that spends at most ``budget`` of the module FLOPs.
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
-        >>> result = rfcache.calibrate(pipe, budget=0.4, num_inference_steps=50)
+        >>> result = rfcache.calibrate(pipe, run=RunSpec(steps=50), budget=0.4)
         >>> result.profile.save("toy.yaml")
 
+    ``run`` describes the pipeline call (:class:`~rfcache.runtime.runspec.RunSpec`: prompts, size,
+    frames, steps, guidance, seed, other pipeline keywords), as the CLI's flags do and as
+    ``enable(run=)`` takes it; the profile records it. The keywords it replaces
+    (``num_inference_steps``, ``guidance_scale``, ``prompts``, ``negative_prompt``, ``height``,
+    ``width``, ``num_frames``, ``call_args``, ``seed``) are still accepted instead of ``run``.
     ``trace`` (merged shards from :func:`record_shard`) replaces the in-process recording.
-    ``guidance_scale`` (``None``: the pipeline's default), ``negative_prompt``, ``height``, ``width``,
-    ``num_frames`` and ``call_args`` (other pipeline keywords) describe the run, as the CLI's flags
-    do (:class:`~rfcache.runtime.runspec.RunSpec`); the profile records them. ``record_batch``
-    records at most that many inputs per pipeline call (bounds memory). ``report`` receives the
-    estimated recording time, measured from a first timed transformer step, before recording starts.
+    ``record_batch`` records at most that many inputs per pipeline call (bounds memory). ``report``
+    receives the estimated recording time, measured from a first timed transformer step, before
+    recording starts.
 
-    The search scores candidates with the error model (:mod:`rfcache.calibrate.errormodel`),
-    fitted on a few real runs of the seed schedules; the ``confirm`` best distinct candidates are
+    The stages: the inputs (:func:`input_sets`), the recording of full-compute trajectories, the
+    fits (relation ratios per unit, the error model from a few real runs of the seed schedules),
+    the search, the confirmation and selection, the freezing. The search scores candidates with the
+    error model (:mod:`rfcache.calibrate.errormodel`); the ``confirm`` best distinct candidates are
     then run for real on the ``samples`` calibration inputs, the best three of those on the
     ``selection`` inputs, and the best of those is frozen. Its error and TaylorSeer's (m=2, the
     interval schedule nearest its NFC) are then measured on the ``test`` inputs, which no choice
     saw. Every input has its own seed (``seed``, ``seed + 1``, ...); prompts never repeat across
     the sets unless ``allow_overlap``.
     """
-    if not 0 < budget <= 1:
-        raise RfcacheError(f"budget must be in (0, 1], got {budget}")
-    if min(samples, selection, test, trials) < 1 or confirm < 0 or num_inference_steps < 2:
+    run = _run_description(run, run_keywords)
+    check_budget(budget)
+    if min(samples, selection, test, trials) < 1 or confirm < 0 or run.steps < 2:
         raise RfcacheError("samples, selection, test and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
-    check_both_experts_run(pipe, num_inference_steps)
-    model = get_transformer(pipe)
-    adapter = get_adapter(model)
-    spec = RunSpec(
-        prompts=tuple(prompts or ()),
-        negative_prompt=negative_prompt,
-        height=height,
-        width=width,
-        num_frames=num_frames,
-        steps=num_inference_steps,
-        guidance=guidance_scale,
-        seed=seed,
-        call_args=dict(call_args or {}),
+    job = _inputs(pipe, run, (samples, selection, test), allow_overlap=allow_overlap, progress=progress)
+    resolution = _first_step(job, report)
+    fitted = _fitting(job, _recording(job, trace, record_batch), budget)
+    measured = fit_scorer(
+        fitted.scorer, error_model_runs(run.steps, budget, expert_starts=fitted.starts), fitted.real_error
     )
-    common = {**spec.call_kwargs(pipe), "output_type": "np"}
-    sets = input_sets(pipe, prompts, (samples, selection, test), seed=seed, allow_overlap=allow_overlap)
-    calib_kwargs = _call(sets.calibration)
+    study, candidates = _search(job, fitted, budget, trials=trials, storage=storage, study_name=study_name)
+    confirmed, diagnostics = confirm_candidates(fitted.scorer, candidates, measured, fitted.real_error, count=confirm)
+    frozen = [
+        _freeze(job, fitted, cand, budget, name=name, trials=completed_trials(study), resolution=resolution)
+        for cand in confirmed[:3]  # the best few, chosen among on the selection inputs
+    ]
+    profile = _select(job, frozen, diagnostics, budget)
+    profile, (test_err, ts_err, ratio) = _report_on_test(job, profile)
+    assert fitted.scorer.model is not None
+    return CalibrationResult(
+        profile,
+        test_err,
+        ts_err,
+        ratio,
+        time.perf_counter() - start,
+        tuple(candidates),
+        fitted.fits[0][0],
+        fitted.scorer.model,
+        tuple(confirmed),
+        job.sets,
+        fitted.fits[0][1],
+    )
 
-    def run(items: tuple[InputItem, ...]) -> torch.Tensor:
-        call = {**_call(items), **common, "generator": _generators(items)}
-        return _images(pipeline_call(pipe, call, what="calibration"))
 
-    # one timed transformer step on one input: checks the run before anything is recorded or stored
-    first = {k: v[:1] for k, v in calib_kwargs.items()}
-    with captured_call(pipe) as call:
-        pipeline_call(pipe, {**first, **common, "generator": _generators(sets.calibration[:1])}, what="calibration")
-    estimate = call["seconds"] * num_inference_steps * samples
+def _run_description(run: RunSpec | None, keywords: dict[str, Any]) -> RunSpec:
+    """``run``, or the run the keywords it replaces describe (never both)."""
+    unknown = sorted(set(keywords) - set(_RUN_KEYWORDS))
+    if unknown:
+        raise TypeError(f"unexpected keyword argument(s): {', '.join(unknown)}")
+    if run is not None:
+        if keywords:
+            raise RfcacheError(f"give either run= or {', '.join(sorted(keywords))}, not both")
+        return run
+    fields = {_RUN_KEYWORDS[k]: v for k, v in keywords.items() if v is not None}
+    fields["prompts"] = tuple(fields.get("prompts") or ())
+    fields["call_args"] = dict(fields.get("call_args") or {})
+    return RunSpec(**fields)
+
+
+@dataclass
+class _Job:
+    """One calibration's pipeline, run description and inputs: the runs every stage makes."""
+
+    pipe: Any
+    run: RunSpec
+    sets: InputSets
+    common: dict[str, Any]  # the pipeline call's arguments besides the inputs and their noise
+    progress: bool
+
+    @property
+    def model(self) -> torch.nn.Module:
+        return get_transformer(self.pipe)
+
+    def call(self, items: tuple[InputItem, ...]) -> dict[str, Any]:
+        """The pipeline call's arguments for ``items``, each with its own noise."""
+        return {**_call(items), **self.common, "generator": _generators(items)}
+
+    def images(self, items: tuple[InputItem, ...]) -> torch.Tensor:
+        """The pipeline's output for ``items`` as it is configured now (full compute, or cached)."""
+        return _images(pipeline_call(self.pipe, self.call(items), what="calibration"))
+
+    def cached(self, items: tuple[InputItem, ...], *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
+        """The output for ``items`` with the cache enabled as ``enable(pipe, *args, **cache)``, and its summary."""
+        enable(self.pipe, *args, **cache)
+        try:
+            return self.images(items), summary(self.pipe)
+        finally:
+            disable(self.pipe)
+
+
+def _inputs(pipe: Any, run: RunSpec, sizes: tuple[int, int, int], *, allow_overlap: bool, progress: bool) -> _Job:
+    """Stage 1, the inputs: the calibration, selection and test sets and the common call arguments."""
+    check_both_experts_run(pipe, run.steps)
+    get_adapter(get_transformer(pipe))  # an unsupported model fails before anything runs
+    common = {**run.call_kwargs(pipe), "output_type": "np"}
+    prompts = list(run.prompts) or None
+    sets = input_sets(pipe, prompts, sizes, seed=run.seed, allow_overlap=allow_overlap)
+    return _Job(pipe, run, sets, common, progress)
+
+
+def _first_step(job: _Job, report: Callable[[str], None] | None) -> Any:
+    """One timed transformer step on one input: checks the run before anything is recorded or stored,
+    and estimates the recording time; returns the input resolution the transformer saw."""
+    items = job.sets.calibration
+    with captured_call(job.pipe) as call:
+        pipeline_call(job.pipe, job.call(items[:1]), what="calibration")
+    steps = job.run.steps
     line = (
-        f"estimated recording time {estimate:.0f} s ({call['seconds'] * 1e3:.0f} ms per step and input x "
-        f"{num_inference_steps} steps x {samples} inputs); the search and confirmation runs add about as much again"
+        f"estimated recording time {call['seconds'] * steps * len(items):.0f} s ({call['seconds'] * 1e3:.0f} ms "
+        f"per step and input x {steps} steps x {len(items)} inputs); the search and confirmation runs add about "
+        "as much again"
     )
     logger.info("%s", line)
     if report is not None:
         report(line)
-    resolution = [call["resolution"]]
-    if trace is None and (record_batch is None or record_batch >= samples):
-        with _progress(pipe, progress, "recording"):
-            trace, reference_out = _record(pipe, {**calib_kwargs, **common, "generator": _generators(sets.calibration)})
-        reference = _images(reference_out)
-    else:  # recorded in groups or elsewhere (shards); the search needs this machine's full-compute output
-        if trace is None:
-            assert record_batch is not None
-            if record_batch < 1:
-                raise RfcacheError(f"record_batch must be >= 1, got {record_batch}")
-            groups = []
-            items = sets.calibration
-            for g in range(0, len(items), record_batch):
-                group = items[g : g + record_batch]
-                call_g = {**_call(group), **common, "generator": _generators(group)}
-                with _progress(pipe, progress, f"recording {g + 1}-{g + len(group)} of {len(items)}"):
-                    groups.append(_record(pipe, call_g)[0])
-            trace = Trace.merge(groups)
-        reference = run(sets.calibration)
-    # each expert's coefficients from its own steps (one transformer: the whole trace)
-    components = [component for component, _ in expert_models(pipe)]
-    spans = trace.expert_spans()
-    if len(spans) != len(components):
-        raise RfcacheError(f"the trace has {len(spans)} expert(s), {type(pipe).__name__} has {len(components)}")
-    fits = [(fit_ratios(view), fit_ratio_steps(view)) for view in _expert_views(trace)]
-    fit, step_fit = fits[0]
-    for component, (f, _) in zip(components, fits, strict=True):
-        if f.poor():
-            where = f" of {component}" if len(fits) > 1 else ""
-            logger.warning(
-                "relation ratio fits poorly (R² < 0.5) for %d of %d units%s", len(f.poor()), len(f.ratios), where
-            )
+    return call["resolution"]
 
-    def run_cached(items: tuple[InputItem, ...], *args: Any, **cache: Any) -> tuple[torch.Tensor, Any]:
-        enable(pipe, *args, **cache)
-        try:
-            return run(items), summary(pipe)
-        finally:
-            disable(pipe)
 
-    def real_error(params: dict[str, Any], pattern: str) -> float:
+def _recording(job: _Job, trace: Trace | None, record_batch: int | None) -> tuple[Trace, torch.Tensor]:
+    """Stage 2, the recording: the full-compute trace of the calibration inputs, and their output."""
+    items = job.sets.calibration
+    if trace is None and (record_batch is None or record_batch >= len(items)):
+        with _progress(job.pipe, job.progress, "recording"):
+            trace, reference_out = _record(job.pipe, job.call(items))
+        return trace, _images(reference_out)
+    # recorded in groups or elsewhere (shards); the search needs this machine's full-compute output
+    if trace is None:
+        assert record_batch is not None
+        if record_batch < 1:
+            raise RfcacheError(f"record_batch must be >= 1, got {record_batch}")
+        groups = []
+        for g in range(0, len(items), record_batch):
+            group = items[g : g + record_batch]
+            with _progress(job.pipe, job.progress, f"recording {g + 1}-{g + len(group)} of {len(items)}"):
+                groups.append(_record(job.pipe, job.call(group))[0])
+        trace = Trace.merge(groups)
+    return trace, job.images(items)
+
+
+@dataclass
+class _Fitted:
+    """What the fits give the later stages: per expert ratio fits, the error model's scorer, and
+    real runs of candidate schedules against the full-compute output."""
+
+    job: _Job
+    trace: Trace
+    reference: torch.Tensor
+    components: list[str]
+    spans: list[tuple[int, int]]
+    fits: list[tuple[RatioFit, RatioStepFit]]
+    scorer: Scorer
+
+    @property
+    def starts(self) -> tuple[int, ...]:
+        """Where each expert after the first starts."""
+        return tuple(first for first, _ in self.spans[1:])
+
+    def real_error(self, params: dict[str, Any], pattern: str) -> float:
         """A real run of the static ``pattern`` with the candidate's predictor on the calibration inputs."""
         cache: dict[str, Any] = {"predictor": params["predictor"], "order": int(params["order"])}
-        per_expert = [_calibrated_ratios(params, f, sf) for f, sf in fits]
+        per_expert = [_calibrated_ratios(params, f, sf) for f, sf in self.fits]
         if per_expert[0][0]:
             ratios = [r for r, _ in per_expert]
             slopes = [sl or None for _, sl in per_expert]
@@ -228,75 +316,109 @@ def calibrate(
                 cache.update(ratios=ratios[0], ratio_slopes=slopes[0])
             else:  # given per expert
                 cache.update(
-                    ratios=dict(zip(components, ratios, strict=True)),
-                    ratio_slopes=dict(zip(components, slopes, strict=True)),
+                    ratios=dict(zip(self.components, ratios, strict=True)),
+                    ratio_slopes=dict(zip(self.components, slopes, strict=True)),
                 )
-        out, _ = run_cached(sets.calibration, method="static", mask=tuple(c == "C" for c in pattern), **cache)
-        return _rel_l2(out, reference)
+        mask = tuple(c == "C" for c in pattern)
+        out, _ = self.job.cached(self.job.sets.calibration, method="static", mask=mask, **cache)
+        return _rel_l2(out, self.reference)
 
-    # the error model: forecast errors replayed on the trace, their propagation fitted on a few real runs
+
+def _fitting(job: _Job, recorded: tuple[Trace, torch.Tensor], budget: float) -> _Fitted:
+    """Stage 3, the fits: each expert's relation ratios from its own steps (one transformer: the whole
+    trace), and the error model's forecast errors replayed on the trace."""
+    trace, reference = recorded
+    components = [component for component, _ in expert_models(job.pipe)]
+    spans = trace.expert_spans()
+    if len(spans) != len(components):
+        raise RfcacheError(f"the trace has {len(spans)} expert(s), {type(job.pipe).__name__} has {len(components)}")
+    fits = [(fit_ratios(view), fit_ratio_steps(view)) for view in _expert_views(trace)]
+    for component, (f, _) in zip(components, fits, strict=True):
+        if f.poor():
+            where = f" of {component}" if len(fits) > 1 else ""
+            logger.warning(
+                "relation ratio fits poorly (R² < 0.5) for %d of %d units%s", len(f.poor()), len(f.ratios), where
+            )
+    steps = job.run.steps
     scorer = Scorer(
         trace,
-        ratios=_per_step(spans, [np.asarray(f.ratios) for f, _ in fits], num_inference_steps),
-        step_ratios=_per_step(spans, [sf.table(num_inference_steps) for _, sf in fits], num_inference_steps),
-        max_nfc=max_nfc(budget, num_inference_steps),
+        ratios=_per_step(spans, [np.asarray(f.ratios) for f, _ in fits], steps),
+        step_ratios=_per_step(spans, [sf.table(steps) for _, sf in fits], steps),
+        max_nfc=max_nfc(budget, steps),
     )
-    starts = tuple(first for first, _ in spans[1:])
-    measured = fit_scorer(scorer, error_model_runs(num_inference_steps, budget, expert_starts=starts), real_error)
-    error_model = scorer.model
-    assert error_model is not None
+    return _Fitted(job, trace, reference, components, spans, fits, scorer)
 
-    identity = model_identity(model, adapter)
+
+def _search(
+    job: _Job, fitted: _Fitted, budget: float, *, trials: int, storage: str | None, study_name: str | None
+) -> tuple[Any, list[Candidate]]:
+    """Stage 4, the search: Optuna over the schedule families, scored by the error model; the feasible
+    candidates, best first. The study is named for the model, steps and budget and checked against them."""
+    identity = model_identity(job.model, get_adapter(job.model))
+    steps = job.run.steps
     study_identity = {
         "config_hash": identity.config_hash,
-        "steps": str(num_inference_steps),
+        "steps": str(steps),
         "budget": repr(budget),
-        "inputs": _hash(sets.calibration, repr(sorted(common.items()))),
+        "inputs": _hash(job.sets.calibration, repr(sorted(job.common.items()))),
         "objective": "error-model estimate v2",  # v2: interval schedules placed as TaylorSeer places them,
     }
     study, candidates = search_schedules(
-        scorer.estimate,
+        fitted.scorer.estimate,
         budget=budget,
-        num_steps=num_inference_steps,
+        num_steps=steps,
         trials=trials,
         storage=storage,
-        study_name=study_name or f"rfcache-{identity.config_hash}-s{num_inference_steps}-b{budget}",
-        seed=seed,
+        study_name=study_name or f"rfcache-{identity.config_hash}-s{steps}-b{budget}",
+        seed=job.run.seed,
         identity=study_identity,
-        progress=progress,
-        expert_starts=starts,
+        progress=job.progress,
+        expert_starts=fitted.starts,
     )
     if not candidates:
         raise RfcacheError(f"no schedule within budget {budget} was found in {completed_trials(study)} trials")
+    return study, candidates
 
-    confirmed, diagnostics = confirm_candidates(scorer, candidates, measured, real_error, count=confirm)
 
-    selection_reference = run(sets.selection)
-    sampling = run_setup(pipe, spec, resolution[0])
+def _freeze(
+    job: _Job, fitted: _Fitted, cand: Candidate, budget: float, *, name: str, trials: int, resolution: Any
+) -> Profile:
+    """Stage 6, the freezing: a candidate's pattern and coefficients as a profile, with the setup it
+    was calibrated for (each expert's entry for a two-expert pipeline)."""
+    sampling = run_setup(job.pipe, job.run, resolution)
+    one = replace(sampling, boundary_step=None)  # the first expert's profile, then each expert's entry
+    identity = model_identity(job.model, get_adapter(job.model))
+    profile = _profile(name, identity, one, cand, fitted.fits, budget, job.run.seed, trials, job.sets)
+    profile = _with_experts(profile, job.pipe, sampling, fitted.spans, cand.params, fitted.fits)
+    dtype = str(next(job.model.parameters()).dtype).removeprefix("torch.")  # what the user calibrated in (--dtype)
+    return replace(profile, provenance=replace(profile.provenance, dtype=dtype))
+
+
+def _select(job: _Job, frozen: list[Profile], diagnostics: dict[str, float], budget: float) -> Profile:
+    """Stage 5, the selection among the confirmed candidates: the frozen profile with the lowest error
+    on the selection inputs, its achieved budget measured there."""
+    selection_reference = job.images(job.sets.selection)
     best: tuple[float, Profile] | None = None
-    dtype = str(next(model.parameters()).dtype).removeprefix("torch.")  # what the user calibrated in (--dtype)
-    for cand in confirmed[:3]:  # the best few, chosen among on the selection inputs
-        one = replace(sampling, boundary_step=None)  # the first expert's profile, then each expert's entry
-        profile = _profile(name, identity, one, cand, fits, budget, seed, completed_trials(study), sets)
-        profile = _with_experts(profile, pipe, sampling, spans, cand.params, fits)
-        provenance = replace(profile.provenance, dtype=dtype)
-        profile = replace(profile, provenance=provenance, diagnostics={**profile.diagnostics, **diagnostics})
-        out, s = run_cached(sets.selection, profile)
+    for profile in frozen:
+        profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
+        out, s = job.cached(job.sets.selection, profile)
         err = _rel_l2(out, selection_reference)
         if best is None or err < best[0]:
             quality = {**profile.quality, "selection_rel_l2": err}
             best = (err, replace(profile, budget=Budget(budget, s.flops_fraction), quality=quality))
     assert best is not None
-    _, profile = best
+    return best[1]
 
-    # reported only: the test inputs, never used for a choice
-    test_reference = run(sets.test)
-    out, _ = run_cached(sets.test, profile)
+
+def _report_on_test(job: _Job, profile: Profile) -> tuple[Profile, tuple[Interval, Interval, Interval]]:
+    """Reported only, never used for a choice: the profile's and TaylorSeer's error on the test inputs
+    (TaylorSeer m=2 at the interval schedule nearest the profile's NFC), and their paired ratio."""
+    test_reference = job.images(job.sets.test)
+    out, _ = job.cached(job.sets.test, profile)
     test_errors = _rel_l2_per_sample(out, test_reference)
-    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(
-        num_inference_steps, profile.nfc, warmup=adapter.taylorseer_warmup
-    )
-    out, _ = run_cached(sets.test, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
+    adapter = get_adapter(job.model)
+    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(job.run.steps, profile.nfc, warmup=adapter.taylorseer_warmup)
+    out, _ = job.cached(job.sets.test, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
     ts_errors = _rel_l2_per_sample(out, test_reference)
     test_err, ts_err, ratio = mean_interval(test_errors), mean_interval(ts_errors), paired_ratio(test_errors, ts_errors)
     reported = {
@@ -306,11 +428,7 @@ def calibrate(
         "taylorseer_warmup": float(ts_warmup),
         **_interval_fields("ratio_to_taylorseer", ratio),
     }
-    profile = replace(profile, quality={**profile.quality, **reported})
-    seconds = time.perf_counter() - start
-    return CalibrationResult(
-        profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit, error_model, tuple(confirmed), sets, step_fit
-    )
+    return replace(profile, quality={**profile.quality, **reported}), (test_err, ts_err, ratio)
 
 
 def input_sets(
@@ -337,15 +455,14 @@ def record_shard(
     shard: int,
     num_shards: int,
     out_dir: str | Path,
-    num_inference_steps: int = 50,
-    guidance_scale: float | None = None,
-    prompts: list[str] | None = None,
+    run: RunSpec | None = None,
     samples: int = 8,
-    seed: int = 0,
     group_size: int = 4,
-    **run: Any,
+    **run_keywords: Any,
 ) -> Path:
     """Record shard ``shard`` of ``num_shards`` of the calibration inputs into ``out_dir``.
+
+    ``run`` (or the keywords it replaces, as for :func:`calibrate`) describes the pipeline call.
 
     Shards split the same inputs :func:`calibrate` uses (every ``num_shards``-th one), so several
     processes or machines can record in parallel. A shard is recorded ``group_size`` inputs per
@@ -354,6 +471,7 @@ def record_shard(
     complete shard is ``trace-{i}-of-{n}.npz`` and is never recorded again. Every input's noise is
     seeded by its own seed, so a resumed shard equals an uninterrupted one.
     """
+    run = _run_description(run, run_keywords)
     if not 0 <= shard < num_shards:
         raise RfcacheError(f"shard must be i/n with 0 <= i < n, got {shard}/{num_shards}")
     if group_size < 1:
@@ -364,13 +482,12 @@ def record_shard(
         logger.info("%s is complete; not recorded again", path)
         return path
     # the calibration set is the first of the three; its items do not depend on the other sizes
-    items = input_sets(pipe, prompts, (samples, 1, 1), seed=seed, allow_overlap=True).calibration
+    items = input_sets(pipe, list(run.prompts) or None, (samples, 1, 1), seed=run.seed, allow_overlap=True).calibration
     indices = list(range(len(items)))[shard::num_shards]
     if not indices:
         raise RfcacheError(f"shard {shard}/{num_shards} has no inputs: use at most {samples} shards")
     groups = [indices[g : g + group_size] for g in range(0, len(indices), group_size)]
-    spec = RunSpec(steps=num_inference_steps, guidance=guidance_scale, seed=seed, **run)
-    common = {**spec.call_kwargs(pipe), "output_type": "np"}
+    common = {**run.call_kwargs(pipe), "output_type": "np"}
     out_dir.mkdir(parents=True, exist_ok=True)
     parts = [out_dir / f"{path.stem}.part-{g}-of-{len(groups)}.npz" for g in range(len(groups))]
     recorded = sum(part.exists() for part in parts)

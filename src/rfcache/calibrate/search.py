@@ -45,8 +45,10 @@ __all__ = [
     "FAMILIES",
     "Candidate",
     "StudyMismatchError",
+    "check_budget",
     "completed_trials",
     "error_model_runs",
+    "full_steps_within",
     "max_nfc",
     "search_schedules",
     "uniform_seeds",
@@ -90,7 +92,7 @@ def uniform_seeds(
         for interval in range(1, 25):
             mask = interval_mask(num_steps, interval, warmup)
             nfc = sum(bool(m) or c in forced for c, m in enumerate(mask))
-            if nfc / num_steps <= budget * 0.97:  # leave room for the predictor's own cost
+            if nfc <= full_steps_within(budget, num_steps, margin=_SEED_MARGIN):
                 seeds.append(
                     {
                         "family": "interval",
@@ -102,7 +104,7 @@ def uniform_seeds(
                     }
                 )
                 break
-    nfc = max(3, int(budget * num_steps * 0.95) - len(forced))
+    nfc = max(3, full_steps_within(budget, num_steps, margin=_MASK_MARGIN) - len(forced))
     for predictor, order in (("relational", 1), ("relational", 2), ("taylor", 2)):
         seeds.append({"family": "optimal", "predictor": predictor, "order": order, "calibrated": False, "nfc": nfc})
     for form in RATIO_FORMS:  # the calibrated ratio in each form, scored from the start
@@ -135,9 +137,28 @@ def error_model_runs(num_steps: int, budget: float, *, expert_starts: tuple[int,
     return seeds
 
 
+def check_budget(budget: float, *, name: str = "budget") -> None:
+    """Refuse a budget outside (0, 1]: the fraction of the full-compute module FLOPs a schedule may spend."""
+    if not 0 < budget <= 1:
+        raise RfcacheError(f"{name} must be in (0, 1], got {budget}")
+
+
+# how much of the budget the seed schedules' full steps may take: the rest is left for the
+# predictor's own cost (open choice: a uniform seed at 0.97, the error model's masks at 0.95, the
+# search's own trials at the whole budget, the FLOP constraint deciding)
+_SEED_MARGIN = 0.97
+_MASK_MARGIN = 0.95
+
+
+def full_steps_within(budget: float, num_steps: int, *, margin: float = 1.0) -> int:
+    """The budget rule: the most full steps out of ``num_steps`` whose share fits ``margin * budget``
+    (a step's full compute costs ``1 / num_steps`` of the generation's module FLOPs)."""
+    return math.floor(budget * num_steps * margin)
+
+
 def max_nfc(budget: float, num_steps: int) -> int:
     """The most full steps a candidate can have within ``budget`` (predictions cost something too)."""
-    return max(1, math.floor(budget * num_steps))
+    return max(1, full_steps_within(budget, num_steps))
 
 
 def search_schedules(
@@ -177,29 +198,7 @@ def search_schedules(
     remaining = max(0, trials - completed_trials(study))
 
     def objective(trial: optuna.Trial) -> float:
-        family = trial.suggest_categorical("family", list(FAMILIES))
-        predictor = trial.suggest_categorical("predictor", ["relational", "taylor"])
-        params: dict[str, Any] = {
-            "family": family,
-            "predictor": predictor,
-            "order": trial.suggest_int("order", 1, 2),
-            "calibrated": trial.suggest_categorical("calibrated", [False, True]),
-        }
-        if predictor == "relational" and params["calibrated"]:  # the calibrated ratio's form
-            params["ratio_form"] = trial.suggest_categorical("ratio_form", list(RATIO_FORMS))
-        if family != "optimal":  # the error model's mask places its early full steps itself
-            params["warmup"] = trial.suggest_int("warmup", 1, 6)
-        if family == "interval":
-            params["interval"] = trial.suggest_int("interval", 2, 12)
-        elif family in ("warped", "optimal"):
-            least = params.get("warmup", 1) + 1
-            most = max(least, max_nfc(budget, num_steps))
-            params["nfc"] = trial.suggest_int("nfc", min(least, most), most)
-            if family == "warped":
-                params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
-        else:
-            params["tau"] = trial.suggest_float("tau", 1e-3, 4.0, log=True)
-            params["max_cached"] = trial.suggest_int("max_cached", 1, 12)
+        params = _suggest(trial, budget, num_steps)
         trial.set_user_attr("worker", worker)
         pattern, fraction, error = evaluate(params)
         trial.set_user_attr("pattern", pattern)
@@ -225,6 +224,34 @@ def search_schedules(
     ]
     candidates.sort(key=lambda c: c.error)
     return study, candidates
+
+
+def _suggest(trial: optuna.Trial, budget: float, num_steps: int) -> dict[str, Any]:
+    """One trial's schedule: its family, predictor and the family's own parameters."""
+    family = trial.suggest_categorical("family", list(FAMILIES))
+    predictor = trial.suggest_categorical("predictor", ["relational", "taylor"])
+    params: dict[str, Any] = {
+        "family": family,
+        "predictor": predictor,
+        "order": trial.suggest_int("order", 1, 2),
+        "calibrated": trial.suggest_categorical("calibrated", [False, True]),
+    }
+    if predictor == "relational" and params["calibrated"]:  # the calibrated ratio's form
+        params["ratio_form"] = trial.suggest_categorical("ratio_form", list(RATIO_FORMS))
+    if family != "optimal":  # the error model's mask places its early full steps itself
+        params["warmup"] = trial.suggest_int("warmup", 1, 6)
+    if family == "interval":
+        params["interval"] = trial.suggest_int("interval", 2, 12)
+    elif family in ("warped", "optimal"):
+        least = params.get("warmup", 1) + 1
+        most = max(least, max_nfc(budget, num_steps))
+        params["nfc"] = trial.suggest_int("nfc", min(least, most), most)
+        if family == "warped":
+            params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
+    else:
+        params["tau"] = trial.suggest_float("tau", 1e-3, 4.0, log=True)
+        params["max_cached"] = trial.suggest_int("max_cached", 1, 12)
+    return params
 
 
 def completed_trials(study: optuna.Study) -> int:

@@ -2,7 +2,7 @@
 
 For every unit, step and lag ``N`` (1..``max_lag``) the recorder keeps, per sample, the pair
 ``(||I(t) - I(t-N)||, ||O(t) - O(t-N)||)``: how far the unit's input moved and how far its output
-moved. That is all RFE's ratio needs: ``s = ||ΔO|| / ||ΔI||`` (method.md). The fit regresses
+moved. That is all RFE's ratio needs: ``s = ||ΔO|| / ||ΔI||`` (docs/method.md). The fit regresses
 ``||ΔO||`` on ``||ΔI||`` through the origin per unit and reports R² and the ratio's spread.
 
 For the error model (:mod:`rfcache.calibrate.errormodel`) it also keeps a count sketch of every
@@ -141,103 +141,119 @@ def record_trace(
     ``first_input_bytes`` caps the memory kept for the first unit's input tensors.
     """
     models = [m for _, m in expert_models(pipe)]
-    model = models[0]
-    adapter: BlockAdapter = get_adapter(model)
     if len({config_hash(m.config) for m in models}) > 1:
         raise RfcacheError(f"{type(pipe).__name__}: its two experts have different configs; rfcache needs them alike")
     steps_hint = int(call_kwargs.get("num_inference_steps", 50))
-    history: dict[tuple[int, int], list[tuple[torch.Tensor, list[torch.Tensor]]]] = {}
-    rows: list[dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]] = []  # per call, per unit
-    firsts: list[tuple[int, np.ndarray]] = []  # per call: batch size, the kept samples' first-unit input
-    timesteps: list[float] = []
-    shapes: list[Any] = []
-    costs: dict[int, tuple[float, float, float]] = {}  # unit -> per sample (flops, input numel, output numel)
-    callers: list[int] = []  # per call: which expert ran it
-
-    def on_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
-        callers.append(next(i for i, m in enumerate(models) if m is module))
-        inputs = dict(kwargs)
-        if args:
-            inputs.setdefault("hidden_states", args[0])
-        t = inputs.get(adapter.timestep_arg)
-        timesteps.append(float(torch.as_tensor(t).flatten()[0]) if t is not None else float("nan"))
-        shapes.append(adapter.step_shape(model, inputs) if not shapes else shapes[0])
-        rows.append({})
-
-    def call(unit, original, args, kwargs):
-        out = original(*args, **kwargs)
-        x = adapter.unit_input(model, unit, args, kwargs).detach()  # (B, ...)
-        outs = [o.detach() for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
-        branch = _branch_index(timesteps)
-        past = history.setdefault((callers[-1], unit.index, branch), [])  # no change across an expert switch
-        stats = np.full((max_lag, 2, x.shape[0]), np.nan, dtype=np.float64)
-        for lag in range(1, min(max_lag, len(past)) + 1):
-            px, pouts = past[-lag]
-            stats[lag - 1, 0] = per_sample_norm(x - px).cpu().numpy()
-            delta = sum(per_sample_norm(o - p) ** 2 for o, p in zip(outs, pouts, strict=True)) ** 0.5
-            stats[lag - 1, 1] = delta.cpu().numpy()
-        past.append((x, outs))
-        del past[:-max_lag]
-        sketches: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
-        if sketch_width:
-            flat_out = torch.cat([o.flatten(1) for o in outs], dim=1)  # (B, sum of numels)
-            sketches = (count_sketch(x, sketch_width).cpu().numpy(), count_sketch(flat_out, sketch_width).cpu().numpy())
-        rows[-1][unit.index] = (stats, *sketches)
-        if unit.index not in costs:
-            b = x.shape[0]
-            flops = adapter.unit_flops(model, unit, shapes[0])
-            costs[unit.index] = (flops / b, x.numel() / b, sum(o.numel() for o in outs) / b)
-        if unit.index == 0:
-            per_sample = x[0].numel() * 4 * steps_hint
-            keep = min(x.shape[0], first_input_bytes // max(per_sample, 1))
-            firsts.append((x.shape[0], x[:keep].flatten(1).float().cpu().numpy()))
-        return out
-
-    units = attach_unit_hooks(model, adapter, call, name="rfcache-trace")
+    recorder = _Recorder(models, max_lag, sketch_width, first_input_bytes, steps_hint)
+    adapter = recorder.adapter
+    units = attach_unit_hooks(models[0], adapter, recorder.call, name="rfcache-trace")
     for other in models[1:]:
-        attach_unit_hooks(other, adapter, call, name="rfcache-trace")
-    handles = [m.register_forward_pre_hook(on_forward, with_kwargs=True) for m in models]
+        attach_unit_hooks(other, adapter, recorder.call, name="rfcache-trace")
+    handles = [m.register_forward_pre_hook(recorder.on_forward, with_kwargs=True) for m in models]
     try:
         output = pipe(**call_kwargs)
     finally:
         for m, handle in zip(models, handles, strict=True):
             handle.remove()
             detach_unit_hooks(m, name="rfcache-trace")
-    groups = _step_groups(timesteps)
-    starts = [
-        s for s in range(1, len(groups)) if callers[groups[s][0]] != callers[groups[s - 1][0]]
-    ]  # calls of one denoising step (one per CFG branch, or one)
-    samples = sum(next(iter(rows[g].values()))[0].shape[-1] for g in groups[0])
-    data = np.full((len(groups), len(units), max_lag, 2, samples), np.nan)
-    width = sketch_width or 1
-    in_sk = np.zeros((len(groups), len(units), samples, width), dtype=np.float32)
-    out_sk = np.zeros_like(in_sk)
-    for s, group in enumerate(groups):
-        for u in range(len(units)):
-            parts = [rows[c][u] for c in group]
-            data[s, u] = np.concatenate([p[0] for p in parts], axis=-1)
-            if sketch_width:
-                in_sk[s, u] = np.concatenate([p[1] for p in parts], axis=0)
-                out_sk[s, u] = np.concatenate([p[2] for p in parts], axis=0)
-    first = None
-    if all(kept.shape[0] for _, kept in firsts):
-        if all(kept.shape[0] == batch for batch, kept in firsts):  # every sample kept
-            first = np.stack([np.concatenate([firsts[c][1] for c in group]) for group in groups])
-        else:  # a prefix of the sample axis: the first branch's kept samples
-            n = min(kept.shape[0] for _, kept in firsts)
-            first = np.stack([firsts[group[0]][1][:n] for group in groups])
-    trace = Trace(
-        [u.path for u in units],
-        data[:, :, :, 0],
-        data[:, :, :, 1],
-        in_sk if sketch_width else None,
-        out_sk if sketch_width else None,
-        first,
-        np.array([costs[u] for u in range(len(units))], dtype=np.float64),
-        np.array(starts, dtype=np.int64) if len(models) > 1 else None,
-    )
-    logger.info("recorded %d steps (%d transformer calls) x %d units", len(groups), len(rows), len(units))
+    trace = recorder.trace([u.path for u in units])
+    logger.info("recorded %d steps (%d transformer calls) x %d units", trace.num_steps, len(recorder.rows), len(units))
     return trace, output
+
+
+class _Recorder:
+    """The hooks of one recording: per transformer call and unit, the input and output changes against
+    the same unit's earlier calls (of the same CFG branch), sketches, costs and the first unit's input."""
+
+    def __init__(
+        self, models: list[torch.nn.Module], max_lag: int, sketch_width: int, first_input_bytes: int, steps_hint: int
+    ) -> None:
+        self.models, self.model = models, models[0]
+        self.adapter: BlockAdapter = get_adapter(self.model)
+        self.max_lag, self.sketch_width = max_lag, sketch_width
+        self.first_input_bytes, self.steps_hint = first_input_bytes, steps_hint
+        self.history: dict[tuple[int, int, int], list[tuple[torch.Tensor, list[torch.Tensor]]]] = {}
+        self.rows: list[dict[int, tuple[np.ndarray, np.ndarray | None, np.ndarray | None]]] = []  # per call, unit
+        self.firsts: list[tuple[int, np.ndarray]] = []  # per call: batch size, the kept samples' first-unit input
+        self.timesteps: list[float] = []
+        self.shapes: list[Any] = []
+        self.costs: dict[int, tuple[float, float, float]] = {}  # unit -> per sample (flops, input, output numel)
+        self.callers: list[int] = []  # per call: which expert ran it
+
+    def on_forward(self, module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        self.callers.append(next(i for i, m in enumerate(self.models) if m is module))
+        inputs = dict(kwargs)
+        if args:
+            inputs.setdefault("hidden_states", args[0])
+        t = inputs.get(self.adapter.timestep_arg)
+        self.timesteps.append(float(torch.as_tensor(t).flatten()[0]) if t is not None else float("nan"))
+        self.shapes.append(self.adapter.step_shape(self.model, inputs) if not self.shapes else self.shapes[0])
+        self.rows.append({})
+
+    def call(self, unit: Any, original: Any, args: tuple, kwargs: dict) -> Any:
+        out = original(*args, **kwargs)
+        x = self.adapter.unit_input(self.model, unit, args, kwargs).detach()  # (B, ...)
+        outs = [o.detach() for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
+        branch = _branch_index(self.timesteps)
+        past = self.history.setdefault((self.callers[-1], unit.index, branch), [])  # no change across experts
+        stats = np.full((self.max_lag, 2, x.shape[0]), np.nan, dtype=np.float64)
+        for lag in range(1, min(self.max_lag, len(past)) + 1):
+            px, pouts = past[-lag]
+            stats[lag - 1, 0] = per_sample_norm(x - px).cpu().numpy()
+            delta = sum(per_sample_norm(o - p) ** 2 for o, p in zip(outs, pouts, strict=True)) ** 0.5
+            stats[lag - 1, 1] = delta.cpu().numpy()
+        past.append((x, outs))
+        del past[: -self.max_lag]
+        sketches: tuple[np.ndarray | None, np.ndarray | None] = (None, None)
+        if self.sketch_width:
+            flat_out = torch.cat([o.flatten(1) for o in outs], dim=1)  # (B, sum of numels)
+            width = self.sketch_width
+            sketches = (count_sketch(x, width).cpu().numpy(), count_sketch(flat_out, width).cpu().numpy())
+        self.rows[-1][unit.index] = (stats, *sketches)
+        if unit.index not in self.costs:
+            b = x.shape[0]
+            flops = self.adapter.unit_flops(self.model, unit, self.shapes[0])
+            self.costs[unit.index] = (flops / b, x.numel() / b, sum(o.numel() for o in outs) / b)
+        if unit.index == 0:
+            per_sample = x[0].numel() * 4 * self.steps_hint
+            keep = min(x.shape[0], self.first_input_bytes // max(per_sample, 1))
+            self.firsts.append((x.shape[0], x[:keep].flatten(1).float().cpu().numpy()))
+        return out
+
+    def trace(self, paths: list[str]) -> Trace:
+        """The recorded calls as a :class:`Trace`: per denoising step (its CFG branches' calls joined)."""
+        rows, firsts, callers = self.rows, self.firsts, self.callers
+        groups = _step_groups(self.timesteps)  # calls of one denoising step (one per CFG branch, or one)
+        starts = [s for s in range(1, len(groups)) if callers[groups[s][0]] != callers[groups[s - 1][0]]]
+        samples = sum(next(iter(rows[g].values()))[0].shape[-1] for g in groups[0])
+        data = np.full((len(groups), len(paths), self.max_lag, 2, samples), np.nan)
+        width = self.sketch_width or 1
+        in_sk = np.zeros((len(groups), len(paths), samples, width), dtype=np.float32)
+        out_sk = np.zeros_like(in_sk)
+        for s, group in enumerate(groups):
+            for u in range(len(paths)):
+                parts = [rows[c][u] for c in group]
+                data[s, u] = np.concatenate([p[0] for p in parts], axis=-1)
+                if self.sketch_width:
+                    in_sk[s, u] = np.concatenate([p[1] for p in parts], axis=0)
+                    out_sk[s, u] = np.concatenate([p[2] for p in parts], axis=0)
+        first = None
+        if all(kept.shape[0] for _, kept in firsts):
+            if all(kept.shape[0] == batch for batch, kept in firsts):  # every sample kept
+                first = np.stack([np.concatenate([firsts[c][1] for c in group]) for group in groups])
+            else:  # a prefix of the sample axis: the first branch's kept samples
+                n = min(kept.shape[0] for _, kept in firsts)
+                first = np.stack([firsts[group[0]][1][:n] for group in groups])
+        return Trace(
+            paths,
+            data[:, :, :, 0],
+            data[:, :, :, 1],
+            in_sk if self.sketch_width else None,
+            out_sk if self.sketch_width else None,
+            first,
+            np.array([self.costs[u] for u in range(len(paths))], dtype=np.float64),
+            np.array(starts, dtype=np.int64) if len(self.models) > 1 else None,
+        )
 
 
 def _branch_index(timesteps: list[float]) -> int:
@@ -310,7 +326,7 @@ class RatioStepFit:
 
 
 def fit_ratio_steps(trace: Trace, *, min_lag: int = 2) -> RatioStepFit:
-    """Least squares of the constant and the step-linear ratio per unit (method.md: measure whether ``s`` varies)."""
+    """Least squares of the constant and the step-linear ratio per unit (docs/method.md: does ``s`` vary?)."""
     steps = trace.input_delta.shape[0]
     tau = np.array([ratio_position(step, steps) for step in range(steps)])
     r2c, r2l, change, intercepts, slopes = [], [], [], [], []

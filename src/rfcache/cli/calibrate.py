@@ -64,11 +64,11 @@ class CalibrateConfig(RunFlags):
 def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     """Calibrate, write the profile atomically, and return the closing figures."""
     from rfcache.calibrate import calibrate, load_shards, record_shard
+    from rfcache.calibrate.search import check_budget
     from rfcache.errors import RfcacheError
     from rfcache.pipelines import load_pipeline
 
-    if not 0 < cfg.budget <= 1:
-        raise RfcacheError(f"--budget must be in (0, 1], got {cfg.budget}")
+    check_budget(cfg.budget, name="--budget")  # before the model is loaded; calibrate() applies the same rule
     spec = run_spec(cfg)
     if spec.class_labels:
         raise RfcacheError("--class: rfc-calibrate picks class labels itself (see --samples)")
@@ -82,18 +82,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
     pipe.set_progress_bar_config(disable=True)
     # the same calibration inputs, whether recorded here or in shards
-    inputs = {
-        "num_inference_steps": spec.steps,
-        "guidance_scale": spec.guidance,
-        "prompts": list(spec.prompts) or None,
-        "negative_prompt": spec.negative_prompt,
-        "height": spec.height,
-        "width": spec.width,
-        "num_frames": spec.num_frames,
-        "call_args": spec.call_args,
-        "samples": cfg.samples,
-        "seed": spec.seed,
-    }
+    inputs = {"run": spec, "samples": cfg.samples}
     if shard is not None:
         group = cfg.record_batch or 4
         path = record_shard(
@@ -131,7 +120,11 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         if created:  # a study that never got a trial is not left behind
             database.unlink(missing_ok=True)
         raise
-    path = result.profile.save(cfg.out)
+    return _figures(cfg, result, result.profile.save(cfg.out), storage)
+
+
+def _figures(cfg: CalibrateConfig, result: Any, path: Path, storage: str) -> dict[str, Any]:
+    """The closing figures of a calibration whose profile was written to ``path``."""
     p = result.profile
     return {
         "profile": str(path),

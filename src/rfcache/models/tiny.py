@@ -245,9 +245,6 @@ def build_tiny_pipeline(
     and ``transformer_2`` (low noise, the same config, other weights) switched at Wan 2.2 A14B's
     ``boundary_ratio`` of 0.875.
     """
-    import diffusers
-    from diffusers import DPMSolverMultistepScheduler, FlowMatchEulerDiscreteScheduler
-
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
     if experts not in (1, 2) or (experts == 2 and family != "wan"):
@@ -255,65 +252,91 @@ def build_tiny_pipeline(
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         transformer = tiny_transformer(family, seed=seed)
-        if family == "dit":
-            pipe = diffusers.DiTPipeline(
-                transformer=transformer, vae=_vae(), scheduler=DPMSolverMultistepScheduler(), id2label=None
-            )
-        elif family == "pixart":
-            tokenizer = _t5_tokenizer()
-            pipe = diffusers.PixArtAlphaPipeline(
-                tokenizer=tokenizer,
-                text_encoder=_t5_encoder(tokenizer),
-                vae=_vae(),
-                transformer=transformer,
-                scheduler=DPMSolverMultistepScheduler(),
-            )
-        elif family == "sd3":
-            clip, t5 = _clip_tokenizer(), _t5_tokenizer()
-            pipe = diffusers.StableDiffusion3Pipeline(
-                transformer=transformer,
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
-                text_encoder=_clip_encoder(clip, hidden=16, projection=16),
-                tokenizer=clip,
-                text_encoder_2=_clip_encoder(clip, hidden=16, projection=16),
-                tokenizer_2=clip,
-                text_encoder_3=_t5_encoder(t5),
-                tokenizer_3=t5,
-            )
-        elif family == "flux":
-            clip, t5 = _clip_tokenizer(), _t5_tokenizer()
-            pipe = diffusers.FluxPipeline(
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
-                vae=_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
-                text_encoder=_clip_encoder(
-                    clip, hidden=TINY_TRANSFORMER_CONFIGS["flux"]["pooled_projection_dim"], projection=None
-                ),
-                tokenizer=clip,
-                text_encoder_2=_t5_encoder(t5),
-                tokenizer_2=t5,
-                transformer=transformer,
-            )
-        else:  # wan
-            tokenizer = _t5_tokenizer()
-            pipe = diffusers.WanPipeline(
-                tokenizer=tokenizer,
-                text_encoder=_t5_encoder(tokenizer, umt5=True),
-                vae=_wan_vae(),
-                scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0),
-                transformer=transformer,
-                **(
-                    {"transformer_2": tiny_transformer(family, seed=seed + 1), "boundary_ratio": TINY_BOUNDARY_RATIO}
-                    if experts == 2
-                    else {}
-                ),
-            )
+        pipe = _TINY_PIPELINES[family](transformer, seed, experts)
     for component in pipe.components.values():
         if isinstance(component, torch.nn.Module):
             component.eval()
     pipe.set_progress_bar_config(disable=True)
     # casting to float32 is a no-op, and naming a dtype makes diffusers warn about fp32-kept modules
     return pipe.to(device) if dtype == torch.float32 else pipe.to(device, dtype)
+
+
+def _tiny_dit(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
+    import diffusers
+
+    return diffusers.DiTPipeline(
+        transformer=transformer, vae=_vae(), scheduler=diffusers.DPMSolverMultistepScheduler(), id2label=None
+    )
+
+
+def _tiny_pixart(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
+    import diffusers
+
+    tokenizer = _t5_tokenizer()
+    return diffusers.PixArtAlphaPipeline(
+        tokenizer=tokenizer,
+        text_encoder=_t5_encoder(tokenizer),
+        vae=_vae(),
+        transformer=transformer,
+        scheduler=diffusers.DPMSolverMultistepScheduler(),
+    )
+
+
+def _tiny_sd3(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
+    import diffusers
+
+    clip, t5 = _clip_tokenizer(), _t5_tokenizer()
+    return diffusers.StableDiffusion3Pipeline(
+        transformer=transformer,
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
+        vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=_clip_encoder(clip, hidden=16, projection=16),
+        tokenizer=clip,
+        text_encoder_2=_clip_encoder(clip, hidden=16, projection=16),
+        tokenizer_2=clip,
+        text_encoder_3=_t5_encoder(t5),
+        tokenizer_3=t5,
+    )
+
+
+def _tiny_flux(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
+    import diffusers
+
+    clip, t5 = _clip_tokenizer(), _t5_tokenizer()
+    return diffusers.FluxPipeline(
+        scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
+        vae=_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
+        text_encoder=_clip_encoder(
+            clip, hidden=TINY_TRANSFORMER_CONFIGS["flux"]["pooled_projection_dim"], projection=None
+        ),
+        tokenizer=clip,
+        text_encoder_2=_t5_encoder(t5),
+        tokenizer_2=t5,
+        transformer=transformer,
+    )
+
+
+def _tiny_wan(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
+    import diffusers
+
+    tokenizer = _t5_tokenizer()
+    text_encoder, vae = _t5_encoder(tokenizer, umt5=True), _wan_vae()
+    scheduler = diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0)
+    second: dict[str, Any] = {}
+    if experts == 2:  # the second expert's weights are drawn last
+        second = {"transformer_2": tiny_transformer("wan", seed=seed + 1), "boundary_ratio": TINY_BOUNDARY_RATIO}
+    return diffusers.WanPipeline(
+        tokenizer=tokenizer,
+        text_encoder=text_encoder,
+        vae=vae,
+        scheduler=scheduler,
+        transformer=transformer,
+        **second,
+    )
+
+
+# family -> its pipeline around a tiny transformer, the other components drawn in this order
+_TINY_PIPELINES = {"dit": _tiny_dit, "pixart": _tiny_pixart, "sd3": _tiny_sd3, "flux": _tiny_flux, "wan": _tiny_wan}
 
 
 def tiny_pipeline_call_kwargs(family: str, batch: int = 1) -> dict[str, Any]:
