@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from rfcache.errors import RfcacheError
+from rfcache.outputs import check_folder_output, replace_folder
 from rfcache.schedules import Profile, ProfileError
 
 __all__ = [
@@ -196,9 +197,7 @@ def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, A
     ``fill(folder)`` writes the graphs and the profile into ``folder`` and returns the manifest
     without its ``files`` and ``content_sha256``, which are added here.
     """
-    out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out} already exists; choose another --out or pass --force")
+    out = check_folder_output(out, flag="--out", force=force)  # before any work; replaced only if a bundle
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -208,9 +207,7 @@ def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, A
         }
         manifest["content_sha256"] = _content_hash(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
