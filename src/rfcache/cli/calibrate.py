@@ -74,6 +74,12 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if not 0 < cfg.budget <= 1:
         raise RfcacheError(f"--budget must be in (0, 1], got {cfg.budget}")
     spec = run_spec(cfg)
+    if cfg.shard is None and cfg.budget < 1 / spec.steps:  # the first step is always computed
+        raise RfcacheError(
+            f"--budget {cfg.budget:g} is below the cheapest schedule: its one full step of {spec.steps} alone "
+            f"costs {1 / spec.steps:.3g} of module FLOPs (predictions add more); give --budget {1 / spec.steps:.3g} "
+            "or more, or more --steps"
+        )
     if spec.class_labels:
         raise RfcacheError("--class: rfc-calibrate picks class labels itself (see --samples)")
     shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
@@ -254,16 +260,19 @@ def _check_storage(url: str, study: str | None) -> str | None:
         storage = open_storage(url)
         import optuna
 
-        summaries = optuna.get_all_study_summaries(storage, include_best_trial=False)
+        names = [name for name in optuna.get_all_study_names(storage) if study is None or name == study]
+        if len(names) != 1:
+            return None
+        found = optuna.load_study(study_name=names[0], storage=storage)
+        done = len(found.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     except StorageError as exc:
         raise StorageError(f"--{exc}") from exc.__cause__
     except Exception as exc:  # a journal or database that Optuna cannot read
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise StorageError(f"--storage {url}: cannot read the studies in it ({first}); left as it is") from None
-    chosen = [s for s in summaries if study is None or s.study_name == study]
-    if len(chosen) != 1 or not chosen[0].n_trials:
+    if not done:
         return None
-    return f"resuming study {chosen[0].study_name!r} in {url}: {chosen[0].n_trials} trials recorded already"
+    return f"resuming study {names[0]!r} in {url}: {done} finished trials kept (--trials counts them)"
 
 
 def check_flags(cfg: CalibrateConfig, given: set[str]) -> None:

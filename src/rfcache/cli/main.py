@@ -98,7 +98,10 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
     if command is not None:
         argv = [command, *argv]
     parser = _parser(command, prog or "rfcache")
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:  # --help, --version (0) or a flag argparse refused (2, one line printed)
+        return exc.code if isinstance(exc.code, int) else 2
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(message)s")
     cmd = COMMANDS[args.command]
     name = prog or f"rfcache {args.command}"
