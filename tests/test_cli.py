@@ -83,6 +83,9 @@ def _one_line(capsys, prog="rfcache"):
         (["calibrate", "--storage", "adir"], "--storage adir: is a folder"),
         (["calibrate", "--shard", "0/2", "--trace-dir", "afile"], "--trace-dir afile: exists and is not a folder"),
         (["export", "--profile", "toy-b0.4", "--out", "afile", "--force"], "--out afile: exists and is not a folder"),
+        (["export", "--profile", "toy-b0.4", "--out", "precious", "--force"], "--out precious: not an rfcache bundle"),
+        (["export", "--profile", "toy-b0.4", "--out", ".", "--force"], "--out .: is the working directory"),
+        (["export", "--profile", "toy-b0.4", "--out", "..", "--force"], "a folder above it or /; never replaced"),
         # flags that would be ignored, or contradict a profile or each other
         (["generate", "--tau", "0.2", "--steps", "2"], "--tau applies to --method rcs, rfc, not none"),
         (["generate", "--method", "fora", "--tau", "0.2"], "--tau applies to --method rcs, rfc, not fora"),
@@ -121,6 +124,8 @@ def test_refused_before_any_work_in_one_line(args, message, tmp_path, capsys, mo
     monkeypatch.chdir(tmp_path)
     (tmp_path / "adir").mkdir()
     (tmp_path / "afile").write_text("keep me")
+    (tmp_path / "precious").mkdir()
+    (tmp_path / "precious" / "thesis.txt").write_text("years of work")
     (tmp_path / "garbage.journal").write_text("not a journal\n")
     before = {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")}
     assert main(args) == 2
