@@ -66,9 +66,9 @@ def run_bench_command(cfg: BenchCommandConfig):
 
     methods = _check_methods(cfg.methods) if cfg.methods is not None else DEFAULT_METHODS
     if cfg.json is not None:  # every output before the minutes a benchmark takes
-        check_file_output(cfg.json, flag="--json", what="JSON file")
+        check_file_output(cfg.json, flag="--json", suffixes=(".json",), what="JSON file")
     if cfg.markdown is not None:
-        check_file_output(cfg.markdown, flag="--markdown", what="Markdown file")
+        check_file_output(cfg.markdown, flag="--markdown", suffixes=(".md",), what="Markdown file")
     if cfg.plot is not None:
         check_file_output(cfg.plot, flag="--plot", suffixes=(".png",), what="plot")
         check_file_output(pattern_plot_path(cfg.plot), flag="--plot", suffixes=(".png",), what="plot")

@@ -90,7 +90,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
     if shard is not None:  # the folder the shard is written into, before anything is recorded
         check_folder_output(cfg.trace_dir, flag="--trace-dir", ours=None)
     else:  # every output before any work: the profile, and the storage (a file beside it by default)
-        check_file_output(cfg.out, flag="--out", what="profile file")
+        check_file_output(cfg.out, flag="--out", suffixes=(".yaml", ".yml"), what="profile file")
         if cfg.storage is not None:
             _check_storage_path(cfg.storage)
     # merged traces are checked before the storage is opened (which may create a database file)
