@@ -39,7 +39,7 @@ class ExportConfig:
         "default guidance scale of a class-conditional bundle's sampler (the pipeline's own if unset)",
         at_least=0,
     )
-    force: bool = option(False, "replace an existing bundle folder")
+    force: bool = option(False, "replace an existing bundle folder (only a bundle, or an empty folder)")
     json: bool = option(False, "print one JSON object as the last line")
 
 
