@@ -12,6 +12,28 @@ def test_missing_folder_is_a_clear_error(tmp_path):
         rfcache.load_pipeline(tmp_path)
 
 
+@pytest.mark.parametrize(
+    ("index", "message"),
+    [
+        ('{"_class_name": "DiTPipel', r"model_index\.json: not valid JSON"),
+        ("[1, 2]", r"model_index\.json: expected a JSON object naming its pipeline"),
+        ('{"_class_name": "NoSuchPipeline"}', "cannot load pipeline .*NoSuchPipeline"),
+    ],
+)
+def test_a_broken_model_index_is_one_line(index, message, tmp_path):
+    (tmp_path / "model_index.json").write_text(index)
+    with pytest.raises(rfcache.RfcacheError, match=message) as caught:
+        rfcache.load_pipeline(tmp_path)
+    assert "\n" not in str(caught.value)
+
+
+def test_an_unreachable_hub_id_is_one_line_without_misleading_advice(monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    with pytest.raises(rfcache.RfcacheError) as caught:
+        rfcache.load_pipeline("no-such-owner/no-such-model")
+    assert "local_files_only" not in str(caught.value) and "hub cannot be reached" in str(caught.value)
+
+
 def test_local_folder_round_trip(tmp_path):
     pipe = make_tiny_digits_pipeline()
     pipe.save_pretrained(tmp_path / "tiny")

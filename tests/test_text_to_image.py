@@ -161,8 +161,8 @@ def test_bad_run_input_is_one_line(argv, expected, folders, tmp_path, capsys):
 def test_calibrate_failing_call_leaves_nothing_behind(folders, tmp_path, capsys):
     out = tmp_path / "p.yaml"
     code, _, err = _cli(
-        "calibrate", "--model", folders / "sd3", "--height", 17, "--steps", 2, "--trials", 1, "--samples", 2,
-        "--selection", 1, "--test", 1, "--out", out,
+        "calibrate", "--model", folders / "sd3", "--height", 17, "--steps", 2, "--budget", 0.6, "--trials", 1,
+        "--samples", 2, "--selection", 1, "--test", 1, "--out", out,
         capsys=capsys,
     )  # fmt: skip
     assert code == 2 and "calibration failed in StableDiffusion3Pipeline" in err

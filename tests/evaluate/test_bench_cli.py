@@ -46,7 +46,11 @@ def test_bench_writes_json_markdown_and_plots(tmp_path, capsys) -> None:
     ("argv", "message"),
     [
         (["--methods", "nope"], "unknown method 'nope'"),
-        (["--budget", "1.5"], "--budget values must be in (0, 1]"),
+        (["--budget", "1.5"], "--budget must be in (0, 1], got 1.5"),
+        (
+            ["--methods", "profile:toy-b0.4", "--model", "tiny:dit"],
+            "--methods profile:toy-b0.4: profile 'toy-b0.4' is for",
+        ),
         (["--model", "tiny:nope"], "unknown family"),
         (["--methods", "fora,profile:nope"], "no profile file or shipped profile named 'nope'"),
         (["--seed", "3"], "--seed 3: the evaluated samples' seeds would overlap the seeds 0..13"),

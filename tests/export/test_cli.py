@@ -1,5 +1,7 @@
 """rfc-export and rfc-run end to end on a saved tiny pipeline, and their one-line errors."""
 
+import contextlib
+import io
 import json
 
 import pytest
@@ -17,11 +19,20 @@ def model_and_profile(tmp_path_factory):
     return root / "model", profile
 
 
-def test_export_then_run(model_and_profile, tmp_path, capsys):
+@pytest.fixture(scope="module")
+def exported(model_and_profile, tmp_path_factory):
+    """One bundle exported by rfc-export, and the JSON line it printed."""
     model, profile = model_and_profile
-    bundle = tmp_path / "bundle"
-    assert main(["export", "--model", str(model), "--profile", str(profile), "--out", str(bundle), "--json"]) == 0
-    exported = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    bundle = tmp_path_factory.mktemp("exported") / "bundle"
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["export", "--model", str(model), "--profile", str(profile), "--out", str(bundle), "--json"]) == 0
+    return bundle, json.loads(out.getvalue().strip().splitlines()[-1])
+
+
+def test_export_then_run(model_and_profile, exported, tmp_path, capsys):
+    model, profile = model_and_profile
+    bundle, exported = exported
     assert exported["pattern"] == "CCCPPCPPPCPC" and exported["backend"] == "onnx"
     png = tmp_path / "x.png"
     assert main(["run", "--bundle", str(bundle), "--class", "3", "--num", "2", "--out", str(png), "--json"]) == 0
@@ -48,3 +59,34 @@ def test_bad_input_is_one_line(args, message, tmp_path, capsys, monkeypatch):
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--steps", "20"], "--steps 20: "),
+        (["--height", "64"], "--height 64: "),
+        (["--num-frames", "3"], "--num-frames 3: "),
+        (["--call-args", '{"foo": 1}'], "--call-args: "),
+        (["--negative-prompt", "blurry"], "--negative-prompt: "),
+        (["--class", "99"], "--class 99 is outside the bundle's classes 0..9"),
+        (["--out", "x.gif"], "images are written as .png"),
+    ],
+)
+def test_run_refuses_what_the_bundle_fixes(exported, args, message, tmp_path, capsys):
+    bundle, _ = exported
+    png = tmp_path / "x.png"
+    assert main(["run", "--bundle", str(bundle), "--out", str(png), *args]) == 2
+    err = capsys.readouterr().err.strip()
+    assert message in err and len(err.splitlines()) == 1 and not png.exists(), err
+    if not message.startswith("--class") and "written as" not in message:
+        assert "replays its 12-step schedule alone" in err
+
+
+def test_a_real_bundle_is_what_force_may_replace(exported):
+    from rfcache.export import load_bundle
+    from rfcache.outputs import check_folder_output
+
+    bundle, _ = exported
+    assert check_folder_output(bundle, flag="--out", force=True) == bundle  # a bundle may be replaced
+    load_bundle(bundle)  # and checking it left it whole

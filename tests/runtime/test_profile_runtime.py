@@ -98,3 +98,12 @@ def test_step_linear_ratios_are_applied_per_step_as_written(tiny_pipe, monkeypat
     rfcache.disable(tiny_pipe)
     rfcache.enable(tiny_pipe, make_profile(tiny_pipe, "CCCPPCPPCPPC", ratios=a))
     assert not torch.equal(generate(tiny_pipe, steps=STEPS), out)  # the slopes change the result
+
+
+def test_a_profile_and_a_method_or_schedule_parameter_contradict(tiny_pipe):
+    profile = _profile(tiny_pipe, schedule="C" * STEPS)
+    for params in ({"method": "fora"}, {"interval": 7}, {"method": "fora", "interval": 7}, {"tau": 0.1}):
+        with pytest.raises(rfcache.RfcacheError, match="a profile fixes the method and its schedule"):
+            rfcache.enable(tiny_pipe, profile, **params)
+    rfcache.enable(tiny_pipe, profile, share_conditioning=False)  # not a schedule parameter
+    rfcache.disable(tiny_pipe)

@@ -151,3 +151,35 @@ def test_bad_ratio_forms_are_refused_on_load(tmp_path, overrides, message):
     with pytest.raises(ProfileError) as err:
         load_profile(path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_yaml_is_read_strictly_where_it_would_be_misread(tmp_path, monkeypatch):
+    import stat
+
+    import rfcache.schedules.profile as profile_module
+    from rfcache.outputs import file_mode
+
+    path = make_profile().save(tmp_path / "p.yaml")
+    assert stat.S_IMODE(path.stat().st_mode) == file_mode()  # the umask's, not mkstemp's 0600
+    text = path.read_text()
+    # a number without a dot or a signed exponent is still a number (YAML 1.1 would read a string)
+    big = tmp_path / "big.yaml"
+    big.write_text(
+        text.replace("target: 0.4", "target: 1.0e-1").replace("guidance_scale: 0.0", "guidance_scale: 1e300")
+    )
+    loaded = load_profile(big)
+    assert loaded.budget.target == 0.1 and loaded.sampling.guidance_scale == 1e300
+    # a key given twice is refused, not silently the last one
+    twice = tmp_path / "twice.yaml"
+    twice.write_text(text.replace("schedule: CCPPCP", "schedule: CCPPCP\nschedule: CPPPPP"))
+    with pytest.raises(ProfileError, match=r"twice\.yaml: line \d+: key 'schedule' appears twice"):
+        load_profile(twice)
+    # a schedule starting with P: refused (a run would compute its first step anyway)
+    with pytest.raises(ProfileError, match="schedule must start with C"):
+        make_profile(schedule="PCPPCP")
+    # not a regular file, or too large: refused without reading it all
+    with pytest.raises(ProfileError, match="not a regular file"):
+        load_profile(tmp_path)
+    monkeypatch.setattr(profile_module, "MAX_PROFILE_BYTES", 100)
+    with pytest.raises(ProfileError, match="larger than 100 bytes; not a profile"):
+        load_profile(path)

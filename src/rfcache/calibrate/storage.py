@@ -45,14 +45,41 @@ def open_storage(
     try:
         if "://" not in url:
             path = Path(url).expanduser()
+            _check_journal(path)
             path.parent.mkdir(parents=True, exist_ok=True)
             return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
         return _open_rdb(url, heartbeat_interval, grace_period, max_retry)
+    except StorageError:
+        raise
     except Exception as exc:  # any driver or URL error: one line, password hidden
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         if isinstance(exc, ImportError) and url.startswith("postgresql"):
             first = "no PostgreSQL driver: pip install 'psycopg[binary]'"
         raise StorageError(f"storage {_safe(url)}: cannot open ({first})") from exc
+
+
+def _check_journal(path: Path) -> None:
+    """An existing journal file holds one JSON record per line; anything else is refused before Optuna
+    appends to it (it reads past a bad last line, then fails once a record follows it). An unfinished
+    last line (no newline yet) is a record being written and is left to Optuna."""
+    import json
+
+    if not path.exists():
+        return
+    if not path.is_file():
+        raise StorageError(f"storage {path}: not a journal file (a folder or a device)")
+    with path.open("rb") as f:
+        for number, line in enumerate(f, 1):
+            if not line.strip() or not line.endswith(b"\n"):  # blank, or a record another worker is writing
+                continue
+            try:
+                record = json.loads(line)
+            except ValueError:
+                record = None
+            if not isinstance(record, dict) or "op_code" not in record:
+                raise StorageError(
+                    f"storage {path}: line {number} is not an Optuna journal record; the file is left as it is"
+                )
 
 
 def _open_rdb(url: str, heartbeat_interval: int, grace_period: int, max_retry: int) -> optuna.storages.RDBStorage:

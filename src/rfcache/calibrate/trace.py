@@ -35,6 +35,7 @@ from rfcache.calibrate.sketch import count_sketch
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, get_adapter
 from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
+from rfcache.outputs import write_file
 from rfcache.runtime.experts import expert_models
 from rfcache.runtime.identity import config_hash
 from rfcache.runtime.predictors import per_sample_norm
@@ -89,11 +90,9 @@ class Trace:
 
     def save(self, path: str | Path) -> None:
         """Write as ``.npz`` (numbers only, no pickled objects); atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npz")
         extra = {k: getattr(self, k) for k in _OPTIONAL if getattr(self, k) is not None}
-        np.savez(tmp, units=np.array(self.units), input_delta=self.input_delta, output_delta=self.output_delta, **extra)
-        tmp.replace(path)
+        arrays = {"units": np.array(self.units), "input_delta": self.input_delta, "output_delta": self.output_delta}
+        write_file(path, lambda tmp: np.savez(tmp, **arrays, **extra), suffix=".npz")
 
     @classmethod
     def load(cls, path: str | Path) -> Trace:

@@ -7,7 +7,21 @@ from pathlib import Path
 
 import numpy as np
 
-__all__ = ["cycle_labels", "save_grid", "save_output"]
+from rfcache.outputs import write_file
+
+__all__ = ["SAMPLE_SUFFIXES", "check_sample_suffix", "cycle_labels", "save_grid", "save_output"]
+
+#: what a sample file may be: images are a PNG grid; videos a .gif, .mp4 or a .png strip of frames
+SAMPLE_SUFFIXES = (".png", ".gif", ".mp4")
+
+
+def check_sample_suffix(pipe: object, out: Path) -> None:
+    """Before generating: an image pipeline's ``--out`` is a ``.png`` (a video's may also be .gif/.mp4)."""
+    from rfcache.errors import RfcacheError
+    from rfcache.runtime.runspec import pipeline_params
+
+    if "num_frames" not in pipeline_params(pipe) and out.suffix.lower() != ".png":
+        raise RfcacheError(f"--out {out}: images are written as .png")
 
 
 def cycle_labels(requested: tuple[int, ...], num_classes: int, num: int) -> list[int]:
@@ -30,11 +44,7 @@ def save_grid(images: np.ndarray, out: Path, *, scale: int = 1, cols: int = 10) 
     grid = grid.repeat(scale, axis=0).repeat(scale, axis=1)
     pixels = (grid * 255).round().astype("uint8")
     image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    image.save(tmp, format="PNG")
-    tmp.replace(out)
-    return out
+    return write_file(out, lambda tmp: image.save(tmp, format="PNG"), flag="--out")
 
 
 def save_output(samples: np.ndarray, out: Path, *, scale: int | None = None, fps: int = 8) -> Path:
@@ -56,28 +66,25 @@ def save_output(samples: np.ndarray, out: Path, *, scale: int | None = None, fps
         raise RfcacheError(f"--out {out}: a video is written as .gif, .mp4 or .png (a strip of frames)")
     frames = np.concatenate(list(samples), axis=2).repeat(scale, axis=1).repeat(scale, axis=2)  # (F, H, N*W, C)
     pixels = (np.clip(frames, 0, 1) * 255).round().astype("uint8")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.name}.tmp{suffix}")
-    try:
+
+    def write(tmp: Path) -> None:
         if suffix == ".gif":
             from PIL import Image
 
             images = [Image.fromarray(p[..., 0] if c == 1 else p) for p in pixels]
             images[0].save(tmp, format="GIF", save_all=True, append_images=images[1:], duration=1000 // fps, loop=0)
-        else:
-            try:
-                import imageio.v3 as iio
+            return
+        try:
+            import imageio.v3 as iio
 
-                iio.imwrite(tmp, pixels, fps=fps, codec="libx264", plugin="pyav" if _has("av") else None)
-            except (ImportError, ValueError, OSError, RuntimeError) as exc:
-                raise RfcacheError(
-                    f"--out {out}: cannot write MP4 here ({type(exc).__name__}); pip install imageio[ffmpeg] "
-                    "or write a .gif"
-                ) from exc
-        tmp.replace(out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return out
+            iio.imwrite(tmp, pixels, fps=fps, codec="libx264", plugin="pyav" if _has("av") else None)
+        except (ImportError, ValueError, OSError, RuntimeError) as exc:
+            raise RfcacheError(
+                f"--out {out}: cannot write MP4 here ({type(exc).__name__}); pip install imageio[ffmpeg] "
+                "or write a .gif"
+            ) from exc
+
+    return write_file(out, write, flag="--out", suffix=suffix)
 
 
 def _has(module: str) -> bool:

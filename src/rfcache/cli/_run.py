@@ -22,11 +22,15 @@ class RunFlags:
     class_labels: tuple[int, ...] = option(
         (), "class label(s) of class-conditional models, comma-separated", flag="--class", metavar="N"
     )
-    height: int | None = option(None, "image height in pixels (default: the profile's, else the pipeline's)")
-    width: int | None = option(None, "image width in pixels (default: the profile's, else the pipeline's)")
-    num_frames: int | None = option(None, "video frames (video pipelines; default: the profile's, else the pipeline's)")
-    steps: int | None = option(None, "number of inference steps (default: the profile's, else 50)")
-    guidance: float | None = option(None, "guidance scale (default: the profile's, else the pipeline's)")
+    height: int | None = option(
+        None, "image height in pixels (default: the profile's, else the pipeline's)", at_least=1
+    )
+    width: int | None = option(None, "image width in pixels (default: the profile's, else the pipeline's)", at_least=1)
+    num_frames: int | None = option(
+        None, "video frames (video pipelines; default: the profile's, else the pipeline's)", at_least=1
+    )
+    steps: int | None = option(None, "number of inference steps (default: the profile's, else 50)", at_least=1)
+    guidance: float | None = option(None, "guidance scale (default: the profile's, else the pipeline's)", at_least=0)
     seed: int = option(0, "seed of the initial noise")
     call_args: str | None = option(
         None, "JSON object of other pipeline arguments, e.g. '{\"max_sequence_length\": 128}'", metavar="JSON"

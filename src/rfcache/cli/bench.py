@@ -16,8 +16,9 @@ from pathlib import Path
 
 from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._run import RunFlags, run_spec
+from rfcache.outputs import check_file_output
 
-__all__ = ["BenchCommandConfig", "run_bench_command"]
+__all__ = ["BenchCommandConfig", "check_flags", "run_bench_command"]
 
 EXAMPLES = """examples:
   rfc-bench                                            # toy model, NFC 14,10,7 of 50 steps, all methods
@@ -32,17 +33,19 @@ EXAMPLES = """examples:
 @dataclass(frozen=True)
 class BenchCommandConfig(RunFlags):
     model: str = option("toy", "'toy', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a pipeline folder or hub id")
-    steps: int = option(50, "number of inference steps")  # type: ignore[assignment]
-    nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules")
-    budget: tuple[float, ...] = option((), "target costs as measured FLOP fractions (replaces --nfc)")
-    methods: tuple[str, ...] = option((), "comma-separated methods (default: all; see the list above)")
-    samples: int = option(10, "evaluated samples per method (seeds SEED, SEED+1, ...)")
+    steps: int = option(50, "number of inference steps", at_least=2)  # type: ignore[assignment]
+    nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules", at_least=1)
+    budget: tuple[float, ...] = option(
+        (), "target costs as measured FLOP fractions (replaces --nfc)", above=0, at_most=1
+    )
+    methods: tuple[str, ...] | None = option(None, "comma-separated methods (default: all; see the list above)")
+    samples: int = option(10, "evaluated samples per method (seeds SEED, SEED+1, ...)", at_least=1)
     seed: int = option(  # type: ignore[assignment]
         1000, "base seed of the evaluated samples (tuning samples use SEED+500..; calibration's 0..13 are kept apart)"
     )
-    tune_samples: int = option(2, "samples used to match each swept method's FLOP fraction")
-    repeats: int = option(3, "timed rounds after one warm-up round (0: no timing)")
-    calibrate_trials: int = option(24, "Optuna trials per calibrated static profile")
+    tune_samples: int = option(2, "samples used to match each swept method's FLOP fraction", at_least=1)
+    repeats: int = option(3, "timed rounds after one warm-up round (0: no timing)", at_least=0)
+    calibrate_trials: int = option(24, "Optuna trials per calibrated static profile", at_least=1)
     reference: str = option(
         "taylorseer-m2", "method every other is compared with per sample (paired ratio; none if it is not run)"
     )
@@ -56,17 +59,26 @@ class BenchCommandConfig(RunFlags):
 
 def run_bench_command(cfg: BenchCommandConfig):
     """Run the benchmark and write the requested files; returns the result and the paths written."""
+    from rfcache.errors import RfcacheError
     from rfcache.evaluate.bench import DEFAULT_METHODS, BenchConfig, run_bench
     from rfcache.evaluate.plots import pattern_plot_path, plot_patterns, plot_quality
     from rfcache.evaluate.tables import markdown_table, save_json, save_text
 
+    methods = _check_methods(cfg.methods) if cfg.methods is not None else DEFAULT_METHODS
+    if cfg.json is not None:  # every output before the minutes a benchmark takes
+        check_file_output(cfg.json, flag="--json", suffixes=(".json",), what="JSON file")
+    if cfg.markdown is not None:
+        check_file_output(cfg.markdown, flag="--markdown", suffixes=(".md",), what="Markdown file")
+    if cfg.plot is not None:
+        check_file_output(cfg.plot, flag="--plot", suffixes=(".png",), what="plot")
+        check_file_output(pattern_plot_path(cfg.plot), flag="--plot", suffixes=(".png",), what="plot")
     result = run_bench(
         BenchConfig(
             model=cfg.model,
             steps=cfg.steps,
             nfc=cfg.nfc,
             budgets=cfg.budget,
-            methods=cfg.methods or DEFAULT_METHODS,
+            methods=methods,
             samples=cfg.samples,
             tune_samples=cfg.tune_samples,
             repeats=cfg.repeats,
@@ -79,6 +91,9 @@ def run_bench_command(cfg: BenchCommandConfig):
             run=run_spec(cfg) if _sets_run(cfg) else None,
         )
     )
+    if not result.records and result.skipped:
+        why = "; ".join(f"{name}: {reason}" for name, reason in result.skipped.items())
+        raise RfcacheError(f"no method ran ({why})")
     written = []
     if cfg.json is not None:
         written.append(save_json(result, cfg.json))
@@ -88,6 +103,30 @@ def run_bench_command(cfg: BenchCommandConfig):
         written.append(plot_quality(result, cfg.plot))
         written.append(plot_patterns(result, pattern_plot_path(cfg.plot)))
     return result, written
+
+
+def _check_methods(methods: tuple[str, ...]) -> tuple[str, ...]:
+    """``--methods`` as given: not empty, no method twice (unknown names are refused by the benchmark)."""
+    from rfcache.errors import RfcacheError
+
+    if not methods:
+        raise RfcacheError("--methods is empty; name at least one method (or leave the flag out for all)")
+    repeated = sorted({m for m in methods if methods.count(m) > 1})
+    if repeated:
+        raise RfcacheError(f"--methods names {', '.join(repeated)} more than once")
+    return methods
+
+
+def check_flags(cfg: BenchCommandConfig, given: set[str]) -> None:
+    """Flags the benchmark would ignore."""
+    from rfcache.errors import RfcacheError
+
+    if cfg.class_labels:
+        raise RfcacheError("--class: rfc-bench cycles through the model's classes itself (see --samples)")
+    if "nfc" in given and cfg.budget:
+        raise RfcacheError("--nfc: --budget replaces --nfc; give one of them")
+    if "calibrate_trials" in given and cfg.methods is not None and "static" not in cfg.methods:
+        raise RfcacheError("--calibrate-trials applies to the static method only; add static to --methods")
 
 
 def _sets_run(cfg: BenchCommandConfig) -> bool:

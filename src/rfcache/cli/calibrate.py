@@ -12,8 +12,9 @@ from typing import Any
 
 from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._run import RunFlags, run_spec
+from rfcache.outputs import check_file_output, check_folder_output
 
-__all__ = ["CalibrateConfig", "run_calibrate"]
+__all__ = ["CalibrateConfig", "check_flags", "resume_hint", "run_calibrate"]
 
 logger = logging.getLogger(__name__)
 
@@ -37,17 +38,19 @@ EXAMPLES = """examples:
 @dataclass(frozen=True)
 class CalibrateConfig(RunFlags):
     model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
-    budget: float = option(0.4, "share of the module FLOPs the schedule may spend, in (0, 1]")
-    trials: int = option(200, "Optuna trials, scored by the error model (a resumed study counts its finished ones)")
-    confirm: int = option(4, "best candidates by estimate confirmed by real runs on the calibration inputs")
+    budget: float = option(0.4, "share of the module FLOPs the schedule may spend, in (0, 1]", above=0, at_most=1)
+    trials: int = option(
+        200, "Optuna trials, scored by the error model (a resumed study counts its finished ones)", at_least=1
+    )
+    confirm: int = option(4, "best candidates by estimate confirmed by real runs on the calibration inputs", at_least=0)
     storage: str | None = option(
         None, "Optuna storage: a database URL, or a journal file path (default: sqlite file beside --out)"
     )
     study: str | None = option(None, "Optuna study name (default: derived from model, steps, budget)")
     out: Path = option(Path("profile.yaml"), "profile to write")
-    samples: int = option(8, "calibration inputs (recording, fits, search, confirmation runs)")
-    selection: int = option(4, "selection inputs: choose among the confirmed candidates")
-    test: int = option(8, "test inputs: reported only, never used for a choice")
+    samples: int = option(8, "calibration inputs (recording, fits, search, confirmation runs)", at_least=1)
+    selection: int = option(4, "selection inputs: choose among the confirmed candidates", at_least=1)
+    test: int = option(8, "test inputs: reported only, never used for a choice", at_least=1)
     allow_overlap: bool = option(False, "let prompts repeat across the three input sets when the prompt file is short")
     device: str = option("cpu", "torch device")
     dtype: str = dtype_option("the pipeline is loaded and calibrated in (recorded in the profile's provenance)")
@@ -57,6 +60,7 @@ class CalibrateConfig(RunFlags):
         None,
         "inputs per pipeline call while recording (bounds memory; default: all at once, 4 per group for a "
         "--shard, where each finished group is saved so a killed run resumes)",
+        at_least=1,
     )
     json: bool = option(False, "print one JSON object as the last line")
 
@@ -70,6 +74,12 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
 
     check_budget(cfg.budget, name="--budget")  # before the model is loaded; calibrate() applies the same rule
     spec = run_spec(cfg)
+    if cfg.shard is None and cfg.budget < 1 / spec.steps:  # the first step is always computed
+        raise RfcacheError(
+            f"--budget {cfg.budget:g} is below the cheapest schedule: its one full step of {spec.steps} alone "
+            f"costs {1 / spec.steps:.3g} of module FLOPs (predictions add more); give --budget {1 / spec.steps:.3g} "
+            "or more, or more --steps"
+        )
     if spec.class_labels:
         raise RfcacheError("--class: rfc-calibrate picks class labels itself (see --samples)")
     shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
@@ -77,6 +87,12 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
     if cfg.record_batch is not None and cfg.record_batch < 1:
         raise RfcacheError(f"--record-batch must be >= 1, got {cfg.record_batch}")
+    if shard is not None:  # the folder the shard is written into, before anything is recorded
+        check_folder_output(cfg.trace_dir, flag="--trace-dir", ours=None)
+    else:  # every output before any work: the profile, and the storage (a file beside it by default)
+        check_file_output(cfg.out, flag="--out", suffixes=(".yaml", ".yml"), what="profile file")
+        if cfg.storage is not None:
+            _check_storage_path(cfg.storage)
     # merged traces are checked before the storage is opened (which may create a database file)
     trace = load_shards(cfg.trace_dir) if shard is None and cfg.trace_dir is not None else None
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
@@ -91,10 +107,21 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         return {"trace": str(path), "json": cfg.json}
     if cfg.storage is None:
         cfg.out.parent.mkdir(parents=True, exist_ok=True)
-    database = cfg.out.with_suffix(".optuna.db")
+    database = default_database(cfg.out)
     storage = cfg.storage or f"sqlite:///{database}"
     created = cfg.storage is None and not database.exists()
-    _check_storage(storage)
+    journal = Path(cfg.storage).expanduser() if cfg.storage is not None and "://" not in cfg.storage else None
+    journal_created = journal is not None and not journal.exists()
+    try:
+        resuming = _check_storage(storage, cfg.study)
+    except RfcacheError:
+        if created:
+            database.unlink(missing_ok=True)
+        if journal_created:
+            journal.unlink(missing_ok=True)  # type: ignore[union-attr]
+        raise
+    if resuming:
+        print(resuming, file=sys.stderr, flush=True)
     import optuna
 
     if not logging.getLogger().isEnabledFor(logging.INFO):
@@ -204,13 +231,62 @@ def _parse_shard(text: str) -> tuple[int, int]:
     return i, n
 
 
-def _check_storage(url: str) -> None:
+def default_database(out: Path) -> Path:
+    """The SQLite file beside ``--out`` that holds the study when no ``--storage`` is given."""
+    return out.with_suffix(".optuna.db")
+
+
+def _check_storage_path(storage: str) -> None:
+    """A journal file (or a ``sqlite:///`` file) the user named can be written, before any work."""
+    if "://" not in storage:
+        check_file_output(Path(storage).expanduser(), flag="--storage", what="journal file")
+    elif storage.startswith("sqlite:///") and storage != "sqlite:///:memory:":
+        check_file_output(Path(storage[len("sqlite:///") :]), flag="--storage", what="database file")
+
+
+def _check_storage(url: str, study: str | None) -> str | None:
+    """Open the storage (one line naming ``--storage`` if it cannot be); a line saying what is being
+    resumed when it already holds finished trials of the study (or of its only study)."""
     from rfcache.calibrate.storage import StorageError, open_storage
 
     try:
-        open_storage(url)
+        storage = open_storage(url)
+        import optuna
+
+        names = [name for name in optuna.get_all_study_names(storage) if study is None or name == study]
+        if len(names) != 1:
+            return None
+        found = optuna.load_study(study_name=names[0], storage=storage)
+        done = len(found.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
     except StorageError as exc:
         raise StorageError(f"--{exc}") from exc.__cause__
+    except Exception as exc:  # a journal or database that Optuna cannot read
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise StorageError(f"--storage {url}: cannot read the studies in it ({first}); left as it is") from None
+    if not done:
+        return None
+    return f"resuming study {names[0]!r} in {url}: {done} finished trials kept (--trials counts them)"
+
+
+def check_flags(cfg: CalibrateConfig, given: set[str]) -> None:
+    """``--shard`` only records a trace: the search's flags would be ignored."""
+    from rfcache.errors import RfcacheError
+
+    if cfg.shard is None:
+        return
+    unused = ("budget", "trials", "confirm", "storage", "study", "out", "selection", "test", "allow_overlap")
+    for name in unused:
+        if name in given:
+            flag = "--" + name.replace("_", "-")
+            raise RfcacheError(f"{flag}: --shard only records a trace into --trace-dir; give {flag} when merging")
+
+
+def resume_hint(cfg: CalibrateConfig) -> str:
+    """What to run after Ctrl-C."""
+    if cfg.shard is not None:
+        return "run the same command again: the groups already recorded in --trace-dir are kept"
+    storage = cfg.storage or f"sqlite:///{default_database(cfg.out)}"
+    return f"run the same command again to resume the study in {storage}"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> argparse.ArgumentParser:

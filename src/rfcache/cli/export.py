@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from rfcache.cli._args import dtype_option, option, torch_dtype
+from rfcache.outputs import check_folder_output
 
 __all__ = ["ExportConfig", "run_export"]
 
@@ -34,9 +35,11 @@ class ExportConfig:
     device: str = option("cpu", "torch device the model is exported from (cpu, cuda, ...); aoti compiles for it")
     dtype: str = dtype_option("the pipeline is loaded and its graphs exported in (--fp16 halves them instead)")
     guidance: float | None = option(
-        None, "default guidance scale of the bundle's sampler (the pipeline's own if unset)"
+        None,
+        "default guidance scale of a class-conditional bundle's sampler (the pipeline's own if unset)",
+        at_least=0,
     )
-    force: bool = option(False, "replace an existing bundle folder")
+    force: bool = option(False, "replace an existing bundle folder (only a bundle, or an empty folder)")
     json: bool = option(False, "print one JSON object as the last line")
 
 
@@ -44,13 +47,31 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
     from rfcache.errors import RfcacheError
     from rfcache.export import export, load_bundle
     from rfcache.pipelines import load_pipeline
+    from rfcache.runtime.runspec import conditioning
+    from rfcache.schedules import load_profile
 
     if cfg.profile is None or cfg.out is None:
         raise RfcacheError("--profile and --out are required")
+    check_folder_output(cfg.out, flag="--out", force=cfg.force)  # before the minutes an export takes
+    if cfg.fp16 and cfg.backend == "onnx" and not cfg.device.startswith("cuda"):
+        raise RfcacheError(
+            f"--fp16: an fp16 ONNX bundle runs on cuda only (rfc-run would refuse it on {cfg.device}); "
+            "export with --device cuda, or drop --fp16"
+        )
     started = time.perf_counter()
-    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
+    profile = load_profile(cfg.profile)
+    dtype = torch_dtype(cfg.dtype)
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=dtype)
+    if cfg.guidance is not None and conditioning(pipe) != "class":
+        scale = profile.sampling.guidance_scale
+        if cfg.guidance != scale:
+            fixed = f"{scale:g}" if scale else "the pipeline's default"
+            raise RfcacheError(
+                f"--guidance {cfg.guidance:g}: a {type(pipe).__name__} bundle runs at the guidance its profile "
+                f"was calibrated with ({fixed}); drop --guidance or calibrate at that scale"
+            )
     path = export(
-        pipe, cfg.profile, cfg.out, backend=cfg.backend, fp16=cfg.fp16, guidance_scale=cfg.guidance, force=cfg.force
+        pipe, profile, cfg.out, backend=cfg.backend, fp16=cfg.fp16, guidance_scale=cfg.guidance, force=cfg.force
     )
     bundle = load_bundle(path)
     size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Any
 
 from rfcache.cli._args import dtype_option, option, torch_dtype
-from rfcache.cli._images import cycle_labels, save_output
+from rfcache.cli._images import SAMPLE_SUFFIXES, check_sample_suffix, cycle_labels, save_output
 from rfcache.cli._run import RunFlags, run_spec
+from rfcache.outputs import check_file_output
 
-__all__ = ["GenerateConfig", "run_generate"]
+__all__ = ["GenerateConfig", "check_flags", "run_generate"]
 
 logger = logging.getLogger(__name__)
 
@@ -32,19 +33,23 @@ EXAMPLES = """examples:
 @dataclass(frozen=True)
 class GenerateConfig(RunFlags):
     model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
-    num: int | None = option(None, "number of images or videos; inputs cycle to fill it (default: one per input)")
+    num: int | None = option(
+        None, "number of images or videos; inputs cycle to fill it (default: one per input)", at_least=1
+    )
     out: Path = option(Path("out.png"), "PNG to write (a grid for several); for video also .gif, .mp4 (animated)")
-    scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")
-    fps: int = option(8, "frames per second of a .gif or .mp4")
+    scale: int | None = option(
+        None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)", at_least=1
+    )
+    fps: int = option(8, "frames per second of a .gif or .mp4", at_least=1)
     device: str = option("cpu", "torch device (cpu, cuda, cuda:1, ...)")
     dtype: str = dtype_option()
     profile: str | None = option(None, "profile YAML or shipped name (e.g. toy-b0.4); replaces --method")
     method: str = option("none", "caching method: none, fora, taylorseer, rfe, rcs, rfc")
-    interval: int = option(4, "full step every N steps after the warm-up (fora, taylorseer, rfe)")
-    order: int = option(2, "Taylor order m (taylorseer, rfe, rcs, rfc)")
-    warmup: int = option(2, "full steps at the start")
-    tau: float = option(0.3, "RCS threshold on the accumulated input-forecast error (rcs, rfc)")
-    max_cached: int | None = option(None, "cap on consecutive cached steps (rcs, rfc)")
+    interval: int = option(4, "full step every N steps after the warm-up (fora, taylorseer, rfe)", at_least=1)
+    order: int = option(2, "Taylor order m (taylorseer, rfe, rcs, rfc)", at_least=0)
+    warmup: int = option(2, "full steps at the start", at_least=0)
+    tau: float = option(0.3, "RCS threshold on the accumulated input-forecast error (rcs, rfc)", at_least=0)
+    max_cached: int | None = option(None, "cap on consecutive cached steps (rcs, rfc)", at_least=1)
     compile: bool = option(False, "torch.compile the transformer: two variants, full and cached step (fixed schedules)")
 
 
@@ -55,13 +60,15 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     from rfcache.runtime import enable, summary
     from rfcache.schedules import load_profile
 
-    profile = load_profile(cfg.profile) if cfg.profile is not None else None
-    spec = run_spec(cfg, profile.sampling if profile is not None else None)
-    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
-    inputs = run_inputs(pipe, spec, cfg.num)
+    check_file_output(cfg.out, flag="--out", suffixes=SAMPLE_SUFFIXES, what="sample file")
     cached = cfg.profile is not None or cfg.method != "none"
     if cfg.compile and not cached:
         raise RfcacheError("--compile needs --profile or a fixed-schedule --method (fora, taylorseer, rfe)")
+    profile = load_profile(cfg.profile) if cfg.profile is not None else None
+    spec = run_spec(cfg, profile.sampling if profile is not None else None)
+    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
+    check_sample_suffix(pipe, cfg.out)
+    inputs = run_inputs(pipe, spec, cfg.num)
     if profile is not None:
         enable(pipe, profile, run=spec, compile=cfg.compile)
     elif cfg.method != "none":
@@ -78,6 +85,41 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
     out = generate_with(pipe, spec, inputs, device=cfg.device, what="rfc-generate")
     save_output(out, cfg.out, scale=cfg.scale, fps=cfg.fps)
     return cfg.out, (summary(pipe) if profile is not None or cfg.method != "none" else None)
+
+
+#: the methods each schedule flag applies to (rfc-generate refuses one given for another method)
+_METHOD_FLAGS = {
+    "interval": ("fora", "taylorseer", "rfe"),
+    "order": ("taylorseer", "rfe", "rcs", "rfc"),
+    "warmup": ("fora", "taylorseer", "rfe", "rcs", "rfc"),
+    "tau": ("rcs", "rfc"),
+    "max_cached": ("rcs", "rfc"),
+}
+
+
+def check_flags(cfg: GenerateConfig, given: set[str]) -> None:
+    """Flags that would be ignored: a method's parameters with a profile or another method; ``--fps``
+    for a still image."""
+    from rfcache.errors import RfcacheError
+
+    for name, methods in _METHOD_FLAGS.items():
+        if name not in given:
+            continue
+        flag = "--" + name.replace("_", "-")
+        if cfg.profile is not None:
+            raise RfcacheError(f"{flag}: --profile fixes the schedule; give --profile or --method with {flag}")
+        if cfg.method not in methods:
+            raise RfcacheError(f"{flag} applies to --method {', '.join(methods)}, not {cfg.method}")
+    if "method" in given and cfg.profile is not None:
+        raise RfcacheError("--method: --profile fixes the method; give one of them")
+    check_fps(cfg.out, given)
+
+
+def check_fps(out: Path, given: set[str]) -> None:
+    from rfcache.errors import RfcacheError
+
+    if "fps" in given and out.suffix.lower() not in (".gif", ".mp4"):
+        raise RfcacheError(f"--fps applies to a .gif or .mp4 --out, not {out}")
 
 
 def run_inputs(pipe: Any, spec: Any, num: int | None) -> dict[str, list[Any]]:

@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from rfcache.cli._args import option
+from rfcache.outputs import check_file_output, write_file
 
 __all__ = ["ShowConfig", "format_profile", "plot_profile", "run_show"]
 
@@ -89,17 +90,17 @@ def plot_profile(p: Any, path: Path) -> Path:
         ax.set_ylabel("fitted s = |ΔO| / |ΔI|")
         ax.set_title(f"relation ratio per unit ({used})")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp.png")
-    fig.savefig(tmp, dpi=120)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    try:
+        return write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"), flag="--plot")
+    finally:
+        plt.close(fig)
 
 
 def run_show(cfg: ShowConfig) -> tuple[Any, Path | None]:
     from rfcache.schedules import load_profile
 
+    if cfg.plot is not None:
+        check_file_output(cfg.plot, flag="--plot", suffixes=(".png",), what="plot")
     profile = load_profile(cfg.profile)
     return profile, (plot_profile(profile, cfg.plot) if cfg.plot is not None else None)
 

@@ -152,6 +152,26 @@ def _resolve(names: tuple[str, ...]) -> list[MethodSpec]:
     return specs
 
 
+def _check_profiles(specs: list[MethodSpec], work: Workload) -> None:
+    """A ``profile:NAME`` method made for another model, scheduler or step count is refused before
+    any work (one line), not skipped after the reference runs."""
+    from rfcache.models import get_adapter
+    from rfcache.runtime.api import profile_config
+    from rfcache.schedules import load_profile
+
+    for spec in specs:
+        if not spec.name.startswith("profile:"):
+            continue
+        profile = load_profile(spec.name.removeprefix("profile:"))
+        try:
+            profile_config(
+                work.transformer, get_adapter(work.transformer), profile, getattr(work.pipe, "scheduler", None)
+            )
+            profile.check_sampling(num_steps=work.steps)
+        except RfcacheError as exc:
+            raise RfcacheError(f"--methods {spec.name}: {exc}") from None
+
+
 class _Bench:
     def __init__(self, cfg: BenchConfig, workload: Workload) -> None:
         self.cfg, self.work = cfg, workload
@@ -333,6 +353,7 @@ def run_bench(cfg: BenchConfig, *, workload: Workload | None = None) -> BenchRes
             logger.warning("skipping %s: %s", spec.name, reason)
     work = workload or load_workload(cfg.model, steps=cfg.steps, device=cfg.device, dtype=cfg.dtype, run=cfg.run)
     work.seed = cfg.seed
+    _check_profiles(specs, work)
     bench = _Bench(cfg, work)
     from tqdm.auto import tqdm
 

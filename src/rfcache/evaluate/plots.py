@@ -12,11 +12,9 @@ _MARKERS = "osD^v<>pP*Xhd8"
 
 
 def _save(fig, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp" + path.suffix)
-    fig.savefig(tmp, dpi=120, bbox_inches="tight")
-    tmp.replace(path)
-    return path
+    from rfcache.outputs import write_file
+
+    return write_file(path, lambda tmp: fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png"), flag="--plot")
 
 
 def plot_quality(result: BenchResult, path: Path) -> Path:

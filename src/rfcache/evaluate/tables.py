@@ -80,11 +80,9 @@ def markdown_table(result: BenchResult) -> str:
 
 def save_text(text: str, path: Path) -> Path:
     """Write ``text`` to ``path`` through a temporary name, so no half-written file is left."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
-    return path
+    from rfcache.outputs import write_file
+
+    return write_file(path, lambda tmp: tmp.write_text(text))
 
 
 def save_json(result: BenchResult, path: Path) -> Path:

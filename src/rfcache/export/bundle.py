@@ -45,6 +45,7 @@ from rfcache.export.manifest import (
     is_expert_manifest,
     parse_manifest,
 )
+from rfcache.outputs import check_folder_output, replace_folder
 from rfcache.schedules import Profile, ProfileError
 
 __all__ = ["BundleFolder", "EngineFolder", "ExpertFolder", "read_folder", "sha256", "write_bundle"]
@@ -172,9 +173,7 @@ def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, A
     ``fill(folder)`` writes the graphs and the profile into ``folder`` and returns the manifest
     without its ``files`` and ``content_sha256``, which are added here.
     """
-    out = Path(out)
-    if out.exists() and not force:
-        raise BundleError(f"{out} already exists; choose another --out or pass --force")
+    out = check_folder_output(out, flag="--out", force=force)  # before any work; replaced only if a bundle
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
@@ -184,9 +183,7 @@ def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, A
         }
         manifest["content_sha256"] = content_hash(manifest)
         (tmp / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True, allow_nan=False) + "\n")
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.rename(out)
+        replace_folder(tmp, out, force=force)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

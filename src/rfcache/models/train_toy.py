@@ -30,6 +30,7 @@ from rfcache.models.toy import (
     load_digits_images,
     toy_scheduler_config,
 )
+from rfcache.outputs import replace_folder
 
 logger = logging.getLogger("rfcache.train_toy")
 
@@ -112,11 +113,8 @@ def train(steps: int, seed: int, out: Path, batch_size: int = 48, lr: float = 1e
         ema.save_pretrained(tmp_out / "transformer")
         DDIMScheduler(**toy_scheduler_config()).save_pretrained(tmp_out / "scheduler")
         (tmp_out / "training.json").write_text(json.dumps(record, indent=2) + "\n")
-        if out.exists():
-            import shutil
-
-            shutil.rmtree(out)
-        tmp_out.rename(out)
+        # replaces only a weights folder this script wrote (or an empty one), never anything else
+        replace_folder(tmp_out, out, force=True, ours=lambda folder: (folder / "training.json").is_file())
     return record
 
 

@@ -27,23 +27,26 @@ from rfcache.schedules import Profile, load_profile
 __all__ = ["disable", "enable", "get_session", "profile_config", "summary"]
 
 _SESSION_ATTR = "_rfcache_session"
+# what a profile decides (its method, schedule and ratios): not also given as an enable() parameter
+_PROFILE_FIXED = frozenset({"interval", "order", "warmup", "tau", "max_cached", "mask", "ratios", "ratio_slopes"})
 
 
 def enable(
     pipe_or_model: Any,
     profile: Any = None,
     *,
-    method: str = "rfc",
+    method: str | None = None,
     compile: bool = False,
     cuda_graphs: bool = False,
     run: RunSpec | None = None,
     **params: Any,
 ) -> CacheSession:
-    """Start caching ``pipe_or_model``'s transformer with ``method`` (or a profile); returns the session.
+    """Start caching ``pipe_or_model``'s transformer with ``method`` (default rfc) or a profile; returns the session.
 
     ``profile`` (a :class:`Profile`, a YAML path or a shipped name) replays its static schedule
     with its predictor and coefficients; one made for another model, scheduler, step count or
-    input resolution is refused. The pipeline call itself is unchanged. Parameters
+    input resolution is refused, and so is a ``method`` or schedule parameter (``interval``, ``order``,
+    ``warmup``, ``tau``, ``max_cached``, ...) given with a profile. The pipeline call itself is unchanged. Parameters
     (``interval``, ``order``, ``warmup``, ``tau``, ``max_cached``, ``granularity``,
     ``check_finite``, ``max_cache_bytes``, ``share_conditioning``) are those of :class:`CacheConfig`.
     Enabling twice on one model is an error (disable first); so is a cache estimated to exceed ``max_cache_bytes``, and
@@ -73,6 +76,14 @@ def enable(
     if unknown:
         expected = ", ".join(sorted(names))
         raise RfcacheError(f"unknown caching parameter(s) {', '.join(unknown)}; expected some of {expected}")
+    if profile is not None:
+        fixed = (["method"] if method is not None else []) + sorted(set(params) & _PROFILE_FIXED)
+        if fixed:
+            raise RfcacheError(
+                f"a profile fixes the method and its schedule; {', '.join(fixed)} would contradict it "
+                "(give a profile or a method with its parameters, not both)"
+            )
+    method = method or "rfc"
     experts = expert_models(pipe_or_model)
     scheduler = getattr(pipe_or_model, "scheduler", None)
     if profile is not None:

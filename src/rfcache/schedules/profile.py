@@ -12,10 +12,9 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
-import os
+import re
 import reprlib
 import sys
-import tempfile
 import types
 import typing
 from dataclasses import dataclass, field
@@ -25,6 +24,7 @@ from typing import Any
 import yaml
 
 from rfcache.errors import RfcacheError
+from rfcache.outputs import write_file
 
 __all__ = [
     "RATIO_FORMS",
@@ -43,6 +43,7 @@ __all__ = [
 ]
 
 SCHEMA_VERSION = 1
+MAX_PROFILE_BYTES = 16 * 2**20  # far above any real profile; /dev/zero and the like stop here
 logger = logging.getLogger(__name__)
 SHIPPED_DIR = Path(__file__).parent
 RATIO_FORMS = ("constant", "step-linear")  # how a calibrated relation ratio depends on the step
@@ -216,18 +217,9 @@ class Profile:
         return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
 
     def save(self, path: str | Path) -> Path:
-        """Write atomically (temporary file in the same folder, then rename)."""
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-        try:
-            with os.fdopen(fd, "w", encoding="utf-8") as f:
-                f.write(self.to_yaml())
-            os.replace(tmp, path)
-        except BaseException:
-            Path(tmp).unlink(missing_ok=True)
-            raise
-        return path
+        """Write atomically (temporary file in the same folder, then rename), with the umask's mode."""
+        text = self.to_yaml()
+        return write_file(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
     @classmethod
     def from_dict(cls, data: Any, *, source: str = "<profile>") -> Profile:
@@ -245,7 +237,9 @@ class Profile:
     def from_yaml(cls, text: str, *, source: str = "<profile>") -> Profile:
         """Parse with YAML's safe loader (no tags that construct objects), then :meth:`from_dict`."""
         try:
-            data = yaml.safe_load(text)
+            data = yaml.load(text, Loader=_Loader)  # a SafeLoader: no tags that construct objects
+        except ProfileError as exc:
+            raise ProfileError(_one_line(f"{source}: {exc}")) from None
         except yaml.YAMLError as exc:
             first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
             raise ProfileError(_one_line(f"{source}: not valid YAML ({first})")) from None
@@ -322,9 +316,15 @@ def load_profile(name_or_path: str | Path) -> Profile:
             names = ", ".join(sorted(p.stem for p in SHIPPED_DIR.glob("*.yaml"))) or "none"
             raise ProfileError(f"no profile file or shipped profile named {str(name_or_path)!r} (shipped: {names})")
     try:
-        text = path.read_text(encoding="utf-8")
+        if not path.is_file():
+            raise ProfileError(f"{path}: not a regular file (expected a profile YAML file)")
+        with path.open("rb") as f:
+            data = f.read(MAX_PROFILE_BYTES + 1)
+        if len(data) > MAX_PROFILE_BYTES:
+            raise ProfileError(f"{path}: larger than {MAX_PROFILE_BYTES} bytes; not a profile")
+        text = data.decode("utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise ProfileError(f"{path}: cannot read ({type(exc).__name__}: {exc})") from exc
+        raise ProfileError(_one_line(f"{path}: cannot read ({type(exc).__name__}: {exc})")) from None
     return Profile.from_yaml(text, source=str(path))
 
 
@@ -345,6 +345,10 @@ def ratio_position(step: int, num_steps: int) -> float:
 def _validate(p: Profile) -> None:
     if not p.schedule or set(p.schedule) - {"C", "P"}:
         raise ProfileError(f"schedule must be a non-empty string of C and P, got {_show(p.schedule)}")
+    if p.schedule[0] != "C":
+        raise ProfileError(
+            f"schedule must start with C (nothing is cached before the first step), got {_show(p.schedule)}"
+        )
     if len(p.schedule) != p.sampling.num_steps:
         raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
     if p.experts is not None or p.sampling.boundary_step is not None:
@@ -509,6 +513,30 @@ def _check_equal(expected: Any, found: Any, where: str, name: str) -> None:
         a, b = getattr(expected, f.name), getattr(found, f.name)
         if a != b:
             raise ProfileError(f"profile {name!r} is for {where}.{f.name}={a!r}, this model has {b!r}")
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML's safe loader, stricter where a profile would otherwise be misread: a key given twice is
+    refused (the safe loader keeps the last), and a number such as ``1e-7`` or ``1.0e300`` is a float
+    (YAML 1.1 wants a dot and a signed exponent, else reads it as a string)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if not isinstance(key, typing.Hashable):
+                continue  # the safe constructor refuses it itself
+            if key in seen:
+                raise ProfileError(f"line {key_node.start_mark.line + 1}: key {_show(key)} appears twice")
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+    list("-+0123456789"),
+)
 
 
 class _Dumper(yaml.SafeDumper):
