@@ -1,0 +1,196 @@
+"""Caching under diffusers' context parallelism: every rank computes what one device would.
+
+Two gloo processes on CPU (tests/runtime/_cp_harness.py holds the CPU workarounds), tiny Flux and
+Wan, Ulysses and Ring, for TaylorSeer, RFE, dynamic RFC and a static profile: the output equals the
+one-process cached output within 1e-5 relative, every rank's output and summary are the same. A
+negative control (norms per shard, no reduction) shows that this check does catch a missing
+reduction; a case whose shards' RCS errors straddle tau shows one decision on every rank.
+
+All of it runs in one spawned pair of ranks (imports cost more than the runs), with a hard timeout.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import rfcache
+from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
+from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from tests.runtime._cp_harness import enable_context_parallel, run_ranks
+
+STEPS = 8
+FAMILIES = ("flux", "wan")
+MODES = ("ulysses", "ring")
+SCHEDULE = "CCCPPCPC"
+METHODS: dict[str, dict[str, Any]] = {
+    "taylorseer": {"method": "taylorseer", "interval": 3, "warmup": 1, "order": 2},
+    "rfe": {"method": "rfe", "interval": 3, "warmup": 2, "order": 2},
+    "rfc": {"method": "rfc", "tau": 0.2, "warmup": 2, "order": 2, "max_cached": 3},
+    "profile": {},  # a static profile (relational predictor, run-time ratios): see _profile
+}
+TOLERANCE = 1e-5
+
+
+def _profile(pipe: Any, family: str) -> Profile:
+    from rfcache.models import get_adapter, get_transformer
+    from rfcache.runtime.identity import model_identity
+
+    model = get_transformer(pipe)
+    return Profile(
+        name=f"tiny-{family}",
+        model=model_identity(model, get_adapter(model)),
+        sampling=SamplingSetup(
+            scheduler=type(pipe.scheduler).__name__,
+            num_steps=STEPS,
+            guidance="embedded" if family == "flux" else "cfg",
+            resolution=(),
+        ),
+        method=MethodSpec("relational", 2, "interval", {}),
+        schedule=SCHEDULE,
+        budget=Budget(0.5, 0.5),
+        provenance=Provenance("test", 0, 1, "now"),
+    )
+
+
+def _enable(pipe: Any, family: str, name: str) -> None:
+    if name == "profile":
+        rfcache.enable(pipe, _profile(pipe, family))
+    else:
+        rfcache.enable(pipe, **METHODS[name])
+
+
+def _generate(pipe: Any, family: str) -> np.ndarray:
+    out = pipe(
+        **tiny_pipeline_call_kwargs(family),
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
+    latents = out.frames if hasattr(out, "frames") else out.images
+    return latents.float().numpy()
+
+
+def _cached(pipe: Any, family: str, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    _enable(pipe, family, name)
+    try:
+        out = _generate(pipe, family)
+        summary = dataclasses.asdict(rfcache.summary(pipe))
+    finally:
+        rfcache.disable(pipe)
+    return out, summary
+
+
+def _straddle(rank: int, world: int) -> dict[str, bool]:
+    """RCS on a first input whose two shards' errors lie on either side of tau (0.09 and 0.33 against
+    0.3; 0.23 over the whole sequence): one decision on every rank, the one device's."""
+    import torch.distributed as dist
+
+    from rfcache.runtime.parallel import ContextGroup
+    from rfcache.runtime.policies import DynamicPolicy
+
+    group = ContextGroup(dist.group.WORLD, world, rank, "test")
+    forecast = torch.ones(1, 4 * world, 2)  # (B, S, D); the forecast of the first unit's input
+    error = torch.full_like(forecast, 0.1)
+    error[:, 4 * (world - 1) :] = 0.5  # the last rank's shard is forecast badly
+    first_input = forecast + error
+    shard = slice(4 * rank, 4 * (rank + 1))
+
+    def decide(x: torch.Tensor, ref: torch.Tensor, reduce: Any) -> bool:
+        policy = DynamicPolicy(tau=0.3, order=1, warmup=0)
+        policy._differences, policy._last_full = [ref], 0
+        return policy.decide(1, 1, x, reduce=reduce)
+
+    local = decide(first_input[:, shard], forecast[:, shard], None)
+    reduced = decide(first_input[:, shard], forecast[:, shard], group.sum)
+    return {
+        "local": local,
+        "reduced": group.any(reduced),
+        "one_device": decide(first_input, forecast, None),
+    }
+
+
+def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
+    """On each rank: every (family, mode, method) under context parallelism, and the controls."""
+    results: dict[str, Any] = {"straddle": _straddle(rank, world)}
+    for family in FAMILIES:
+        for mode in MODES:
+            pipe = build_tiny_pipeline(family)
+            # cache first, then parallelism (the other order for the remaining methods)
+            _enable(pipe, family, "rfe")
+            enable_context_parallel(pipe.transformer, mode, world)
+            try:
+                results[family, mode, "rfe", "cache-first"] = (_generate(pipe, family), None)
+            finally:
+                rfcache.disable(pipe)
+            for name in METHODS:
+                results[family, mode, name] = _cached(pipe, family, name)
+            if per_shard:  # the negative control: norms per shard, as without the reductions
+                from unittest import mock
+
+                with mock.patch("rfcache.runtime.session.context_group", return_value=None):
+                    results[family, mode, "rfe", "per-shard"] = _cached(pipe, family, "rfe")
+            results[family, mode, "full"] = (_generate(pipe, family), None)
+    return results
+
+
+@pytest.fixture(scope="module")
+def ranks() -> list[dict[str, Any]]:
+    return run_ranks(_worker, True, world=2, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[tuple[str, str], tuple[np.ndarray, dict[str, Any]]]:
+    out = {}
+    for family in FAMILIES:
+        pipe = build_tiny_pipeline(family)
+        for name in METHODS:
+            out[family, name] = _cached(pipe, family, name)
+        out[family, "full"] = (_generate(pipe, family), None)
+    return out
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_matches_one_device_on_every_rank(ranks, references, family, mode):
+    full = references[family, "full"][0]
+    assert _relative(ranks[0][family, mode, "full"][0], full) < TOLERANCE  # the harness itself
+    for name in METHODS:
+        expected, expected_summary = references[family, name]
+        assert not np.allclose(expected, full, rtol=0, atol=1e-6), f"{name} predicted nothing"
+        for rank in ranks:
+            out, summary = rank[family, mode, name]
+            assert _relative(out, expected) < TOLERANCE, (family, mode, name, _relative(out, expected))
+            assert summary == expected_summary, (family, mode, name)
+        np.testing.assert_array_equal(ranks[0][family, mode, name][0], ranks[1][family, mode, name][0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_enabled_before_parallelism(ranks, references, family, mode):
+    expected = references[family, "rfe"][0]
+    for rank in ranks:
+        assert _relative(rank[family, mode, "rfe", "cache-first"][0], expected) < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_norms_per_shard_fail_the_check(ranks, references, family, mode):
+    """The negative control: without the reductions RFE's outputs are off by more than the tolerance."""
+    expected = references[family, "rfe"][0]
+    assert _relative(ranks[0][family, mode, "rfe", "per-shard"][0], expected) > TOLERANCE
+
+
+def test_shards_straddling_tau_take_one_decision(ranks):
+    local = [rank["straddle"]["local"] for rank in ranks]
+    assert local == [False, True]  # what each rank would decide from its shard alone
+    assert [rank["straddle"]["reduced"] for rank in ranks] == [ranks[0]["straddle"]["one_device"]] * 2
+    assert ranks[0]["straddle"]["one_device"] is False
