@@ -11,6 +11,7 @@ All of it runs in one spawned pair of ranks (imports cost more than the runs), w
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from typing import Any
 
@@ -85,6 +86,22 @@ def _cached(pipe: Any, family: str, name: str) -> tuple[np.ndarray, dict[str, An
     return out, summary
 
 
+def _one_nonfinite_output() -> Any:
+    """A patch under which the first cached step's output looks non-finite (to the guard only)."""
+    from unittest import mock
+
+    from rfcache.runtime import session
+
+    calls = []
+
+    def first_tensor(output: Any) -> torch.Tensor:
+        calls.append(1)
+        return torch.tensor([float("nan")]) if len(calls) == 1 else session._first_tensor.__wrapped__(output)
+
+    first_tensor.__wrapped__ = session._first_tensor  # type: ignore[attr-defined]
+    return mock.patch.object(session, "_first_tensor", first_tensor)
+
+
 def _straddle(rank: int, world: int) -> dict[str, bool]:
     """RCS on a first input whose two shards' errors lie on either side of tau (0.09 and 0.33 against
     0.3; 0.23 over the whole sequence): one decision on every rank, the one device's."""
@@ -134,6 +151,16 @@ def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
 
                 with mock.patch("rfcache.runtime.session.context_group", return_value=None):
                     results[family, mode, "rfe", "per-shard"] = _cached(pipe, family, "rfe")
+            if (family, mode) == ("flux", "ulysses"):  # a non-finite output seen by one rank only
+                with _one_nonfinite_output() if rank == 1 else contextlib.nullcontext():
+                    results[family, mode, "taylorseer", "nonfinite"] = _cached(pipe, family, "taylorseer")
+            if (family, mode) == ("wan", "ulysses"):  # refused, in one line, before any collective
+                for refused in ({"granularity": "block"}, {"max_cache_bytes": 1 << 30}):
+                    try:
+                        rfcache.enable(pipe, method="taylorseer", **refused)
+                    except rfcache.RfcacheError as exc:
+                        results[(family, mode, "refused", *refused)] = str(exc)
+                    assert rfcache.runtime.api._SESSION_ATTR not in vars(pipe.transformer)
             results[family, mode, "full"] = (_generate(pipe, family), None)
     return results
 
@@ -151,6 +178,9 @@ def references() -> dict[tuple[str, str], tuple[np.ndarray, dict[str, Any]]]:
         for name in METHODS:
             out[family, name] = _cached(pipe, family, name)
         out[family, "full"] = (_generate(pipe, family), None)
+        if family == "flux":
+            with _one_nonfinite_output():
+                out[family, "nonfinite"] = _cached(pipe, family, "taylorseer")
     return out
 
 
@@ -194,3 +224,21 @@ def test_shards_straddling_tau_take_one_decision(ranks):
     assert local == [False, True]  # what each rank would decide from its shard alone
     assert [rank["straddle"]["reduced"] for rank in ranks] == [ranks[0]["straddle"]["one_device"]] * 2
     assert ranks[0]["straddle"]["one_device"] is False
+
+
+def test_a_nonfinite_output_on_one_rank_is_rerun_on_every_rank(ranks, references):
+    """Rank 1 alone sees a non-finite output at the first cached step: both ranks re-run it in full
+    (one rank alone would wait forever in the re-run's all-to-all), as one device does."""
+    expected, expected_summary = references["flux", "nonfinite"]
+    assert expected_summary["nonfinite_fallbacks"] == 1
+    for rank in ranks:
+        out, summary = rank["flux", "ulysses", "taylorseer", "nonfinite"]
+        assert _relative(out, expected) < TOLERANCE
+        assert summary == expected_summary
+
+
+@pytest.mark.parametrize(("option", "words"), [("granularity", "granularity='module'"), ("max_cache_bytes", "unset")])
+def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option, words):
+    for rank in ranks:
+        message = rank["wan", "ulysses", "refused", option]
+        assert "context parallelism" in message and words in message and "\n" not in message, message

@@ -35,7 +35,14 @@ import torch
 
 from rfcache.errors import RfcacheError
 
-__all__ = ["ContextGroup", "Reduce", "context_group", "is_context_parallel", "refuse_context_parallel"]
+__all__ = [
+    "ContextGroup",
+    "Reduce",
+    "check_units_unsplit",
+    "context_group",
+    "is_context_parallel",
+    "refuse_context_parallel",
+]
 
 # sums a tensor of per-sample partial sums over the group; None: one device, nothing to reduce
 Reduce = Callable[[torch.Tensor], torch.Tensor]
@@ -78,6 +85,19 @@ def context_group(model: torch.nn.Module) -> ContextGroup | None:
     ring, ulysses = cp.ring_degree or 1, cp.ulysses_degree or 1
     mode = "+".join(name for name, degree in (("ulysses", ulysses), ("ring", ring)) if degree > 1)
     return ContextGroup(group=mesh.get_group(), size=mesh.size(), rank=mesh.get_local_rank(), mode=mode)
+
+
+def check_units_unsplit(model: torch.nn.Module, modules: dict[str, torch.nn.Module], group: ContextGroup) -> None:
+    """Refuse units that are themselves where the split plan splits or gathers (Wan's first block at
+    ``granularity="block"``): such a unit would see the whole sequence on one side and a shard on the other."""
+    for path, module in modules.items():
+        registry = getattr(module, "_diffusers_hook", None)
+        names = [n for n in getattr(registry, "hooks", {}) if n.startswith(("cp_input", "cp_output"))]
+        if names:
+            raise RfcacheError(
+                f"{type(model).__name__}: the cached unit {path} is where context parallelism ({group.mode}) splits "
+                "or gathers the sequence; use granularity='module'"
+            )
 
 
 def is_context_parallel(model: Any) -> bool:

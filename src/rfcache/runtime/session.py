@@ -60,7 +60,7 @@ from rfcache.runtime.memory import (
     shape_only_forward,
     tensor_shapes,
 )
-from rfcache.runtime.parallel import ContextGroup, Reduce, context_group
+from rfcache.runtime.parallel import ContextGroup, Reduce, check_units_unsplit, context_group
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
 from rfcache.runtime.predictors import (
     difference_gram,
@@ -196,6 +196,7 @@ class CacheSession:
         self._flop_cache: dict[tuple, int] = {}
         self._probe: list[UnitFootprint] | None = None  # set while a shape-only forward runs
         self._bytes_cache: dict[str, int] = {}
+        self._units_checked = False  # against context parallelism's split points, once (parallel.py)
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -296,6 +297,9 @@ class CacheSession:
                 f"max_cache_bytes is not supported under context parallelism ({group.mode}, {group.size} ranks): "
                 "the shape-only forward cannot run the split model; unset it"
             )
+        if group is not None and not self._units_checked:
+            check_units_unsplit(self.model, {u.path: self.adapter.resolve(self.model, u) for u in self.units}, group)
+            self._units_checked = True
         self._group, self._scale = group, group.size if group is not None else 1
         self._reduce = group.sum if group is not None else None
 
