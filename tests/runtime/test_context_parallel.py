@@ -161,6 +161,12 @@ def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
                     except rfcache.RfcacheError as exc:
                         results[(family, mode, "refused", *refused)] = str(exc)
                     assert rfcache.runtime.api._SESSION_ATTR not in vars(pipe.transformer)
+                from rfcache.calibrate.trace import record_trace
+
+                try:
+                    record_trace(pipe, {**tiny_pipeline_call_kwargs(family), "num_inference_steps": 2})
+                except rfcache.RfcacheError as exc:
+                    results[family, mode, "refused", "calibration"] = str(exc)
             results[family, mode, "full"] = (_generate(pipe, family), None)
     return results
 
@@ -237,7 +243,10 @@ def test_a_nonfinite_output_on_one_rank_is_rerun_on_every_rank(ranks, references
         assert summary == expected_summary
 
 
-@pytest.mark.parametrize(("option", "words"), [("granularity", "granularity='module'"), ("max_cache_bytes", "unset")])
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [("granularity", "granularity='module'"), ("max_cache_bytes", "unset"), ("calibration", "record on one device")],
+)
 def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option, words):
     for rank in ranks:
         message = rank["wan", "ulysses", "refused", option]

@@ -50,6 +50,7 @@ def _parser(only: str | None = None, prog: str = "rfcache") -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command: str | None = None) -> int:
     """Run one command; expected failures print one line and return 2."""
+    from rfcache.cli._parallel import check_launch, is_lead
     from rfcache.devices import check_device
     from rfcache.errors import RfcacheError
 
@@ -63,13 +64,16 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
     cfg = config_from_args(cmd.config, args)
     name = prog or f"rfcache {args.command}"
     try:
+        check_launch(args.command, cfg)  # under torchrun: what runs split, and rank 0 alone speaks
         if isinstance(getattr(cfg, "device", None), str):  # before anything is loaded or written
             check_device(cfg.device)
         result = cmd.run(cfg)
     except (RfcacheError, FileNotFoundError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        if is_lead():
+            print(f"{name}: error: {exc}", file=sys.stderr)
         return 2
-    print(cmd.report(cfg, result))
+    if is_lead():
+        print(cmd.report(cfg, result))
     return 0
 
 
