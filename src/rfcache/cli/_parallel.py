@@ -17,7 +17,16 @@ from typing import Any
 
 from rfcache.cli._args import option
 
-__all__ = ["MODES", "check_launch", "context_parallel_option", "is_lead", "rank_device", "split_pipeline", "world"]
+__all__ = [
+    "MODES",
+    "check_launch",
+    "context_parallel_option",
+    "is_lead",
+    "rank_device",
+    "report_error",
+    "split_pipeline",
+    "world",
+]
 
 MODES = ("ulysses", "ring")
 _SPLIT_COMMANDS = ("generate",)
@@ -68,6 +77,18 @@ def check_launch(command: str, cfg: Any) -> None:
             raise RfcacheError(
                 f"--context-parallel {mode} needs several ranks: launch with torchrun --nproc_per_node N"
             )
+
+
+def report_error(line: str) -> None:
+    """Rank 0 prints the one error line; the others wait a moment, silent, so that torchrun, which stops
+    every rank when the first one exits, does not stop rank 0 before its line is out."""
+    import sys
+    import time
+
+    if is_lead():
+        print(line, file=sys.stderr)
+    else:
+        time.sleep(2.0)
 
 
 def rank_device(device: str) -> str:

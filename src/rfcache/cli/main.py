@@ -50,7 +50,7 @@ def _parser(only: str | None = None, prog: str = "rfcache") -> argparse.Argument
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command: str | None = None) -> int:
     """Run one command; expected failures print one line and return 2."""
-    from rfcache.cli._parallel import check_launch, is_lead
+    from rfcache.cli._parallel import check_launch, is_lead, report_error
     from rfcache.devices import check_device
     from rfcache.errors import RfcacheError
 
@@ -69,8 +69,7 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
             check_device(cfg.device)
         result = cmd.run(cfg)
     except (RfcacheError, FileNotFoundError) as exc:
-        if is_lead():
-            print(f"{name}: error: {exc}", file=sys.stderr)
+        report_error(f"{name}: error: {exc}")
         return 2
     if is_lead():
         print(cmd.report(cfg, result))
