@@ -251,3 +251,27 @@ def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option
     for rank in ranks:
         message = rank["wan", "ulysses", "refused", option]
         assert "context parallelism" in message and words in message and "\n" not in message, message
+
+
+def _compiled_worker(rank: int, world: int) -> dict[str, Any]:
+    """A static profile under ``compile=True`` on a split Flux (parallelism first), then disabled."""
+    pipe = build_tiny_pipeline("flux")
+    enable_context_parallel(pipe.transformer, "ulysses", world)
+    rfcache.enable(pipe, _profile(pipe, "flux"), compile=True)
+    try:
+        runs = [_generate(pipe, "flux") for _ in range(2)]  # the second replays the compiled variants
+        summary = dataclasses.asdict(rfcache.summary(pipe))
+    finally:
+        rfcache.disable(pipe)
+    return {"runs": runs, "summary": summary, "after": _generate(pipe, "flux")}
+
+
+@pytest.mark.slow
+def test_compiled_profile_under_context_parallelism(references):
+    ranks = run_ranks(_compiled_worker, world=2, timeout=600)
+    expected, expected_summary = references["flux", "profile"]
+    for rank in ranks:
+        assert all(_relative(run, expected) < TOLERANCE for run in rank["runs"])
+        assert rank["summary"] == expected_summary
+        # disable puts context parallelism's own forward back: the split model runs as before
+        assert _relative(rank["after"], references["flux", "full"][0]) < TOLERANCE
