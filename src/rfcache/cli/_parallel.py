@@ -99,14 +99,15 @@ def rank_device(device: str) -> str:
 
 
 def split_pipeline(pipe: Any, mode: str, device: str) -> None:
-    """Join the torchrun group and enable diffusers' context parallelism on ``pipe``'s transformer."""
+    """Join the torchrun group and enable diffusers' context parallelism on ``pipe``'s transformer(s)."""
     import torch
     import torch.distributed as dist
 
     from rfcache.errors import RfcacheError
-    from rfcache.models import get_transformer
+    from rfcache.runtime.experts import expert_models
 
-    model = get_transformer(pipe)
+    models = [m for _, m in expert_models(pipe)]  # both experts of a two-expert Wan
+    model = models[0]
     if getattr(type(model), "_cp_plan", None) is None:
         raise RfcacheError(f"{type(model).__name__} has no context-parallel plan in diffusers (Flux and Wan do)")
     on_cpu = torch.device(device).type == "cpu"
@@ -121,7 +122,8 @@ def split_pipeline(pipe: Any, mode: str, device: str) -> None:
 
     degree = {"ulysses_degree": world()} if mode == "ulysses" else {"ring_degree": world()}
     try:
-        model.enable_parallelism(config=ContextParallelConfig(**degree))
+        for m in models:
+            m.enable_parallelism(config=ContextParallelConfig(**degree))
     except (ValueError, RuntimeError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise RfcacheError(f"context parallelism ({mode}, {world()} ranks) refused by diffusers: {first}") from exc
