@@ -81,9 +81,9 @@ def test_step_linear_ratios_are_applied_per_step_as_written(tiny_pipe, monkeypat
     seen: list[tuple[int, float]] = []
     forecast = session_module.stacked_relational_forecast
 
-    def spy(diffs, values, pairs, grams, ratio, x, input_at_full):
+    def spy(diffs, values, pairs, grams, ratio, x, input_at_full, **kwargs):
         seen.append((session._step, ratio.tolist()))
-        return forecast(diffs, values, pairs, grams, ratio, x, input_at_full)
+        return forecast(diffs, values, pairs, grams, ratio, x, input_at_full, **kwargs)
 
     monkeypatch.setattr(session_module, "stacked_relational_forecast", spy)
     rfcache.enable(tiny_pipe, profile)

@@ -38,6 +38,7 @@ from rfcache.models.hooks import attach_unit_hooks, detach_unit_hooks
 from rfcache.outputs import write_file
 from rfcache.runtime.experts import expert_models
 from rfcache.runtime.identity import config_hash
+from rfcache.runtime.parallel import refuse_context_parallel
 from rfcache.runtime.predictors import per_sample_norm
 from rfcache.schedules import ratio_position
 
@@ -47,6 +48,12 @@ logger = logging.getLogger(__name__)
 
 
 _OPTIONAL = ("input_sketch", "output_sketch", "first_input", "unit_costs", "expert_starts")
+
+
+# Traces are recorded on one device: under context parallelism each unit sees a shard, and the
+# sketches and the first unit's inputs the trace keeps would have to be gathered every step. The
+# profile a one-device calibration gives runs split unchanged (the runtime reduces what it needs).
+_RECORD_ON_ONE_DEVICE = "record on one device (the profile it gives runs under context parallelism unchanged)"
 
 
 @dataclass
@@ -140,6 +147,7 @@ def record_trace(
     ``first_input_bytes`` caps the memory kept for the first unit's input tensors.
     """
     models = [m for _, m in expert_models(pipe)]
+    refuse_context_parallel(models[0], "recording a calibration trace", _RECORD_ON_ONE_DEVICE)
     if len({config_hash(m.config) for m in models}) > 1:
         raise RfcacheError(f"{type(pipe).__name__}: its two experts have different configs; rfcache needs them alike")
     steps_hint = int(call_kwargs.get("num_inference_steps", 50))

@@ -10,6 +10,7 @@ from typing import Any
 
 from rfcache.cli._args import dtype_option, option, torch_dtype
 from rfcache.cli._images import SAMPLE_SUFFIXES, check_sample_suffix, cycle_labels, save_output
+from rfcache.cli._parallel import context_parallel_option, is_lead, rank_device, split_pipeline
 from rfcache.cli._run import RunFlags, run_spec
 from rfcache.outputs import check_file_output
 
@@ -27,6 +28,8 @@ EXAMPLES = """examples:
   rfc-generate --model ./my-wan --profile wan.yaml --prompt "a cat surfing" --out cat.gif   # or .mp4, or .png (a strip)
   rfc-generate --num 10 --profile toy-b0.4 --compile   # the same under torch.compile (two variants)
   rfc-generate --model ./my-dit --class 207 --steps 25 --device cuda --dtype float16
+  torchrun --nproc_per_node 2 $(which rfc-generate) --model ./my-flux --profile flux.yaml \
+      --prompt "a red fox" --device cuda --context-parallel ulysses   # one generation split over 2 GPUs
 """
 
 
@@ -51,6 +54,7 @@ class GenerateConfig(RunFlags):
     tau: float = option(0.3, "RCS threshold on the accumulated input-forecast error (rcs, rfc)", at_least=0)
     max_cached: int | None = option(None, "cap on consecutive cached steps (rcs, rfc)", at_least=1)
     compile: bool = option(False, "torch.compile the transformer: two variants, full and cached step (fixed schedules)")
+    context_parallel: str | None = context_parallel_option()
 
 
 def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
@@ -66,8 +70,11 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
         raise RfcacheError("--compile needs --profile or a fixed-schedule --method (fora, taylorseer, rfe)")
     profile = load_profile(cfg.profile) if cfg.profile is not None else None
     spec = run_spec(cfg, profile.sampling if profile is not None else None)
-    pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
+    device = rank_device(cfg.device)
+    pipe = load_pipeline(cfg.model, device=device, dtype=torch_dtype(cfg.dtype))
     check_sample_suffix(pipe, cfg.out)
+    if cfg.context_parallel is not None:  # under torchrun (cli/_parallel.py)
+        split_pipeline(pipe, cfg.context_parallel, device)
     inputs = run_inputs(pipe, spec, cfg.num)
     if profile is not None:
         enable(pipe, profile, run=spec, compile=cfg.compile)
@@ -82,8 +89,9 @@ def run_generate(cfg: GenerateConfig) -> tuple[Path, object | None]:
             tau=cfg.tau,
             max_cached=cfg.max_cached,
         )
-    out = generate_with(pipe, spec, inputs, device=cfg.device, what="rfc-generate")
-    save_output(out, cfg.out, scale=cfg.scale, fps=cfg.fps)
+    out = generate_with(pipe, spec, inputs, device=device, what="rfc-generate")
+    if is_lead():  # one output, from rank 0
+        save_output(out, cfg.out, scale=cfg.scale, fps=cfg.fps)
     return cfg.out, (summary(pipe) if profile is not None or cfg.method != "none" else None)
 
 

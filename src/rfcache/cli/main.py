@@ -91,6 +91,7 @@ def _given(argv: list[str], only: str | None, prog: str) -> set[str]:
 
 def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command: str | None = None) -> int:
     """Run one command; expected failures print one line and return 2, Ctrl-C one line and 130."""
+    from rfcache.cli._parallel import check_launch, is_lead, report_error
     from rfcache.devices import check_device
     from rfcache.errors import RfcacheError
 
@@ -110,18 +111,19 @@ def main(argv: Sequence[str] | None = None, *, prog: str | None = None, command:
         cfg = config_from_args(cmd.config, args)
         if cmd.check is not None:
             cmd.check(cfg, _given(argv, command, prog or "rfcache"))
+        check_launch(args.command, cfg)  # under torchrun: what runs split, and rank 0 alone speaks
         if isinstance(getattr(cfg, "device", None), str):  # before anything is loaded or written
             check_device(cfg.device)
         result = cmd.run(cfg)
         text = cmd.report(cfg, result)
     except (RfcacheError, FileNotFoundError) as exc:
-        print(f"{name}: error: {exc}", file=sys.stderr)
+        report_error(f"{name}: error: {exc}")
         return 2
     except KeyboardInterrupt:
         hint = cmd.interrupted(cfg) if cmd.interrupted is not None and cfg is not None else None
         print(f"\n{name}: interrupted" + (f"; {hint}" if hint else ""), file=sys.stderr)
         return 130
-    return _print(text)
+    return _print(text) if is_lead() else 0
 
 
 def _print(text: str) -> int:

@@ -3,6 +3,10 @@
 A wrapper replaces ``module.forward`` on the instance (never the block or the class), so the
 block's own code runs unchanged and removing the wrapper restores the original bound method.
 Wrappers are registered by name so that two features cannot silently stack on one module.
+
+Another library may wrap the same module's forward on the instance too (diffusers' hook registry:
+context parallelism's split and gather hooks). Removing a wrapper puts back the forward it wrapped;
+where another wrapper was set over it after, it stays in that chain and passes calls straight through.
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from rfcache.models.base import BlockAdapter, CacheUnit, Granularity
 __all__ = ["UnitCall", "attach_module_hooks", "attach_unit_hooks", "detach_unit_hooks", "has_unit_hooks"]
 
 _ATTR = "_rfcache_hook"
+_WRAPPER = "_rfcache_wrapper"  # (our wrapper, the instance forward it replaced or None)
 
 # (unit, original forward, args, kwargs) -> output
 UnitCall = Callable[[CacheUnit, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
@@ -54,11 +59,16 @@ def attach_module_hooks(
 
 def _wrap(module: torch.nn.Module, key: Any, call: Callable[..., Any], name: str) -> None:
     original = module.forward
+    live = [True]  # False once detached while another wrapper holds this one
 
     @functools.wraps(original)
     def forward(*args: Any, __key: Any = key, __orig: Callable = original, **kwargs: Any) -> Any:
+        if not live[0]:
+            return __orig(*args, **kwargs)
         return call(__key, __orig, args, kwargs)
 
+    forward._rfcache_live = live  # type: ignore[attr-defined]
+    setattr(module, _WRAPPER, (forward, vars(module).get("forward")))
     module.forward = forward
     setattr(module, _ATTR, name)
 
@@ -68,8 +78,16 @@ def detach_unit_hooks(model: torch.nn.Module, *, name: str) -> int:
     removed = 0
     for module in model.modules():
         if getattr(module, _ATTR, None) == name:
-            del module.forward  # the instance attribute; the class's forward shows through again
+            wrapper, previous = getattr(module, _WRAPPER)
+            if vars(module).get("forward") is wrapper:
+                if previous is None:
+                    del module.forward  # the instance attribute; the class's forward shows through again
+                else:
+                    module.forward = previous  # another library's wrapper, as it was
+            else:  # wrapped over since: stay in that chain, calling straight through
+                wrapper._rfcache_live[0] = False
             delattr(module, _ATTR)
+            delattr(module, _WRAPPER)
             removed += 1
     return removed
 

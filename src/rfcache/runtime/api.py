@@ -20,6 +20,7 @@ from rfcache.runtime.experts import (
     split_expert_params,
 )
 from rfcache.runtime.identity import model_identity
+from rfcache.runtime.parallel import context_group
 from rfcache.runtime.runspec import RunSpec, run_setup
 from rfcache.runtime.session import CacheSession, CacheSummary
 from rfcache.schedules import Profile, load_profile
@@ -143,15 +144,16 @@ def _enable_model(
     if compiled is not None:
         compiled.attach()
         session.compiled = compiled
-    if config.max_cache_bytes is not None:  # the smallest generation the model can run must fit
-        try:
+    try:
+        session._use_group(context_group(model))  # what context parallelism cannot do is refused now (parallel.py)
+        if config.max_cache_bytes is not None:  # the smallest generation the model can run must fit
             param = next(model.parameters(), None)
             where = {"device": param.device, "dtype": param.dtype} if param is not None else {}
             example = adapter.example_inputs(model, batch=1, **where)
             session.check_memory((), example, branches=1, context="one sample at the model's configured size")
-        except BaseException:
-            session.detach()
-            raise
+    except BaseException:
+        session.detach()
+        raise
     setattr(model, _SESSION_ATTR, session)
     return session
 

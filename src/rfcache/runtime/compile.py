@@ -117,6 +117,8 @@ class CompiledSchedule:
             self._original_forward, fullgraph=True, dynamic=False, mode="reduce-overhead" if cuda_graphs else None
         )
         self._pre_hook: Any = None
+        self._instance_forward: Any = None
+        self._detached = False
 
     # -- lifecycle ------------------------------------------------------------------------------
 
@@ -129,6 +131,9 @@ class CompiledSchedule:
             paths = self.adapter.conditioning_paths(self.model)
             attach_module_hooks(self.model, paths, self._call_conditioning, name=HOOK_NAME)
         self._pre_hook = self.model.register_forward_pre_hook(self._on_forward, with_kwargs=True)
+        # a forward another library set on the instance (diffusers' hook registry: context parallelism's
+        # input split) is the one this wraps and the one detach restores
+        self._instance_forward = vars(self.model).get("forward")
         self.model.forward = self._forward
 
     def detach(self) -> None:
@@ -136,8 +141,12 @@ class CompiledSchedule:
         if self._pre_hook is not None:
             self._pre_hook.remove()
             self._pre_hook = None
-        if "forward" in vars(self.model):
-            del self.model.forward  # the class's forward shows through again
+        self._detached = True  # a wrapper set over this one after attach (diffusers' hooks) now passes through
+        if vars(self.model).get("forward") == self._forward:
+            if self._instance_forward is not None:
+                self.model.forward = self._instance_forward
+            else:
+                del self.model.forward  # the class's forward shows through again
 
     # -- per step, eager ------------------------------------------------------------------------
 
@@ -201,10 +210,11 @@ class CompiledSchedule:
             slot = self._active.get(unit.index)
             if slot is not None:
                 kind, order = s.config.predictor, s.config.order
-                c.predictor += estimate_predictor_flops(kind, order, slot.numel_out, slot.numel_in, full=full)
+                flops = estimate_predictor_flops(kind, order, slot.numel_out, slot.numel_in, full=full)
+                c.predictor += s._scale * flops
 
     def _forward(self, *args: Any, **kwargs: Any) -> Any:
-        if self.session._probe is not None or self.session._step < 0:  # a shape-only probe
+        if self._detached or self.session._probe is not None or self.session._step < 0:  # a shape-only probe
             return self._original_forward(*args, **kwargs)
         self._live = True
         try:
@@ -222,7 +232,9 @@ class CompiledSchedule:
         """The eager first step allocated the state: count its refresh as the session would have."""
         kind, order, c = self.session.config.predictor, self.session.config.order, self.session._counters
         for slot in self._active.values():
-            c.predictor += estimate_predictor_flops(kind, order, slot.numel_out, slot.numel_in, full=True)
+            c.predictor += self.session._scale * estimate_predictor_flops(
+                kind, order, slot.numel_out, slot.numel_in, full=True
+            )
 
     # -- the unit wrapper: traced by dynamo, reads only ``full``, tensors and constants ---------------
 
@@ -251,7 +263,9 @@ class CompiledSchedule:
             slot = _Slot(
                 differences=differences,
                 ratios=[self._initial_ratio(unit, o) for o in tensors],
-                grams=[stack_gram(difference_gram(d)) for d in differences] if relational and self.keep else [],
+                grams=[stack_gram(difference_gram(d, reduce=self.session._reduce)) for d in differences]
+                if relational and self.keep
+                else [],
                 input_at_full=x.detach().clone() if relational else None,
                 layout=layout,
                 single=single,
@@ -269,14 +283,15 @@ class CompiledSchedule:
             differences.append(new)
             if relational and config.ratios is None:
                 assert slot.input_at_full is not None
-                ratios.append(relation_ratio(o, prev[0], x, slot.input_at_full))
+                ratios.append(relation_ratio(o, prev[0], x, slot.input_at_full, reduce=self.session._reduce))
             else:
                 ratios.append(slot.ratios[j])
         slot.differences, slot.ratios = differences, ratios
         if relational:
             slot.input_at_full = x.detach().clone()
             # ||d(k)|| at a cached step from <D_i, D_j>, as the session does: no pass over d(k)
-            slot.grams = [stack_gram(difference_gram(d)) for d in differences] if self.keep else []
+            reduce = self.session._reduce
+            slot.grams = [stack_gram(difference_gram(d, reduce=reduce)) for d in differences] if self.keep else []
 
     def _initial_ratio(self, unit: CacheUnit, o: torch.Tensor) -> torch.Tensor:
         calibrated = self.session.config.ratios
@@ -299,5 +314,10 @@ class CompiledSchedule:
                 if self.slopes is not None:
                     ratio = ratio + self.slopes[unit.index] * self.position
                 grams, x_full = slot.grams[j], slot.input_at_full
-                outs.append(stacked_relational_forecast(diffs, self.coeffs, self.pair_weights, grams, ratio, x, x_full))
+                reduce = self.session._reduce
+                outs.append(
+                    stacked_relational_forecast(
+                        diffs, self.coeffs, self.pair_weights, grams, ratio, x, x_full, reduce=reduce
+                    )
+                )
         return unflatten_output(outs, slot.layout, slot.single)

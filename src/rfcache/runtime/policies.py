@@ -7,6 +7,10 @@
   most ``max_cached`` cached steps in a row. In a batched call the decision covers the whole
   batch and uses the largest per-sample error, so no sample's error runs past ``tau``.
 - ``static``: a fixed per-step mask (from a profile).
+
+Under context parallelism (parallel.py) ``decide`` gets ``reduce``: the first unit's input is a
+shard of the sequence, and RCS's L1 sums are taken over the whole group, so every rank computes
+one device's error (the session then makes every rank take one decision).
 """
 
 from __future__ import annotations
@@ -16,7 +20,8 @@ from dataclasses import dataclass, field
 import torch
 
 from rfcache.errors import RfcacheError
-from rfcache.runtime.predictors import per_sample_norm, taylor_forecast, update_differences
+from rfcache.runtime.parallel import Reduce
+from rfcache.runtime.predictors import per_sample_norms, taylor_forecast, update_differences
 from rfcache.schedules.masks import interval_for_nfc, interval_mask, is_interval_full
 
 __all__ = ["DynamicPolicy", "IntervalPolicy", "Policy", "StaticPolicy", "interval_for_nfc", "interval_mask"]
@@ -27,7 +32,9 @@ class Policy:
 
     needs_first_input: bool = False
 
-    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+    def decide(
+        self, step: int, steps_since_full: int, first_input: torch.Tensor | None, *, reduce: Reduce | None = None
+    ) -> bool:
         raise NotImplementedError
 
     def observe_full(self, step: int, first_input: torch.Tensor | None) -> None:
@@ -47,7 +54,9 @@ class IntervalPolicy(Policy):
         if self.interval < 1 or self.warmup < 0:
             raise ValueError(f"interval must be >= 1 and warmup >= 0, got {self.interval}, {self.warmup}")
 
-    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+    def decide(
+        self, step: int, steps_since_full: int, first_input: torch.Tensor | None, *, reduce: Reduce | None = None
+    ) -> bool:
         return is_interval_full(step, self.interval, self.warmup)
 
 
@@ -55,7 +64,9 @@ class IntervalPolicy(Policy):
 class StaticPolicy(Policy):
     mask: tuple[bool, ...]
 
-    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+    def decide(
+        self, step: int, steps_since_full: int, first_input: torch.Tensor | None, *, reduce: Reduce | None = None
+    ) -> bool:
         if step >= len(self.mask):
             raise RfcacheError(f"the static schedule has {len(self.mask)} steps; the sampler asked for step {step + 1}")
         return self.mask[step]
@@ -81,13 +92,16 @@ class DynamicPolicy(Policy):
     def new_state(self) -> DynamicPolicy:
         return DynamicPolicy(self.tau, self.order, self.warmup, self.max_cached)
 
-    def decide(self, step: int, steps_since_full: int, first_input: torch.Tensor | None) -> bool:
+    def decide(
+        self, step: int, steps_since_full: int, first_input: torch.Tensor | None, *, reduce: Reduce | None = None
+    ) -> bool:
         if step < self.warmup or not self._differences or first_input is None:
             return True
         if self.max_cached is not None and steps_since_full > self.max_cached:
             return True
         forecast = taylor_forecast(self._differences, step - self._last_full)
-        error = per_sample_norm(first_input - forecast, p=1) / per_sample_norm(first_input, p=1).clamp_min(1e-12)
+        miss, size = per_sample_norms([first_input - forecast, first_input], p=1, reduce=reduce)  # (B,) each
+        error = miss / size.clamp_min(1e-12)
         self._accumulated += float(error.max())
         return self._accumulated > self.tau
 

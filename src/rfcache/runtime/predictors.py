@@ -31,6 +31,8 @@ from typing import Any
 
 import torch
 
+from rfcache.runtime.parallel import Reduce
+
 __all__ = [
     "PREDICTORS",
     "difference_gram",
@@ -40,6 +42,7 @@ __all__ = [
     "kept_differences",
     "padded_taylor_coefficients",
     "per_sample_norm",
+    "per_sample_norms",
     "relation_ratio",
     "relational_forecast",
     "rescaled_forecast",
@@ -55,11 +58,34 @@ PREDICTORS = ("reuse", "taylor", "relational")
 _EPS = 1e-12
 
 
-def per_sample_norm(x: torch.Tensor, p: int = 2) -> torch.Tensor:
-    """The p-norm of each sample of a batch, at least in float32: ``(B, ...) -> (B,)``."""
+def per_sample_norm(x: torch.Tensor, p: int = 2, *, reduce: Reduce | None = None) -> torch.Tensor:
+    """The p-norm of each sample of a batch, at least in float32: ``(B, ...) -> (B,)``.
+
+    With ``reduce`` (context parallelism, parallel.py) ``x`` is a shard of the sequence and the norm
+    is the whole sequence's: the shard's sum of ``|x|^p`` summed over the group, then the root.
+    """
     if x.dtype not in (torch.float32, torch.float64):
         x = x.float()
-    return torch.linalg.vector_norm(x.flatten(1), ord=p, dim=1)
+    if reduce is None:
+        return torch.linalg.vector_norm(x.flatten(1), ord=p, dim=1)
+    return _root(reduce(_power_sum(x, p)), p)
+
+
+def per_sample_norms(xs: Sequence[torch.Tensor], p: int = 2, *, reduce: Reduce | None = None) -> list[torch.Tensor]:
+    """:func:`per_sample_norm` of each of ``xs`` (same batch), reduced in one collective under ``reduce``."""
+    if reduce is None:
+        return [per_sample_norm(x, p) for x in xs]
+    sums = reduce(torch.stack([_power_sum(x.float() if x.dtype != torch.float64 else x, p) for x in xs]))  # (n, B)
+    return [_root(s, p) for s in sums.unbind(0)]
+
+
+def _power_sum(x: torch.Tensor, p: int) -> torch.Tensor:
+    flat = x.flatten(1)
+    return flat.abs().sum(1) if p == 1 else flat.square().sum(1)  # (B,)
+
+
+def _root(s: torch.Tensor, p: int) -> torch.Tensor:
+    return s if p == 1 else s.sqrt()
 
 
 def _per_sample(v: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
@@ -126,11 +152,15 @@ def taylor_forecast(differences: list[torch.Tensor], k: int, *, start: int = 0) 
 
 
 def relation_ratio(
-    output_now: torch.Tensor, output_before: torch.Tensor, input_now: torch.Tensor, input_before: torch.Tensor
+    output_now: torch.Tensor,
+    output_before: torch.Tensor,
+    input_now: torch.Tensor,
+    input_before: torch.Tensor,
+    *,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """Per-sample ``s = ||O(t) - O(t+N)|| / ||I(t) - I(t+N)||``; 0 where the input did not move."""
-    num = per_sample_norm(output_now - output_before)
-    den = per_sample_norm(input_now - input_before)
+    num, den = per_sample_norms([output_now - output_before, input_now - input_before], reduce=reduce)
     return torch.where(den > _EPS, num / den.clamp_min(_EPS), torch.zeros_like(num))
 
 
@@ -140,12 +170,14 @@ def relational_forecast(
     ratio: torch.Tensor,
     input_now: torch.Tensor,
     input_at_full: torch.Tensor,
+    *,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """RFE: ``O(t) + s * ||I(t-k) - I(t)|| * d(k) / ||d(k)||``, with per-sample ``s`` of shape (B,)."""
     if len(differences) < 2:
         raise ValueError("relational prediction needs two full steps (D_0 and D_1)")
     direction = taylor_forecast(differences, k, start=1)  # (B, ...)
-    return rescaled_forecast(differences[0], direction, ratio, input_now, input_at_full)
+    return rescaled_forecast(differences[0], direction, ratio, input_now, input_at_full, reduce=reduce)
 
 
 def rescaled_forecast(
@@ -154,21 +186,29 @@ def rescaled_forecast(
     ratio: torch.Tensor,
     input_now: torch.Tensor,
     input_at_full: torch.Tensor,
+    *,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """``base + s * ||I(t-k) - I(t)|| * direction / ||direction||``: RFE given TaylorSeer's change term."""
-    magnitude = ratio * per_sample_norm(input_now - input_at_full)  # (B,)
-    scale = magnitude / per_sample_norm(direction).clamp_min(_EPS)  # (B,)
+    change, length = per_sample_norms([input_now - input_at_full, direction], reduce=reduce)  # (B,) each
+    scale = ratio * change / length.clamp_min(_EPS)  # (B,)
     return base + _per_sample(scale, direction).to(direction.dtype) * direction
 
 
-def difference_gram(differences: list[torch.Tensor]) -> dict[tuple[int, int], torch.Tensor]:
+def difference_gram(
+    differences: list[torch.Tensor], *, reduce: Reduce | None = None
+) -> dict[tuple[int, int], torch.Tensor]:
     """Per-sample inner products ``<D_i, D_j>`` (``1 <= i <= j``) of the change terms, in float32.
 
     With them a cached step gets ``||d(k)||`` for any ``k`` without a pass over ``d(k)``:
     ``||sum_i c_i D_i||^2 = sum_ij c_i c_j <D_i, D_j>`` (see :func:`gram_relational_forecast`).
+    Under ``reduce`` the shard's inner products are summed over the group (one collective).
     """
     flat = [d.float().flatten(1) for d in differences]
-    return {(i, j): (flat[i] * flat[j]).sum(1) for i in range(1, len(flat)) for j in range(i, len(flat))}
+    gram = {(i, j): (flat[i] * flat[j]).sum(1) for i in range(1, len(flat)) for j in range(i, len(flat))}
+    if reduce is None or not gram:
+        return gram
+    return dict(zip(gram, reduce(torch.stack(list(gram.values()))).unbind(0), strict=True))
 
 
 def gram_relational_forecast(
@@ -178,6 +218,8 @@ def gram_relational_forecast(
     ratio: torch.Tensor,
     input_now: torch.Tensor,
     input_at_full: torch.Tensor,
+    *,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """RFE as :func:`rescaled_forecast` computes it, with ``||d||`` from :func:`difference_gram`.
 
@@ -186,7 +228,7 @@ def gram_relational_forecast(
     cached-step graph uses it; the norm of the input change is still taken at run time.
     """
     square = sum((1 if i == j else 2) * coefficients[i] * coefficients[j] * g for (i, j), g in gram.items())
-    return _scaled_change(differences, coefficients, square, ratio, input_now, input_at_full)
+    return _scaled_change(differences, coefficients, square, ratio, input_now, input_at_full, reduce)
 
 
 def gram_pair_weights(coefficients: torch.Tensor) -> torch.Tensor:
@@ -209,10 +251,13 @@ def stacked_relational_forecast(
     ratio: torch.Tensor,
     input_now: torch.Tensor,
     input_at_full: torch.Tensor,
+    *,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """:func:`gram_relational_forecast` with the Gram entries stacked ``(B, P)`` and the step's weights
-    prepared once (:func:`gram_pair_weights`): ``||d(k)||^2`` is one product, the runtime's hot path."""
-    return _scaled_change(differences, coefficients, gram @ pair_weights, ratio, input_now, input_at_full)
+    prepared once (:func:`gram_pair_weights`): ``||d(k)||^2`` is one product, the runtime's hot path.
+    The Gram entries are already the whole sequence's under ``reduce`` (:func:`difference_gram`)."""
+    return _scaled_change(differences, coefficients, gram @ pair_weights, ratio, input_now, input_at_full, reduce)
 
 
 def _scaled_change(
@@ -222,10 +267,11 @@ def _scaled_change(
     ratio: torch.Tensor,
     input_now: torch.Tensor,
     input_at_full: torch.Tensor,
+    reduce: Reduce | None = None,
 ) -> torch.Tensor:
     """``D_0 + sum_{i>=1} (scale c_i) D_i`` with ``scale = s ||I(t-k) - I(t)|| / sqrt(square)``, per sample."""
     norm = torch.sqrt(torch.clamp(square, min=0.0))  # (B,)
-    scale = ratio * per_sample_norm(input_now - input_at_full) / norm.clamp_min(_EPS)  # (B,)
+    scale = ratio * per_sample_norm(input_now - input_at_full, reduce=reduce) / norm.clamp_min(_EPS)  # (B,)
     weights = [_per_sample(scale * coefficients[i], differences[0]) for i in range(1, len(differences))]  # (B, 1, ...)
     return weighted_sum(differences, [1.0, *weights])
 

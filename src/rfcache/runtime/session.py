@@ -23,6 +23,12 @@ Shared conditioning (conditioning.py; on by default under a cache method, off fo
 modules the adapter names as functions of (timestep, condition) only are computed for every step
 of the generation in one batched pass at its first call, and served per step.
 
+Context parallelism (parallel.py): at each generation's first call the session looks up the
+model's context-parallel group; under one, every norm and L1 sum a prediction or decision takes
+over the sequence is reduced over the group, RCS's decision and the non-finite guard are agreed by
+all ranks, and the predictor FLOPs count the whole sequence (the shard's times the group size), so
+every rank computes, decides and summarises what one device would.
+
 Guards: with ``max_cache_bytes`` set, each generation's cache size is estimated at its first
 transformer call (and again when a sequential-CFG branch appears) from a shape-only forward of
 that call (memory.py) and the generation is refused before anything is cached if the estimate is
@@ -56,6 +62,7 @@ from rfcache.runtime.memory import (
 )
 from rfcache.runtime.outputs import flatten_output as _flatten
 from rfcache.runtime.outputs import unflatten_output as _unflatten
+from rfcache.runtime.parallel import ContextGroup, Reduce, check_units_unsplit, context_group
 from rfcache.runtime.policies import DynamicPolicy, IntervalPolicy, Policy, StaticPolicy
 from rfcache.runtime.predictors import (
     difference_gram,
@@ -193,6 +200,7 @@ class CacheSession:
         self._flop_cache: dict[tuple, int] = {}
         self._probe: list[UnitFootprint] | None = None  # set while a shape-only forward runs
         self._bytes_cache: dict[str, int] = {}
+        self._units_checked = False  # against context parallelism's split points, once (parallel.py)
         self.reset()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -227,6 +235,9 @@ class CacheSession:
         self._branches: list[_Branch] = []
         self._shape: StepShape | None = None
         self._counters = _Counters()
+        self._group: ContextGroup | None = None  # the context-parallel group of this generation (parallel.py)
+        self._reduce: Reduce | None = None  # its sum over ranks; None on one device
+        self._scale = 1  # the group's size: a unit's shard times it is the sequence one device sees
 
     # -- step identification ----------------------------------------------------------------------
 
@@ -247,6 +258,7 @@ class CacheSession:
         call = call_kind(t, self._timestep, run, self._run)
         if call == "generation":
             self.reset()
+            self._use_group(context_group(module))
             self._run = run
             self._step, self._branch_index = self.first_step, 0
             if self.config.policy == "static":
@@ -282,6 +294,18 @@ class CacheSession:
         self._counters.calls += 1
         self._counters.skeleton += self._cached_flops(("skeleton", self._shape_key), None)
         self._call_start = dataclasses.replace(self._counters)  # what a re-run in full starts from
+
+    def _use_group(self, group: ContextGroup | None) -> None:
+        if group is not None and self.config.max_cache_bytes is not None:
+            raise RfcacheError(
+                f"max_cache_bytes is not supported under context parallelism ({group.mode}, {group.size} ranks): "
+                "the shape-only forward cannot run the split model; unset it"
+            )
+        if group is not None and not self._units_checked:
+            check_units_unsplit(self.model, {u.path: self.adapter.resolve(self.model, u) for u in self.units}, group)
+            self._units_checked = True
+        self._group, self._scale = group, group.size if group is not None else 1
+        self._reduce = group.sum if group is not None else None
 
     def _check_generation_start(self, t: float) -> None:
         """Refuse a fixed schedule whose first call is not the scheduler's first step (it would be misaligned)."""
@@ -327,7 +351,12 @@ class CacheSession:
         if self._probe is not None or self._retrying or self._step < 0 or not self.config.check_finite:
             return None
         branch = self._branches[self._branch_index]
-        if branch.full or bool(torch.isfinite(_first_tensor(output)).all()):
+        if branch.full:
+            return None
+        finite = bool(torch.isfinite(_first_tensor(output)).all())
+        if self._group is not None:  # every rank re-runs, or none: the split model's collectives must pair up
+            finite = not self._group.any(not finite)
+        if finite:
             return None
         logger.warning("non-finite output at cached step %d; running it in full", self._step)
         self._counters = self._call_start  # the cached pass is replaced, not added to
@@ -375,7 +404,10 @@ class CacheSession:
     def _decide(self, branch: _Branch, first_input: torch.Tensor) -> None:
         step = self._step
         since = step - branch.last_full if branch.last_full >= 0 else step + 1
-        full = branch.policy.decide(step, since, first_input if branch.policy.needs_first_input else None)
+        needs = branch.policy.needs_first_input
+        full = branch.policy.decide(step, since, first_input if needs else None, reduce=self._reduce)
+        if needs and self._group is not None:  # one decision on every rank (full if any rank says so)
+            full = self._group.any(full)
         full = runs_full(full, branch.num_full, self.config.min_full_steps)  # no history yet: computed
         branch.first_input = first_input if branch.policy.needs_first_input else None
         if full:
@@ -400,18 +432,20 @@ class CacheSession:
         old = state.differences or [[] for _ in tensors]
         if kind == "relational" and state.input_at_full is not None and state.differences:
             state.ratios = [
-                relation_ratio(o, prev[0], x, state.input_at_full) for o, prev in zip(tensors, old, strict=True)
+                relation_ratio(o, prev[0], x, state.input_at_full, reduce=self._reduce)
+                for o, prev in zip(tensors, old, strict=True)
             ]
         state.differences = [update_differences(prev, o, distance, keep) for prev, o in zip(old, tensors, strict=True)]
         if kind == "relational":
             state.input_at_full = x.detach().clone()
             # ||d(k)|| at any k from <D_i, D_j>, without a pass over d(k); none before D_1 exists
             state.grams = [
-                stack_gram(difference_gram(d)) if len(d) > 1 else d[0].new_zeros(0) for d in state.differences
+                stack_gram(difference_gram(d, reduce=self._reduce)) if len(d) > 1 else d[0].new_zeros(0)
+                for d in state.differences
             ]
         state.last_full = step
         numel_out = sum(t.numel() for t in tensors)
-        self._counters.predictor += estimate_predictor_flops(kind, order, numel_out, x.numel(), full=True)
+        self._counters.predictor += self._scale * estimate_predictor_flops(kind, order, numel_out, x.numel(), full=True)
 
     def _predict(self, unit: CacheUnit, state: _UnitState, x: torch.Tensor) -> Any:
         k = self._step - state.last_full
@@ -427,10 +461,13 @@ class CacheSession:
                 else:
                     ratio = self._ratio(unit, state, i)
                     grams = state.grams[i]
-                    pred = stacked_relational_forecast(diffs, values, pairs, grams, ratio, x, state.input_at_full)
+                    pred = stacked_relational_forecast(
+                        diffs, values, pairs, grams, ratio, x, state.input_at_full, reduce=self._reduce
+                    )
             outs.append(pred)
         numel_out = sum(t.numel() for t in outs)
-        self._counters.predictor += estimate_predictor_flops(kind, self.config.order, numel_out, x.numel(), full=False)
+        flops = estimate_predictor_flops(kind, self.config.order, numel_out, x.numel(), full=False)
+        self._counters.predictor += self._scale * flops
         return _unflatten(outs, state.layout, state.single)
 
     def _step_coefficients(self, k: int, count: int, like: torch.Tensor) -> _Coefficients:
@@ -505,7 +542,7 @@ class CacheSession:
         return self._flop_cache[key]
 
     def _monitor_flops(self, first_input: torch.Tensor) -> int:
-        return (2 * self.config.order + 5) * first_input.numel()
+        return (2 * self.config.order + 5) * first_input.numel() * self._scale
 
     def _make_policy(self) -> Policy:
         c = self.config

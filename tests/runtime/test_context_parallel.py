@@ -1,0 +1,277 @@
+"""Caching under diffusers' context parallelism: every rank computes what one device would.
+
+Two gloo processes on CPU (tests/runtime/_cp_harness.py holds the CPU workarounds), tiny Flux and
+Wan, Ulysses and Ring, for TaylorSeer, RFE, dynamic RFC and a static profile: the output equals the
+one-process cached output within 1e-5 relative, every rank's output and summary are the same. A
+negative control (norms per shard, no reduction) shows that this check does catch a missing
+reduction; a case whose shards' RCS errors straddle tau shows one decision on every rank.
+
+All of it runs in one spawned pair of ranks (imports cost more than the runs), with a hard timeout.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import rfcache
+from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
+from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from tests.runtime._cp_harness import enable_context_parallel, run_ranks
+
+STEPS = 8
+FAMILIES = ("flux", "wan")
+MODES = ("ulysses", "ring")
+SCHEDULE = "CCCPPCPC"
+METHODS: dict[str, dict[str, Any]] = {
+    "taylorseer": {"method": "taylorseer", "interval": 3, "warmup": 1, "order": 2},
+    "rfe": {"method": "rfe", "interval": 3, "warmup": 2, "order": 2},
+    "rfc": {"method": "rfc", "tau": 0.2, "warmup": 2, "order": 2, "max_cached": 3},
+    "profile": {},  # a static profile (relational predictor, run-time ratios): see _profile
+}
+TOLERANCE = 1e-5
+
+
+def _profile(pipe: Any, family: str) -> Profile:
+    from rfcache.models import get_adapter, get_transformer
+    from rfcache.runtime.identity import model_identity
+
+    model = get_transformer(pipe)
+    return Profile(
+        name=f"tiny-{family}",
+        model=model_identity(model, get_adapter(model)),
+        sampling=SamplingSetup(
+            scheduler=type(pipe.scheduler).__name__,
+            num_steps=STEPS,
+            guidance="embedded" if family == "flux" else "cfg",
+            resolution=(),
+        ),
+        method=MethodSpec("relational", 2, "interval", {}),
+        schedule=SCHEDULE,
+        budget=Budget(0.5, 0.5),
+        provenance=Provenance("test", 0, 1, "now"),
+    )
+
+
+def _enable(pipe: Any, family: str, name: str) -> None:
+    if name == "profile":
+        rfcache.enable(pipe, _profile(pipe, family))
+    else:
+        rfcache.enable(pipe, **METHODS[name])
+
+
+def _generate(pipe: Any, family: str) -> np.ndarray:
+    out = pipe(
+        **tiny_pipeline_call_kwargs(family),
+        num_inference_steps=STEPS,
+        generator=torch.Generator().manual_seed(0),
+        output_type="latent",
+    )
+    latents = out.frames if hasattr(out, "frames") else out.images
+    return latents.float().numpy()
+
+
+def _cached(pipe: Any, family: str, name: str) -> tuple[np.ndarray, dict[str, Any]]:
+    _enable(pipe, family, name)
+    try:
+        out = _generate(pipe, family)
+        summary = dataclasses.asdict(rfcache.summary(pipe))
+    finally:
+        rfcache.disable(pipe)
+    return out, summary
+
+
+def _one_nonfinite_output() -> Any:
+    """A patch under which the first cached step's output looks non-finite (to the guard only)."""
+    from unittest import mock
+
+    from rfcache.runtime import session
+
+    calls = []
+
+    def first_tensor(output: Any) -> torch.Tensor:
+        calls.append(1)
+        return torch.tensor([float("nan")]) if len(calls) == 1 else session._first_tensor.__wrapped__(output)
+
+    first_tensor.__wrapped__ = session._first_tensor  # type: ignore[attr-defined]
+    return mock.patch.object(session, "_first_tensor", first_tensor)
+
+
+def _straddle(rank: int, world: int) -> dict[str, bool]:
+    """RCS on a first input whose two shards' errors lie on either side of tau (0.09 and 0.33 against
+    0.3; 0.23 over the whole sequence): one decision on every rank, the one device's."""
+    import torch.distributed as dist
+
+    from rfcache.runtime.parallel import ContextGroup
+    from rfcache.runtime.policies import DynamicPolicy
+
+    group = ContextGroup(dist.group.WORLD, world, rank, "test")
+    forecast = torch.ones(1, 4 * world, 2)  # (B, S, D); the forecast of the first unit's input
+    error = torch.full_like(forecast, 0.1)
+    error[:, 4 * (world - 1) :] = 0.5  # the last rank's shard is forecast badly
+    first_input = forecast + error
+    shard = slice(4 * rank, 4 * (rank + 1))
+
+    def decide(x: torch.Tensor, ref: torch.Tensor, reduce: Any) -> bool:
+        policy = DynamicPolicy(tau=0.3, order=1, warmup=0)
+        policy._differences, policy._last_full = [ref], 0
+        return policy.decide(1, 1, x, reduce=reduce)
+
+    local = decide(first_input[:, shard], forecast[:, shard], None)
+    reduced = decide(first_input[:, shard], forecast[:, shard], group.sum)
+    return {
+        "local": local,
+        "reduced": group.any(reduced),
+        "one_device": decide(first_input, forecast, None),
+    }
+
+
+def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
+    """On each rank: every (family, mode, method) under context parallelism, and the controls."""
+    results: dict[str, Any] = {"straddle": _straddle(rank, world)}
+    for family in FAMILIES:
+        for mode in MODES:
+            pipe = build_tiny_pipeline(family)
+            # cache first, then parallelism (the other order for the remaining methods)
+            _enable(pipe, family, "rfe")
+            enable_context_parallel(pipe.transformer, mode, world)
+            try:
+                results[family, mode, "rfe", "cache-first"] = (_generate(pipe, family), None)
+            finally:
+                rfcache.disable(pipe)
+            for name in METHODS:
+                results[family, mode, name] = _cached(pipe, family, name)
+            if per_shard:  # the negative control: norms per shard, as without the reductions
+                from unittest import mock
+
+                with mock.patch("rfcache.runtime.session.context_group", return_value=None):
+                    results[family, mode, "rfe", "per-shard"] = _cached(pipe, family, "rfe")
+            if (family, mode) == ("flux", "ulysses"):  # a non-finite output seen by one rank only
+                with _one_nonfinite_output() if rank == 1 else contextlib.nullcontext():
+                    results[family, mode, "taylorseer", "nonfinite"] = _cached(pipe, family, "taylorseer")
+            if (family, mode) == ("wan", "ulysses"):  # refused, in one line, before any collective
+                for refused in ({"granularity": "block"}, {"max_cache_bytes": 1 << 30}):
+                    try:
+                        rfcache.enable(pipe, method="taylorseer", **refused)
+                    except rfcache.RfcacheError as exc:
+                        results[(family, mode, "refused", *refused)] = str(exc)
+                    assert rfcache.runtime.api._SESSION_ATTR not in vars(pipe.transformer)
+                from rfcache.calibrate.trace import record_trace
+
+                try:
+                    record_trace(pipe, {**tiny_pipeline_call_kwargs(family), "num_inference_steps": 2})
+                except rfcache.RfcacheError as exc:
+                    results[family, mode, "refused", "calibration"] = str(exc)
+            results[family, mode, "full"] = (_generate(pipe, family), None)
+    return results
+
+
+@pytest.fixture(scope="module")
+def ranks() -> list[dict[str, Any]]:
+    return run_ranks(_worker, True, world=2, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def references() -> dict[tuple[str, str], tuple[np.ndarray, dict[str, Any]]]:
+    out = {}
+    for family in FAMILIES:
+        pipe = build_tiny_pipeline(family)
+        for name in METHODS:
+            out[family, name] = _cached(pipe, family, name)
+        out[family, "full"] = (_generate(pipe, family), None)
+        if family == "flux":
+            with _one_nonfinite_output():
+                out[family, "nonfinite"] = _cached(pipe, family, "taylorseer")
+    return out
+
+
+def _relative(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.linalg.norm(a - b) / np.linalg.norm(b))
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_method_matches_one_device_on_every_rank(ranks, references, family, mode):
+    full = references[family, "full"][0]
+    assert _relative(ranks[0][family, mode, "full"][0], full) < TOLERANCE  # the harness itself
+    for name in METHODS:
+        expected, expected_summary = references[family, name]
+        assert not np.allclose(expected, full, rtol=0, atol=1e-6), f"{name} predicted nothing"
+        for rank in ranks:
+            out, summary = rank[family, mode, name]
+            assert _relative(out, expected) < TOLERANCE, (family, mode, name, _relative(out, expected))
+            assert summary == expected_summary, (family, mode, name)
+        np.testing.assert_array_equal(ranks[0][family, mode, name][0], ranks[1][family, mode, name][0])
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_cache_enabled_before_parallelism(ranks, references, family, mode):
+    expected = references[family, "rfe"][0]
+    for rank in ranks:
+        assert _relative(rank[family, mode, "rfe", "cache-first"][0], expected) < TOLERANCE
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("family", FAMILIES)
+def test_norms_per_shard_fail_the_check(ranks, references, family, mode):
+    """The negative control: without the reductions RFE's outputs are off by more than the tolerance."""
+    expected = references[family, "rfe"][0]
+    assert _relative(ranks[0][family, mode, "rfe", "per-shard"][0], expected) > TOLERANCE
+
+
+def test_shards_straddling_tau_take_one_decision(ranks):
+    local = [rank["straddle"]["local"] for rank in ranks]
+    assert local == [False, True]  # what each rank would decide from its shard alone
+    assert [rank["straddle"]["reduced"] for rank in ranks] == [ranks[0]["straddle"]["one_device"]] * 2
+    assert ranks[0]["straddle"]["one_device"] is False
+
+
+def test_a_nonfinite_output_on_one_rank_is_rerun_on_every_rank(ranks, references):
+    """Rank 1 alone sees a non-finite output at the first cached step: both ranks re-run it in full
+    (one rank alone would wait forever in the re-run's all-to-all), as one device does."""
+    expected, expected_summary = references["flux", "nonfinite"]
+    assert expected_summary["nonfinite_fallbacks"] == 1
+    for rank in ranks:
+        out, summary = rank["flux", "ulysses", "taylorseer", "nonfinite"]
+        assert _relative(out, expected) < TOLERANCE
+        assert summary == expected_summary
+
+
+@pytest.mark.parametrize(
+    ("option", "words"),
+    [("granularity", "granularity='module'"), ("max_cache_bytes", "unset"), ("calibration", "record on one device")],
+)
+def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option, words):
+    for rank in ranks:
+        message = rank["wan", "ulysses", "refused", option]
+        assert "context parallelism" in message and words in message and "\n" not in message, message
+
+
+def _compiled_worker(rank: int, world: int) -> dict[str, Any]:
+    """A static profile under ``compile=True`` on a split Flux (parallelism first), then disabled."""
+    pipe = build_tiny_pipeline("flux")
+    enable_context_parallel(pipe.transformer, "ulysses", world)
+    rfcache.enable(pipe, _profile(pipe, "flux"), compile=True)
+    try:
+        runs = [_generate(pipe, "flux") for _ in range(2)]  # the second replays the compiled variants
+        summary = dataclasses.asdict(rfcache.summary(pipe))
+    finally:
+        rfcache.disable(pipe)
+    return {"runs": runs, "summary": summary, "after": _generate(pipe, "flux")}
+
+
+@pytest.mark.slow
+def test_compiled_profile_under_context_parallelism(references):
+    ranks = run_ranks(_compiled_worker, world=2, timeout=600)
+    expected, expected_summary = references["flux", "profile"]
+    for rank in ranks:
+        assert all(_relative(run, expected) < TOLERANCE for run in rank["runs"])
+        assert rank["summary"] == expected_summary
+        # disable puts context parallelism's own forward back: the split model runs as before
+        assert _relative(rank["after"], references["flux", "full"][0]) < TOLERANCE
