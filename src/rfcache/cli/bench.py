@@ -31,7 +31,7 @@ EXAMPLES = """examples:
 
 @dataclass(frozen=True)
 class BenchCommandConfig(RunFlags):
-    model: str = option("toy", "'toy', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a pipeline folder or hub id")
+    model: str = option("toy", "'toy', 'toy-flux', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a folder or hub id")
     steps: int = option(50, "number of inference steps")  # type: ignore[assignment]
     nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules")
     budget: tuple[float, ...] = option((), "target costs as measured FLOP fractions (replaces --nfc)")

@@ -31,7 +31,7 @@ EXAMPLES = """examples:
 
 @dataclass(frozen=True)
 class GenerateConfig(RunFlags):
-    model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
+    model: str = option("toy", "'toy', 'toy-flux', a local pipeline folder, or a hub id")
     num: int | None = option(None, "number of images or videos; inputs cycle to fill it (default: one per input)")
     out: Path = option(Path("out.png"), "PNG to write (a grid for several); for video also .gif, .mp4 (animated)")
     scale: int | None = option(None, "upscaling of the saved file (default: 4 for images under 64 px, else 1)")

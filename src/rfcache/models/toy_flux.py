@@ -272,7 +272,7 @@ class ToyFluxPipeline(FluxPipeline):
 
     The transformer has no guidance embedding, so ``guidance_scale`` is handed on as
     ``true_cfg_scale`` with ``negative_prompt=""`` unless a negative prompt (or its embeddings) is
-    given; an explicit ``true_cfg_scale`` other than 1 takes precedence. Scale 1 or less: one
+    given (one per prompt); an explicit ``true_cfg_scale`` other than 1 takes precedence. Scale 1 or less: one
     transformer call per step, no guidance.
     """
 
@@ -284,10 +284,17 @@ class ToyFluxPipeline(FluxPipeline):
         scale = float(values["guidance_scale"])
         if values["true_cfg_scale"] == 1.0:
             values["true_cfg_scale"] = scale
-        has_negative = values["negative_prompt"] is not None or values["negative_prompt_embeds"] is not None
-        if values["true_cfg_scale"] > 1 and not has_negative:
-            values["negative_prompt"] = ""
+        if values["true_cfg_scale"] > 1 and values["negative_prompt_embeds"] is None:
+            values["negative_prompt"] = _per_prompt(values["negative_prompt"] or "", values["prompt"])
         return FluxPipeline.__call__(self, **values)
+
+
+def _per_prompt(negative: str | list[str], prompt: str | list[str] | None) -> str | list[str]:
+    """One negative prompt per prompt: FluxPipeline encodes a single negative prompt once, leaving the
+    guidance branch's text embeddings at batch 1 against a larger image batch."""
+    if isinstance(negative, str) and isinstance(prompt, list):
+        return [negative] * len(prompt)
+    return negative
 
 
 ToyFluxPipeline.__call__.__signature__ = _TOY_SIGNATURE  # type: ignore[attr-defined]
@@ -307,7 +314,7 @@ def load_toy_flux_pipeline(
             module.disable_progress_bar()
             restore.append(module)
     try:
-        pipe = ToyFluxPipeline.from_pretrained(weights_dir, torch_dtype=dtype, local_files_only=True)
+        pipe = ToyFluxPipeline.from_pretrained(weights_dir, dtype=dtype, local_files_only=True)
     finally:
         for module in restore:
             module.enable_progress_bar()
