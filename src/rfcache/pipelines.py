@@ -27,10 +27,12 @@ def load_pipeline(
     """A diffusers pipeline whose transformer rfcache supports, on ``device`` in ``dtype``.
 
     ``"toy"`` is the embedded digits DiT (DDIM, 50 steps by default, classifier-free guidance);
-    a folder goes through ``DiffusionPipeline.from_pretrained``; anything else is taken as a hub id.
+    ``"toy-flux"`` the embedded Flux text-to-image digits model (``rfcache.models.toy_flux``); a
+    folder goes through ``DiffusionPipeline.from_pretrained``; anything else is taken as a hub id.
     """
     device = check_device(device)
-    pipe = _load_toy(dtype) if str(name_or_path) == "toy" else _load_pretrained(name_or_path, dtype)
+    embedded = {"toy": _load_toy, "toy-flux": _load_toy_flux}.get(str(name_or_path))
+    pipe = embedded(dtype) if embedded is not None else _load_pretrained(name_or_path, dtype)
     get_adapter(pipe)  # fail now, with the list of supported families, rather than at enable time
     pipe.transformer.eval()
     return pipe.to(device)
@@ -46,6 +48,14 @@ def _load_toy(dtype: torch.dtype) -> Any:
     transformer = DiTTransformer2DModel.from_pretrained(TOY_WEIGHTS_DIR / "transformer", **_dtype_kwargs(dtype))
     scheduler = DDIMScheduler.from_pretrained(TOY_WEIGHTS_DIR / "scheduler")
     return DigitsDiTPipeline(transformer=transformer, scheduler=scheduler)
+
+
+def _load_toy_flux(dtype: torch.dtype) -> Any:
+    from rfcache.models.toy_flux import TOY_FLUX_WEIGHTS_DIR, load_toy_flux_pipeline
+
+    if not (TOY_FLUX_WEIGHTS_DIR / "model_index.json").is_file():
+        raise RfcacheError(f"embedded weights missing at {TOY_FLUX_WEIGHTS_DIR}; reinstall rfcache")
+    return load_toy_flux_pipeline(TOY_FLUX_WEIGHTS_DIR, dtype=dtype)
 
 
 def _load_pretrained(name_or_path: str | Path, dtype: torch.dtype) -> Any:

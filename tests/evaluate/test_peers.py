@@ -29,6 +29,8 @@ def test_peers_skip_work_and_leave_the_model_exact(model: str) -> None:
     names = tuple(DIFFUSERS_PEERS)
     if PEERS["cache-dit-dbcache"].check() is None:
         names += ("cache-dit-dbcache", "cache-dit-dbcache-taylorseer")
+    if PEERS["smoothcache"].check() is None:
+        names += ("smoothcache",)
     workload = load_workload(model, steps=10)
     with torch.no_grad():
         before = workload.generate(0)

@@ -32,7 +32,7 @@ EXAMPLES = """examples:
 
 @dataclass(frozen=True)
 class BenchCommandConfig(RunFlags):
-    model: str = option("toy", "'toy', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a pipeline folder or hub id")
+    model: str = option("toy", "'toy', 'toy-flux', 'tiny:FAMILY' (dit, pixart, sd3, flux, wan), a folder or hub id")
     steps: int = option(50, "number of inference steps", at_least=2)  # type: ignore[assignment]
     nfc: tuple[int, ...] = option((14, 10, 7), "target costs as full steps of the interval schedules", at_least=1)
     budget: tuple[float, ...] = option(

@@ -37,7 +37,7 @@ EXAMPLES = """examples:
 
 @dataclass(frozen=True)
 class CalibrateConfig(RunFlags):
-    model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
+    model: str = option("toy", "'toy', 'toy-flux', a local pipeline folder, or a hub id")
     budget: float = option(0.4, "share of the module FLOPs the schedule may spend, in (0, 1]", above=0, at_most=1)
     trials: int = option(
         200, "Optuna trials, scored by the error model (a resumed study counts its finished ones)", at_least=1

@@ -27,7 +27,7 @@ EXAMPLES = """examples:
 class ExportConfig:
     profile: str | None = option(None, "profile YAML or shipped name (e.g. toy-b0.4); required")
     out: Path | None = option(None, "bundle folder to write; required")
-    model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
+    model: str = option("toy", "'toy', 'toy-flux', a local pipeline folder, or a hub id")
     backend: str = option(
         "onnx", "onnx (ONNX Runtime, CPU or CUDA), aoti (AOTInductor packages for --device) or tensorrt (NVIDIA GPUs)"
     )

@@ -35,7 +35,7 @@ EXAMPLES = """examples:
 
 @dataclass(frozen=True)
 class GenerateConfig(RunFlags):
-    model: str = option("toy", "'toy', a local pipeline folder, or a hub id")
+    model: str = option("toy", "'toy', 'toy-flux', a local pipeline folder, or a hub id")
     num: int | None = option(
         None, "number of images or videos; inputs cycle to fill it (default: one per input)", at_least=1
     )

@@ -29,7 +29,7 @@ EXAMPLES = """examples:
 class RunConfig(RunFlags):
     bundle: Path | None = option(None, "bundle folder written by rfc-export; required")
     model: str | None = option(
-        None, "pipeline folder or hub id whose transformer the bundle replaces (text-to-image and video bundles)"
+        None, "toy-flux, a pipeline folder or hub id whose transformer the bundle replaces (text and video bundles)"
     )
     num: int | None = option(
         None, "number of images or videos; inputs cycle to fill it (default: one per input)", at_least=1

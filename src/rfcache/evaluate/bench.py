@@ -180,7 +180,7 @@ class _Bench:
             calibrate=lambda: self.work.generate(TUNE_OFFSET),
             calibrate_trials=cfg.calibrate_trials,
             call=dict(workload.base_kwargs),
-            prompts=list(workload.prompts) or None,
+            prompts=list(workload.calibration_prompts or workload.prompts) or None,
         )
         self.eval_idx = list(range(cfg.samples))
         self.tune_idx = [TUNE_OFFSET + i for i in range(cfg.tune_samples)]

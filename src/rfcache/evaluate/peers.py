@@ -40,6 +40,7 @@ from typing import Any
 import torch
 
 from rfcache.evaluate.methods import Applied, BenchContext, MethodSpec, Target
+from rfcache.evaluate.smoothcache import apply_smoothcache, check_smoothcache
 from rfcache.models import get_adapter, get_transformer
 from rfcache.schedules.masks import interval_for_nfc
 
@@ -339,6 +340,15 @@ PEERS: dict[str, MethodSpec] = {
             knob="residual_diff_threshold",
             check=_check_cache_dit,
             description="cache-dit DBCacheConfig F1B0 + TaylorSeerCalibratorConfig order 1",
+        ),
+        MethodSpec(
+            "smoothcache",
+            "dit-smoothcache",
+            apply_smoothcache,
+            knob="alpha",
+            knob_range=(1e-3, 5.0),
+            check=check_smoothcache,
+            description="SmoothCache: per-layer-type static reuse schedules from its calibration, alpha swept",
         ),
     ]
 }

@@ -1,6 +1,9 @@
 """What a benchmark generates: a pipeline and its per-sample inputs, as images in ``[0, 1]``.
 
-``toy`` is the embedded digits DiT (class ``i % 10``, guidance 2); ``tiny:FAMILY`` a family's tiny
+``toy`` is the embedded digits DiT (class ``i % 10``, guidance 2); ``toy-flux`` the embedded Flux
+digits model (sample ``i`` names digit ``i % 10`` in one of the templates 5-9 of
+:data:`~rfcache.models.toy_flux.PROMPT_TEMPLATES`, its default guidance; a calibrated method
+calibrates on templates 0-4, so no choice sees a test prompt); ``tiny:FAMILY`` a family's tiny
 random pipeline from ``rfcache.models.tiny`` (its own call arguments, prompt ``"cat i"``); anything
 else a local pipeline folder or hub id (class labels where the transformer is class-conditional,
 else the calibration prompts). Sample ``i`` uses seed ``seed + i`` (``seed`` is 1000 unless the
@@ -35,6 +38,7 @@ class Workload:
     input_kind: str  # "class" or "prompt"
     num_classes: int = 0
     prompts: list[str] = field(default_factory=list)
+    calibration_prompts: list[str] = field(default_factory=list)  # what a calibrated method may see (default: prompts)
     device: str = "cpu"
     seed: int = 1000  # sample i uses seed + i
 
@@ -44,7 +48,7 @@ class Workload:
 
     @property
     def is_digits(self) -> bool:
-        return self.name == "toy"
+        return self.name in ("toy", "toy-flux")
 
     def label(self, index: int) -> int:
         return index % max(self.num_classes, 1)
@@ -102,6 +106,12 @@ def _load_workload(model: str, *, steps: int, device: str, dtype: torch.dtype) -
 
     pipe = load_pipeline(model, device=device, dtype=dtype)
     pipe.set_progress_bar_config(disable=True)
+    if model == "toy-flux":
+        from rfcache.models.toy_flux import digit_prompts
+
+        test, calibration = digit_prompts(range(5, 10)), digit_prompts(range(5))  # prompt j names digit j % 10
+        prompts = [p for p, _ in test]
+        return Workload(model, pipe, steps, {}, "prompt", 10, prompts, [p for p, _ in calibration], device=device)
     import inspect
 
     params = set(inspect.signature(type(pipe).__call__).parameters)
