@@ -58,7 +58,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def _version() -> str:
-    from rfcache import __version__
+    from rfcache._version import __version__
 
     return __version__
 
