@@ -65,15 +65,12 @@ class CalibrateConfig(RunFlags):
     json: bool = option(False, "print one JSON object as the last line")
 
 
-def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
-    """Calibrate, write the profile atomically, and return the closing figures."""
-    from rfcache.calibrate import calibrate, load_shards, record_shard
+def _check_flags_and_outputs(cfg: CalibrateConfig, spec: Any) -> tuple[int, int] | None:
+    """Refuse what would fail late (budget, flags, every output path); returns the parsed ``--shard``."""
     from rfcache.calibrate.search import check_budget
     from rfcache.errors import RfcacheError
-    from rfcache.pipelines import load_pipeline
 
     check_budget(cfg.budget, name="--budget")  # before the model is loaded; calibrate() applies the same rule
-    spec = run_spec(cfg)
     if cfg.shard is None and cfg.budget < 1 / spec.steps:  # the first step is always computed
         raise RfcacheError(
             f"--budget {cfg.budget:g} is below the cheapest schedule: its one full step of {spec.steps} alone "
@@ -93,6 +90,17 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
         check_file_output(cfg.out, flag="--out", suffixes=(".yaml", ".yml"), what="profile file")
         if cfg.storage is not None:
             _check_storage_path(cfg.storage)
+    return shard
+
+
+def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
+    """Calibrate, write the profile atomically, and return the closing figures."""
+    from rfcache.calibrate import calibrate, load_shards, record_shard
+    from rfcache.errors import RfcacheError
+    from rfcache.pipelines import load_pipeline
+
+    spec = run_spec(cfg)
+    shard = _check_flags_and_outputs(cfg, spec)  # before the model is loaded or anything written
     # merged traces are checked before the storage is opened (which may create a database file)
     trace = load_shards(cfg.trace_dir) if shard is None and cfg.trace_dir is not None else None
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=torch_dtype(cfg.dtype))
