@@ -12,9 +12,10 @@ workarounds, which live here and nowhere in the package:
    modes produce: those modes are left out; plain Ulysses and Ring need the sequence length
    divisible by the world size (Ulysses: the head count too), which the tiny configs are.
 
-:func:`run_ranks` starts ``fn(rank, world, port, *args)`` in ``world`` spawned processes and returns
-what each returned; a process that does not finish within ``timeout`` seconds is killed and the
-call fails, so a deadlock fails the test instead of hanging it.
+:func:`start_ranks` starts ``fn(rank, world, *args)`` in ``world`` spawned processes (the caller
+can work meanwhile) and ``.results()`` returns what each returned; a process that does not finish
+within ``timeout`` seconds is killed and the call fails, so a deadlock fails the test instead of
+hanging it. :func:`run_ranks` does both.
 """
 
 from __future__ import annotations
@@ -103,26 +104,46 @@ def _entry(rank: int, fn: Callable[..., Any], world: int, port: int, out: str, a
     torch.save(result, Path(out) / f"rank{rank}.pt")
 
 
-def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, timeout: float = 240.0) -> list[Any]:
-    """``fn(rank, world, *args)`` on ``world`` spawned gloo ranks; their results, in rank order.
+class Ranks:
+    """Ranks started by :func:`start_ranks`; :meth:`results` waits for them (or kills them at the deadline)."""
 
-    ``fn`` must be importable (a module-level function). A rank that fails fails the call; ranks
-    still running after ``timeout`` seconds are killed and the call fails (a hang never blocks).
-    """
-    import torch.multiprocessing as mp
+    def __init__(self, fn: Callable[..., Any], args: tuple, world: int, timeout: float) -> None:
+        import torch.multiprocessing as mp
 
-    with tempfile.TemporaryDirectory() as out:
-        context = mp.start_processes(
-            _entry, args=(fn, world, free_port(), out, args), nprocs=world, join=False, start_method="spawn"
+        self._dir = tempfile.TemporaryDirectory()
+        self.world, self.timeout = world, timeout
+        self._deadline = time.monotonic() + timeout
+        self._context = mp.start_processes(
+            _entry, args=(fn, world, free_port(), self._dir.name, args), nprocs=world, join=False, start_method="spawn"
         )
-        deadline = time.monotonic() + timeout
+
+    def results(self) -> list[Any]:
         try:
-            while not context.join(timeout=max(0.1, min(5.0, deadline - time.monotonic()))):
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"context-parallel ranks still running after {timeout:.0f} s (a deadlock?)")
+            while not self._context.join(timeout=max(0.1, min(5.0, self._deadline - time.monotonic()))):
+                if time.monotonic() > self._deadline:
+                    raise TimeoutError(f"context-parallel ranks still running after {self.timeout:.0f} s (a deadlock?)")
+            return [torch.load(Path(self._dir.name) / f"rank{r}.pt", weights_only=False) for r in range(self.world)]
         finally:
-            for process in context.processes:
-                if process.is_alive():
-                    process.kill()
-                    process.join(5)
-        return [torch.load(Path(out) / f"rank{r}.pt", weights_only=False) for r in range(world)]
+            self.close()
+
+    def close(self) -> None:
+        """Kill the ranks still running and remove their results."""
+        for process in self._context.processes:
+            if process.is_alive():
+                process.kill()
+                process.join(5)
+        self._dir.cleanup()
+
+
+def start_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, timeout: float = 240.0) -> Ranks:
+    """``fn(rank, world, *args)`` started on ``world`` spawned gloo ranks; collect with ``.results()``.
+
+    ``fn`` must be importable (a module-level function). A rank that fails fails ``results``; ranks
+    still running ``timeout`` seconds after the start are killed and ``results`` fails (a hang never blocks).
+    """
+    return Ranks(fn, args, world, timeout)
+
+
+def run_ranks(fn: Callable[..., Any], *args: Any, world: int = 2, timeout: float = 240.0) -> list[Any]:
+    """:func:`start_ranks` and wait: the ranks' results, in rank order."""
+    return start_ranks(fn, *args, world=world, timeout=timeout).results()

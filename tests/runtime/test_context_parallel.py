@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,7 +23,7 @@ import torch
 import rfcache
 from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
-from tests.runtime._cp_harness import enable_context_parallel, run_ranks
+from tests.runtime._cp_harness import enable_context_parallel, start_ranks
 
 STEPS = 8
 FAMILIES = ("flux", "wan")
@@ -131,9 +132,43 @@ def _straddle(rank: int, world: int) -> dict[str, bool]:
     }
 
 
-def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
+def _compiled(pipe: Any) -> tuple[list[np.ndarray], dict[str, Any]]:
+    """A static profile under ``compile=True``: two generations (the second replays the compiled variants)."""
+    rfcache.enable(pipe, _profile(pipe, "flux"), compile=True)
+    try:
+        return [_generate(pipe, "flux") for _ in range(2)], dataclasses.asdict(rfcache.summary(pipe))
+    finally:
+        rfcache.disable(pipe)
+
+
+def _cli(rank: int, folder: str) -> dict[str, Any]:
+    """``rfc-generate --context-parallel ulysses`` as torchrun runs it on this rank (the group is joined)."""
+    import io
+    import os
+    from unittest import mock
+
+    from rfcache.cli.main import main
+
+    out = Path(folder) / f"rank{rank}.png"
+    stdout, stderr = io.StringIO(), io.StringIO()
+    with (
+        mock.patch.dict(os.environ, {"WORLD_SIZE": "2", "RANK": str(rank), "LOCAL_RANK": str(rank)}),
+        mock.patch("torch.accelerator.device_count", return_value=1),  # workaround 1, as in enable_context_parallel
+        contextlib.redirect_stdout(stdout),
+        contextlib.redirect_stderr(stderr),
+    ):
+        code = main(["generate", *cli_args(folder), "--context-parallel", "ulysses", "--out", str(out)])
+    return {"code": code, "stdout": stdout.getvalue(), "wrote": out.exists()}
+
+
+def cli_args(folder: str) -> list[str]:
+    args = ["--model", str(Path(folder) / "tiny-flux"), "--prompt", "a fox", "--height", "16", "--width", "16"]
+    return [*args, "--steps", "8", "--method", "rfe", "--interval", "3", "--call-args", '{"max_sequence_length": 8}']
+
+
+def _worker(rank: int, world: int, per_shard: bool, folder: str) -> dict[str, Any]:
     """On each rank: every (family, mode, method) under context parallelism, and the controls."""
-    results: dict[str, Any] = {"straddle": _straddle(rank, world)}
+    results: dict[str, Any] = {"straddle": _straddle(rank, world), "cli": _cli(rank, folder)}
     for family in FAMILIES:
         for mode in MODES:
             pipe = build_tiny_pipeline(family)
@@ -151,6 +186,8 @@ def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
 
                 with mock.patch("rfcache.runtime.session.context_group", return_value=None):
                     results[family, mode, "rfe", "per-shard"] = _cached(pipe, family, "rfe")
+            if (family, mode) == ("flux", "ulysses"):
+                results["compiled"] = _compiled(pipe)  # (the "full" run below checks disable after compile)
             if (family, mode) == ("flux", "ulysses"):  # a non-finite output seen by one rank only
                 with _one_nonfinite_output() if rank == 1 else contextlib.nullcontext():
                     results[family, mode, "taylorseer", "nonfinite"] = _cached(pipe, family, "taylorseer")
@@ -172,22 +209,40 @@ def _worker(rank: int, world: int, per_shard: bool) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def ranks() -> list[dict[str, Any]]:
-    return run_ranks(_worker, True, world=2, timeout=300)
+def folder(tmp_path_factory) -> str:
+    path = tmp_path_factory.mktemp("cp")
+    build_tiny_pipeline("flux").save_pretrained(path / "tiny-flux")
+    return str(path)
 
 
 @pytest.fixture(scope="module")
-def references() -> dict[tuple[str, str], tuple[np.ndarray, dict[str, Any]]]:
+def runs(folder) -> tuple[list[dict[str, Any]], dict[tuple[str, str], Any]]:
+    """The two ranks' results and the one-process references, computed while the ranks run."""
+    started = start_ranks(_worker, True, folder, world=2, timeout=400)
     out = {}
-    for family in FAMILIES:
-        pipe = build_tiny_pipeline(family)
-        for name in METHODS:
-            out[family, name] = _cached(pipe, family, name)
-        out[family, "full"] = (_generate(pipe, family), None)
-        if family == "flux":
-            with _one_nonfinite_output():
-                out[family, "nonfinite"] = _cached(pipe, family, "taylorseer")
-    return out
+    try:
+        for family in FAMILIES:
+            pipe = build_tiny_pipeline(family)
+            for name in METHODS:
+                out[family, name] = _cached(pipe, family, name)
+            out[family, "full"] = (_generate(pipe, family), None)
+            if family == "flux":
+                with _one_nonfinite_output():
+                    out[family, "nonfinite"] = _cached(pipe, family, "taylorseer")
+    except BaseException:
+        started.close()
+        raise
+    return started.results(), out
+
+
+@pytest.fixture(scope="module")
+def ranks(runs) -> list[dict[str, Any]]:
+    return runs[0]
+
+
+@pytest.fixture(scope="module")
+def references(runs) -> dict[tuple[str, str], tuple[np.ndarray, dict[str, Any]]]:
+    return runs[1]
 
 
 def _relative(a: np.ndarray, b: np.ndarray) -> float:
@@ -253,25 +308,25 @@ def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option
         assert "context parallelism" in message and words in message and "\n" not in message, message
 
 
-def _compiled_worker(rank: int, world: int) -> dict[str, Any]:
-    """A static profile under ``compile=True`` on a split Flux (parallelism first), then disabled."""
-    pipe = build_tiny_pipeline("flux")
-    enable_context_parallel(pipe.transformer, "ulysses", world)
-    rfcache.enable(pipe, _profile(pipe, "flux"), compile=True)
-    try:
-        runs = [_generate(pipe, "flux") for _ in range(2)]  # the second replays the compiled variants
-        summary = dataclasses.asdict(rfcache.summary(pipe))
-    finally:
-        rfcache.disable(pipe)
-    return {"runs": runs, "summary": summary, "after": _generate(pipe, "flux")}
-
-
-@pytest.mark.slow
-def test_compiled_profile_under_context_parallelism(references):
-    ranks = run_ranks(_compiled_worker, world=2, timeout=600)
+def test_compiled_profile_under_context_parallelism(ranks, references):
     expected, expected_summary = references["flux", "profile"]
     for rank in ranks:
-        assert all(_relative(run, expected) < TOLERANCE for run in rank["runs"])
-        assert rank["summary"] == expected_summary
-        # disable puts context parallelism's own forward back: the split model runs as before
-        assert _relative(rank["after"], references["flux", "full"][0]) < TOLERANCE
+        runs, summary = rank["compiled"]
+        assert all(_relative(run, expected) < TOLERANCE for run in runs)
+        assert summary == expected_summary
+
+
+def test_rfc_generate_on_every_rank_writes_one_output_from_rank_0(ranks, folder):
+    """The command as torchrun starts it on each rank: rank 0 writes and prints, rank 1 is silent, and
+    the image is the one one process writes."""
+    from PIL import Image
+
+    from rfcache.cli.main import main
+
+    assert [rank["cli"]["code"] for rank in ranks] == [0, 0]
+    assert [rank["cli"]["wrote"] for rank in ranks] == [True, False]
+    assert ranks[0]["cli"]["stdout"].count("wrote ") == 1 and ranks[1]["cli"]["stdout"] == ""
+    assert "pattern           CCPPCPPC" in ranks[0]["cli"]["stdout"]
+    assert main(["generate", *cli_args(folder), "--out", str(Path(folder) / "one.png")]) == 0
+    split, one = (np.asarray(Image.open(Path(folder) / f"{n}.png"), dtype=float) for n in ("rank0", "one"))
+    assert np.abs(split - one).max() <= 1.0  # 8-bit pixels: equal up to one rounding step
