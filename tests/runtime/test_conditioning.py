@@ -93,3 +93,28 @@ def test_changed_conditions_are_not_served_stale_rows(tiny_pipe):
         assert store.lookup(1, store.timesteps[1], {"class_labels": store.conditions["class_labels"].clone()}) == 1
     finally:
         rfcache.disable(tiny_pipe)
+
+
+def test_one_negative_prompt_for_several_prompts_under_true_cfg():
+    """Flux's true CFG encodes one negative prompt at batch 1 for a batch of prompts; the model broadcasts
+    its pooled embedding, and the shared conditioning must too."""
+    pipe = build_tiny_pipeline("flux")
+    kwargs = dict(
+        prompt=["a fox", "a lighthouse"],
+        negative_prompt="blurry",
+        true_cfg_scale=2.0,
+        height=16,
+        width=16,
+        num_inference_steps=STEPS,
+        max_sequence_length=8,
+        output_type="np",
+    )
+    reference = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+    rfcache.enable(pipe, method="none", share_conditioning=True)
+    try:
+        shared = pipe(**kwargs, generator=torch.Generator().manual_seed(0)).images
+        s = rfcache.summary(pipe)
+    finally:
+        rfcache.disable(pipe)
+    assert s.shared_conditioning_calls == s.num_calls == 2 * STEPS  # both branches served
+    np.testing.assert_allclose(shared, reference, rtol=RTOL, atol=ATOL)

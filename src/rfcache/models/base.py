@@ -258,12 +258,17 @@ def modulation_outputs(model: torch.nn.Module, paths: Sequence[str], embedding: 
     return {p: _get_path(model, p)(activated) for p in paths if _get_path(model, p) is not None}
 
 
-def repeat_steps(value: Any, steps: int) -> Any:
-    """A per-sample condition ``(B, ...)`` repeated for ``steps`` steps, step-major: ``(steps * B, ...)``."""
+def repeat_steps(value: Any, steps: int, batch: int | None = None) -> Any:
+    """A per-sample condition ``(B, ...)`` repeated for ``steps`` steps, step-major: ``(steps * B, ...)``.
+
+    ``batch``: the call's batch; a condition of batch 1 is broadcast to it first, as the model's own
+    broadcasting does (e.g. Flux's true CFG with one negative prompt for several prompts)."""
     if isinstance(value, torch.Tensor):
+        if batch is not None and value.ndim and value.shape[0] == 1 and batch > 1:
+            value = value.expand(batch, *value.shape[1:])
         return value.repeat(steps, *([1] * (value.ndim - 1)))
     if isinstance(value, dict):
-        return {k: repeat_steps(v, steps) for k, v in value.items()}
+        return {k: repeat_steps(v, steps, batch) for k, v in value.items()}
     return value
 
 

@@ -86,13 +86,14 @@ class FluxAdapter(BlockAdapter):
         self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
     ) -> dict[str, Any]:
         dtype = inputs["hidden_states"].dtype
-        pooled = repeat_steps(inputs["pooled_projections"], steps)
+        batch = timesteps.shape[0] // steps
+        pooled = repeat_steps(inputs["pooled_projections"], steps, batch)
         t = timesteps.to(dtype) * 1000  # as FluxTransformer2DModel.forward scales it
         guidance = inputs.get("guidance")
         if guidance is None:
             temb = model.time_text_embed(t, pooled)
         else:
-            temb = model.time_text_embed(t, repeat_steps(guidance, steps).to(dtype) * 1000, pooled)
+            temb = model.time_text_embed(t, repeat_steps(guidance, steps, batch).to(dtype) * 1000, pooled)
         paths = self.conditioning_paths(model)
         return {"time_text_embed": temb, **modulation_outputs(model, paths[1:], temb)}
 

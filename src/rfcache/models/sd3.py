@@ -58,7 +58,8 @@ class SD3Adapter(BlockAdapter):
     def shared_conditioning(
         self, model: torch.nn.Module, inputs: dict[str, Any], timesteps: torch.Tensor, steps: int
     ) -> dict[str, Any]:
-        temb = model.time_text_embed(timesteps, repeat_steps(inputs["pooled_projections"], steps))  # (S*B, D)
+        pooled = repeat_steps(inputs["pooled_projections"], steps, timesteps.shape[0] // steps)
+        temb = model.time_text_embed(timesteps, pooled)  # (S*B, D)
         paths = self.conditioning_paths(model)
         return {"time_text_embed": temb, **modulation_outputs(model, paths[1:], temb)}
 
