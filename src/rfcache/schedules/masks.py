@@ -24,9 +24,13 @@ __all__ = [
     "interval_for_nfc",
     "interval_mask",
     "is_interval_full",
+    "min_full_steps",
     "optimal_masks",
     "rcs_mask",
+    "rows_intersection",
     "runs_full",
+    "unit_flops_fraction",
+    "warmup_violation",
     "warped_mask",
 ]
 
@@ -37,6 +41,36 @@ def runs_full(planned_full: bool, full_steps: int, min_full_steps: int) -> bool:
     """The warm-up rule: a step is computed where it is planned full or where the predictor has fewer
     than ``min_full_steps`` full steps so far to predict from (RFE needs two)."""
     return planned_full or full_steps < min_full_steps
+
+
+def min_full_steps(predictor: str) -> int:
+    """Full steps a predictor needs before it can predict: RFE's ratio needs two, the others one."""
+    return 2 if predictor == "relational" else 1
+
+
+def warmup_violation(row: str, min_full: int, start: int = 0) -> int | None:
+    """The first step of ``row`` (from ``start``) planned ``P`` before ``min_full`` full steps since
+    ``start``; None where the row respects the warm-up (it then equals its :func:`effective_pattern`)."""
+    full = 0
+    for step in range(start, len(row)):
+        if row[step] == "P" and full < min_full:
+            return step
+        full += row[step] == "C"
+        if full >= min_full:
+            return None
+    return None
+
+
+def rows_intersection(rows: Sequence[str]) -> str:
+    """Per step ``C`` where every row is ``C``: the steps on which every unit is computed (full steps)."""
+    return "".join("C" if all(r[i] == "C" for r in rows) else "P" for i in range(len(rows[0])))
+
+
+def unit_flops_fraction(rows: Sequence[str], costs: Sequence[float]) -> float:
+    """The fraction of the units' full-compute FLOPs a per-unit schedule computes (predictions not
+    counted): ``Σ_u cost_u · NFC_u / (Σ_u cost_u · S)``."""
+    total = sum(costs) * len(rows[0])
+    return sum(c * r.count("C") for r, c in zip(rows, costs, strict=True)) / total if total else 1.0
 
 
 def effective_pattern(mask: str, min_full_steps: int) -> str:
