@@ -412,10 +412,10 @@ def _validate(p: Profile) -> None:
         )
     if len(p.schedule) != p.sampling.num_steps:
         raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
-    if p.experts is not None or p.sampling.boundary_step is not None:
-        _validate_experts(p)
     if p.unit_schedules is not None or p.unit_groups is not None or p.unit_costs is not None:
         _validate_units(p)
+    if p.experts is not None or p.sampling.boundary_step is not None:
+        _validate_experts(p)
     if p.ratios and len(p.ratios) != p.model.num_units:
         raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {_show(p.model.num_units)}")
     if any(r < 0 for r in p.ratios):
@@ -474,7 +474,8 @@ def _validate_units(p: Profile) -> None:
     if not p.unit_schedules:
         raise ProfileError("unit_groups and unit_costs need unit_schedules (one C/P row per unit or group)")
     groups = p.unit_groups or {}
-    starts = [e.steps[0] for e in p.experts] if p.experts else [0]
+    # each transformer's first step (the experts' steps are checked after this, so only in-range ones count)
+    starts = sorted({0} | {e.steps[0] for e in p.experts or () if e.steps and 0 <= e.steps[0] < p.sampling.num_steps})
     min_full = min_full_steps(p.method.predictor)
     for key, row in p.unit_schedules.items():
         where = f"unit_schedules.{key}"
