@@ -145,3 +145,18 @@ def test_compile_and_export_refuse_a_per_unit_profile(tiny_pipe, tmp_path):
     rfcache.enable(tiny_pipe, profile)  # eager runs it
     generate(tiny_pipe, steps=STEPS)
     assert rfcache.summary(tiny_pipe).unit_patterns == tuple(profile.unit_rows().values())
+
+
+def test_sequential_and_batched_cfg_agree_under_per_unit_rows(tiny_pipe):
+    from tests.runtime.test_session import _batched_cfg, _sequential_cfg
+
+    model = tiny_pipe.transformer
+    options = ("CCPPCPPC", "CCCCCCCC", "CCPCPCPC")
+    rows = {path: options[i % 3] for i, path in enumerate(_paths(tiny_pipe))}
+    base = make_profile(model, rows_intersection(list(rows.values())), predictor="relational", resolution=(1, 8, 8))
+    rfcache.enable(model, dataclasses.replace(base, unit_schedules=rows))
+    sequential, _ = _sequential_cfg(model, [3, 5], 10)
+    s = rfcache.summary(model)
+    assert s.unit_patterns == tuple(rows.values()) and s.num_calls == 16 and len(s.patterns) == 2
+    batched = _batched_cfg(model, [3, 5], 10)
+    torch.testing.assert_close(sequential, batched, rtol=1e-4, atol=1e-5)

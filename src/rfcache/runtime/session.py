@@ -107,7 +107,7 @@ class CacheSummary:
     nonfinite_fallbacks: int
     num_calls: int
     shared_conditioning_calls: int = 0
-    unit_patterns: tuple[str, ...] = ()  # per unit (execution order), the first branch's C/P per step
+    unit_patterns: tuple[str, ...] = ()  # per-unit schedules: per unit (execution order), the first branch's C/P
     unit_paths: tuple[str, ...] = ()
 
     @property
@@ -600,7 +600,8 @@ class CacheSession:
         first = patterns[0] if patterns else ""
         pattern = first if len(set(patterns)) <= 1 else " | ".join(patterns)
         spent = c.computed + c.predictor
-        letters = self._branches[0].unit_letters if self._branches else {}
+        # per-unit schedules only (a one-mask schedule's units all follow ``pattern``)
+        letters = self._branches[0].unit_letters if self._branches and self.config.unit_masks is not None else {}
         unit_patterns = tuple("".join(letters.get(u.index, {}).values()) for u in self.units) if letters else ()
         return CacheSummary(
             method=self.config.method,
