@@ -9,7 +9,11 @@ One home for every mask generator, used alike by the runtime (``IntervalPolicy``
   the one with a given number of full steps;
 - :func:`warped_mask`: ``nfc`` full steps spread by a blend of uniform and cosine spacing;
 - :func:`rcs_mask`: the decisions RCS takes when replayed on recorded first-unit inputs;
-- :func:`optimal_masks`: the masks an additive error model rates best (dynamic programming).
+- :func:`optimal_masks`: the masks an additive error model rates best (dynamic programming);
+- :func:`split_budget`: per-unit schedules under one FLOP budget by a Lagrange multiplier: each
+  unit's number of full steps minimises its own estimated error + lambda x its cost, lambda
+  bisected to meet the budget (the units couple only through their summed FLOPs);
+  :func:`mask_error` rates any mask under the same model as :func:`optimal_masks`.
 """
 
 from __future__ import annotations
@@ -24,11 +28,13 @@ __all__ = [
     "interval_for_nfc",
     "interval_mask",
     "is_interval_full",
+    "mask_error",
     "min_full_steps",
     "optimal_masks",
     "rcs_mask",
     "rows_intersection",
     "runs_full",
+    "split_budget",
     "unit_flops_fraction",
     "warmup_violation",
     "warped_mask",
@@ -232,3 +238,79 @@ def optimal_masks(
         if not layer:
             break
     return {n: tuple(i in set(path) for i in range(num_steps)) for n, (_, path) in best.items()}
+
+
+def mask_error(mask: Sequence[bool], segment: Segment, sensitivity: Sequence[float], *, keep: int) -> float:
+    """The squared error estimate :func:`optimal_masks` minimises, for any ``mask`` (its first step full):
+    ``Σ_runs (Σ_{c in run} w(c) e(c))²``, each run's ``e`` from ``segment`` given the full steps before it."""
+    w = np.asarray(sensitivity, dtype=np.float64)
+    fulls = [i for i, full in enumerate(mask) if full]
+    if not fulls or fulls[0] != 0:
+        raise ValueError("a mask's first step must be full")
+    total = 0.0
+    for j, f in enumerate(fulls):
+        stop = fulls[j + 1] if j + 1 < len(fulls) else len(mask)
+        length = stop - f - 1
+        if length:
+            before = tuple(reversed(fulls[max(0, j - keep) : j + 1]))  # latest first, up to keep + 1
+            total += float(np.dot(segment(before, length)[:length], w[f + 1 : stop])) ** 2
+    return total
+
+
+def split_budget(
+    errors: Sequence[dict[int, float]], costs: Sequence[float], budget: float, num_steps: int, *, iterations: int = 100
+) -> tuple[int, ...]:
+    """Per unit, how many of ``num_steps`` steps to compute so that the computed fraction of the units'
+    FLOPs, ``Σ_u cost_u n_u / (Σ_u cost_u · S)``, stays within ``budget``: the Lagrangian split.
+
+    ``errors[u]`` maps a number of full steps ``n`` to unit ``u``'s estimated error with its best mask
+    of ``n`` full steps (e.g. :func:`mask_error` of :func:`optimal_masks`' masks). For a multiplier
+    ``lam`` each unit takes ``argmin_n errors[u][n] + lam · cost_u · n`` (fewer steps on a tie); the
+    smallest ``lam`` whose choice fits the budget is found by bisection, and what budget is left is
+    then spent greedily (the largest error drop per FLOP that fits). Exact where the budget falls on
+    a point of the units' lower convex hulls; elsewhere a knapsack gap remains, which the
+    confirmation runs and local moves of the search are for.
+
+    Example:
+        >>> a, b = {2: 4.0, 3: 1.0, 4: 0.0}, {2: 9.0, 3: 2.0, 4: 0.0}
+        >>> split_budget([a, b], [1.0, 1.0], budget=0.5, num_steps=6)
+        (3, 3)
+    """
+    costs_ = [float(c) for c in costs]
+    if len(costs_) != len(errors) or not errors or any(not table for table in errors):
+        raise ValueError("split_budget needs one non-empty error table and one cost per unit")
+    limit = budget * sum(costs_) * num_steps * (1 + 1e-12)
+
+    def choose(lam: float) -> list[int]:
+        return [min(table, key=lambda n: (table[n] + lam * c * n, n)) for table, c in zip(errors, costs_, strict=True)]
+
+    def spend(choice: list[int]) -> float:
+        return sum(c * n for c, n in zip(costs_, choice, strict=True))
+
+    if spend([min(table) for table in errors]) > limit:
+        raise ValueError(f"budget {budget} is below the fewest full steps every unit's table allows")
+    low, high = 0.0, 1.0
+    if spend(choose(0.0)) <= limit:
+        return tuple(choose(0.0))
+    while spend(choose(high)) > limit:
+        high *= 2.0
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        low, high = (low, mid) if spend(choose(mid)) <= limit else (mid, high)
+    return tuple(_fill(choose(high), errors, costs_, limit))
+
+
+def _fill(choice: list[int], errors: Sequence[dict[int, float]], costs: list[float], limit: float) -> list[int]:
+    """Spend what is left of ``limit`` on the moves to more full steps that drop the error most per FLOP."""
+    while True:
+        left = limit - sum(c * n for c, n in zip(costs, choice, strict=True))
+        moves = [
+            ((table[n] - table[m]) / (c * (m - n)), u, m)
+            for u, (table, c, n) in enumerate(zip(errors, costs, choice, strict=True))
+            for m in table
+            if m > n and c * (m - n) <= left and table[m] < table[n]
+        ]
+        if not moves:
+            return choice
+        _, u, m = max(moves)
+        choice[u] = m
