@@ -160,3 +160,21 @@ def test_sequential_and_batched_cfg_agree_under_per_unit_rows(tiny_pipe):
     assert s.unit_patterns == tuple(rows.values()) and s.num_calls == 16 and len(s.patterns) == 2
     batched = _batched_cfg(model, [3, 5], 10)
     torch.testing.assert_close(sequential, batched, rtol=1e-4, atol=1e-5)
+
+
+def test_two_experts_each_replay_their_steps_of_every_units_row():
+    import numpy as np
+
+    from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
+    from tests.conftest import make_expert_profile
+
+    pipe = build_tiny_pipeline("wan", experts=2)  # switches at step 2 of 6
+    options = ("CCCCPP", "CCCCCP", "CCCCPC")  # RFE: two full steps from each expert's first step
+    rows = {path: options[i % 3] for i, path in enumerate(_paths(pipe))}
+    base = make_expert_profile(pipe, rows_intersection(list(rows.values())))
+    rfcache.enable(pipe, dataclasses.replace(base, unit_schedules=rows))
+    kwargs = {**tiny_pipeline_call_kwargs("wan"), "num_inference_steps": 6, "output_type": "np"}
+    frames = np.asarray(pipe(**kwargs, generator=torch.Generator().manual_seed(0)).frames)
+    s = rfcache.summary(pipe)
+    assert np.isfinite(frames).all() and s.pattern == "CCCCPP"
+    assert s.unit_patterns == tuple(rows.values())  # each unit's row, its steps joined over both experts
