@@ -178,3 +178,15 @@ def test_two_experts_each_replay_their_steps_of_every_units_row():
     s = rfcache.summary(pipe)
     assert np.isfinite(frames).all() and s.pattern == "CCCCPP"
     assert s.unit_patterns == tuple(rows.values())  # each unit's row, its steps joined over both experts
+
+
+def test_unit_masks_without_a_profile(tiny_pipe):
+    """The Python API's ``method="static"`` takes rows by unit index; a wrong row count is one line."""
+    mask = tuple(c == "C" for c in SCHEDULE)
+    units = len(_paths(tiny_pipe))
+    with pytest.raises(rfcache.RfcacheError, match=f"unit_masks has 2 rows; this DiTTransformer2DModel has {units}"):
+        rfcache.enable(tiny_pipe, method="static", mask=mask, unit_masks=(mask, mask))
+    rows = tuple(mask if u % 2 else (True,) * STEPS for u in range(units))
+    rfcache.enable(tiny_pipe, method="static", mask=mask, unit_masks=rows)
+    generate(tiny_pipe, steps=STEPS)
+    assert rfcache.summary(tiny_pipe).unit_patterns == tuple(SCHEDULE if u % 2 else "C" * STEPS for u in range(units))

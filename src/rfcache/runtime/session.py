@@ -225,6 +225,10 @@ class CacheSession:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def attach(self) -> None:
+        rows = self.config.unit_masks
+        count = len(self.adapter.units(self.model, self.config.granularity))
+        if rows is not None and len(rows) != count:
+            raise RfcacheError(f"unit_masks has {len(rows)} rows; this {type(self.model).__name__} has {count} units")
         self.units = attach_unit_hooks(
             self.model, self.adapter, self._call_unit, name=HOOK_NAME, granularity=self.config.granularity
         )
