@@ -49,6 +49,21 @@ def test_show_prints_and_plots(tmp_path, capsys):
     assert png.read_bytes()[:4] == b"\x89PNG"
 
 
+def test_show_prints_and_plots_a_per_unit_profile(tmp_path, capsys):
+    from tests.schedules.test_profile_per_unit import make_per_unit
+
+    path = make_per_unit().save(tmp_path / "per-unit.yaml")
+    png = tmp_path / "grid.png"
+    assert main(["show", str(path), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "per unit          computes 0.6875 of unit FLOPs (per-unit FLOPs)" in printed
+    assert (
+        "  b.0.ff     CCCPCP    4 C\n" in printed
+        and "late       CCPCCC    5 C  (2 units: b.1.attn1, b.1.ff)" in printed
+    )
+    assert png.read_bytes()[:4] == b"\x89PNG"
+
+
 def test_show_refuses_a_broken_file(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("schema_version: 1\nname: [unclosed\n")

@@ -205,3 +205,26 @@ def test_scorer_scores_each_ratio_choice(tiny_trace):
     no_table = Scorer(trace, ratios=[0.5] * units, max_nfc=5)
     with pytest.raises(ValueError, match="no step-linear calibrated ratios"):
         no_table.errors({**base, "calibrated": True, "ratio_form": "step-linear"})
+
+
+def test_per_unit_rows_give_the_changing_unit_the_full_steps():
+    """Two units, a toy trace: unit 0's output never changes (every forecast exact), unit 1's swings
+    each step. Under a budget of half the FLOPs the split leaves unit 0 the fewest full steps it may
+    have and spends the rest on unit 1; both rows keep RFE's and TaylorSeer's warm-up."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from rfcache.calibrate.errormodel import ForecastErrors, per_unit_rows
+    from rfcache.schedules.masks import warmup_violation
+
+    steps = 12
+    outputs = np.ones((steps, 2, 1, 4))  # (S, U, B, W)
+    outputs[:, 1, 0, 0] = np.cos(np.arange(steps) * 2.0) * 3.0
+    trace = SimpleNamespace(input_sketch=outputs.copy(), output_sketch=outputs, expert_starts=None)
+    for predictor, order in (("taylor", 1), ("relational", 1)):
+        fe = ForecastErrors(trace, predictor, order)
+        rows = per_unit_rows(fe, [1.0, 1.0], 0.5)
+        # at most 9 cached steps in a row (max_gap 10): unit 0 needs two full steps at most
+        assert rows[0].count("C") <= 2 < 8 <= rows[1].count("C") and rows[0].count("C") + rows[1].count("C") <= 12
+        assert all(warmup_violation(r, fe.min_full) is None for r in rows)

@@ -34,7 +34,9 @@ METHODS: dict[str, dict[str, Any]] = {
     "rfe": {"method": "rfe", "interval": 3, "warmup": 2, "order": 2},
     "rfc": {"method": "rfc", "tau": 0.2, "warmup": 2, "order": 2, "max_cached": 3},
     "profile": {},  # a static profile (relational predictor, run-time ratios): see _profile
+    "per-unit": {},  # the same with one row per unit (_per_unit_profile)
 }
+UNIT_ROWS = ("CCPPPCPC", "CCCCCCCC", "CCPCPCPC", SCHEDULE)
 TOLERANCE = 1e-5
 
 
@@ -59,9 +61,22 @@ def _profile(pipe: Any, family: str) -> Profile:
     )
 
 
+def _per_unit_profile(pipe: Any, family: str) -> Profile:
+    from rfcache.models import get_adapter, get_transformer
+    from rfcache.schedules.masks import rows_intersection
+
+    model = get_transformer(pipe)
+    paths = [u.path for u in get_adapter(model).units(model)]
+    rows = {path: UNIT_ROWS[i % len(UNIT_ROWS)] for i, path in enumerate(paths)}
+    schedule = rows_intersection(list(rows.values()))
+    return dataclasses.replace(_profile(pipe, family), schedule=schedule, unit_schedules=rows)
+
+
 def _enable(pipe: Any, family: str, name: str) -> None:
     if name == "profile":
         rfcache.enable(pipe, _profile(pipe, family))
+    elif name == "per-unit":
+        rfcache.enable(pipe, _per_unit_profile(pipe, family))
     else:
         rfcache.enable(pipe, **METHODS[name])
 

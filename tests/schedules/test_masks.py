@@ -76,3 +76,48 @@ def test_optimal_masks_spend_full_steps_where_the_error_is():
     assert set(best) == {1, 2, 3, 4}
     assert all(sum(m) == n and m[0] for n, m in best.items())
     assert sum(best[4][6:]) >= 2  # most full steps where the sensitivity is high
+
+
+def test_mask_error_by_hand_and_as_optimal_masks_rate_it():
+    import numpy as np
+
+    from rfcache.schedules.masks import interval_mask, mask_error, optimal_masks
+
+    half = lambda fulls, length: np.full(length, 0.5)  # noqa: E731
+    mask = tuple(c == "C" for c in "CPPCP")
+    assert mask_error(mask, half, [1.0] * 5, keep=1) == 1.0**2 + 0.5**2  # runs of 2 and 1 cached steps
+
+    def growing(fulls, length):  # up to the last step, as the trace's segments are
+        return 0.1 * (1 + fulls[0] % 3) * np.arange(1, min(length, 11 - fulls[0]) + 1)
+
+    w = np.linspace(1.0, 0.5, 12)
+    best = optimal_masks(12, growing, w, keep=1, warmup=1, max_nfc=6)
+    for nfc, found in best.items():
+        uniform = [m for n in range(1, 13) if sum(m := interval_mask(12, n, 1)) == nfc]
+        assert all(mask_error(found, growing, w, keep=1) <= mask_error(u, growing, w, keep=1) + 1e-12 for u in uniform)
+
+
+def test_split_budget_meets_the_budget_and_is_exact_for_convex_tables():
+    import itertools
+
+    import numpy as np
+    import pytest
+
+    from rfcache.schedules.masks import split_budget
+
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # convex tables, equal costs: the marginal split is the optimum
+        tables = []
+        for _ in range(3):
+            drops = np.sort(rng.uniform(0.1, 5.0, size=4))[::-1]
+            tables.append({2 + i: float(drops[i:].sum()) for i in range(5)})
+        budget = float(rng.uniform(2.2, 5.8)) / 6
+        choice = split_budget(tables, [1.0] * 3, budget, 6)
+        assert sum(choice) <= budget * 18 + 1e-9
+        feasible = [c for c in itertools.product(range(2, 7), repeat=3) if sum(c) <= budget * 18 + 1e-9]
+        best = min(sum(t[n] for t, n in zip(tables, c, strict=True)) for c in feasible)
+        assert sum(t[n] for t, n in zip(tables, choice, strict=True)) == pytest.approx(best)
+    cheap_and_bad, dear_and_good = {1: 10.0, 2: 5.0, 3: 0.0}, {1: 1.0, 2: 0.5, 3: 0.0}
+    assert split_budget([cheap_and_bad, dear_and_good], [1.0, 4.0], 0.5, 3) == (3, 1)  # 3 + 4 <= 7.5
+    with pytest.raises(ValueError, match="below the fewest full steps"):
+        split_budget([cheap_and_bad, dear_and_good], [1.0, 4.0], 0.1, 3)

@@ -177,3 +177,35 @@ BILLION_LAUGHS = "a: &a [x,x,x,x,x,x,x,x]\n" + "".join(
 )
 def test_hostile_documents_fail_cleanly(text):
     _outcome(text)
+
+
+def _per_unit_valid():
+    from tests.schedules.test_profile_per_unit import make_per_unit
+
+    return make_per_unit().to_dict()
+
+
+PER_UNIT = _per_unit_valid()
+PER_UNIT_PATHS = [p for p in _paths(PER_UNIT) if p]
+row_values = st.one_of(
+    weird_values,
+    st.text(alphabet="CP", min_size=5, max_size=7),  # rows of about the right length: warm-up, first step, sum
+    st.sampled_from(["b.0.attn1", "b.0.ff", "b.1.attn1", "b.1.ff", "late"]),  # names that repeat or vanish
+    st.lists(st.sampled_from(["b.0.ff", "b.1.ff", "b.2.ff", ""]), max_size=3),  # groups
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    edits=st.lists(
+        st.tuples(
+            st.sampled_from(PER_UNIT_PATHS),
+            st.sampled_from(["set", "delete", "extra"]),
+            row_values,
+            st.one_of(st.sampled_from(["b.0.ff", "late", "b.9.ff", "extra_key"]), st.text(min_size=1, max_size=8)),
+        ),
+        max_size=4,
+    )
+)
+def test_mutated_per_unit_profiles_load_or_fail_cleanly(edits):
+    _outcome(yaml.safe_dump(apply_edits(PER_UNIT, edits), allow_unicode=True))

@@ -59,6 +59,7 @@ __all__ = [
     "fit_input_proxy",
     "flops_fraction",
     "optimal_masks",
+    "per_unit_rows",
     "rcs_mask",
 ]
 
@@ -141,6 +142,24 @@ class ForecastErrors:
         if block is None or block.shape[0] < ks:
             block = self._memo[key] = self._segment(key, ks)
         return block[:ks].sum(axis=1) / np.maximum(self.output_size[a + 1 : a + 1 + ks], _EPS)
+
+    def unit_segment(self, unit: int) -> masks.Segment:
+        """:meth:`segment` of one unit alone: its own ``||O_pred - O||`` over samples, relative to its
+        own output norm (teacher-forced: its input is the recorded one, not one built from predictions)."""
+        size = np.linalg.norm(self.outputs[:, unit], axis=-1).sum(axis=-1)  # (S,)
+
+        def segment(fulls: tuple[int, ...], length: int) -> np.ndarray:
+            a = fulls[0]
+            ks = min(length, self.num_steps - 1 - a)
+            if ks <= 0:
+                return np.zeros(0)
+            key = fulls[: self.keep + 1]
+            block = self._memo.get(key)
+            if block is None or block.shape[0] < ks:
+                block = self._memo[key] = self._segment(key, ks)
+            return block[:ks, unit] / np.maximum(size[a + 1 : a + 1 + ks], _EPS)
+
+        return segment
 
     def _segment(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
         """Unit errors at steps ``a+1 .. a+length`` predicted from ``fulls``: shape (length, U)."""
@@ -413,3 +432,32 @@ def _r2_origin(x: np.ndarray, y: np.ndarray) -> float:
     slope = float((x * y).sum() / max(float((x * x).sum()), _EPS))
     ss_tot = float(((y - y.mean()) ** 2).sum())
     return 1 - float(((y - slope * x) ** 2).sum()) / ss_tot if ss_tot > 0 else 0.0
+
+
+def per_unit_rows(
+    errors: ForecastErrors, costs: Sequence[float], budget: float, *, max_gap: int = 10
+) -> tuple[str, ...]:
+    """A per-unit schedule under ``budget`` (computed fraction of the units' FLOPs, ``costs`` per unit):
+    each unit's best masks by dynamic programming on its own teacher-forced forecast error
+    (:meth:`ForecastErrors.unit_segment`, :func:`~rfcache.schedules.masks.optimal_masks`), their
+    estimated errors as a table per number of full steps, and the Lagrangian split of the budget
+    over the units (:func:`~rfcache.schedules.masks.split_budget`). One ``C``/``P`` row per unit, each
+    keeping the predictor's warm-up. Interactions (a unit's input built from earlier predictions)
+    are not modelled: the search's confirmation runs measure them.
+    """
+    if errors.expert_starts - {0}:
+        raise RfcacheError("per-unit rows are not searched on two-expert traces yet")
+    steps, units = errors.num_steps, errors.outputs.shape[1]
+    if len(costs) != units:
+        raise RfcacheError(f"per_unit_rows needs one cost per unit ({units}), got {len(costs)}")
+    weights = np.ones(steps)
+    best, tables = [], []
+    for u in range(units):
+        segment = errors.unit_segment(u)
+        options = masks.optimal_masks(
+            steps, segment, weights, keep=errors.keep, warmup=errors.min_full, max_nfc=steps, max_gap=max_gap
+        )
+        best.append(options)
+        tables.append({n: masks.mask_error(m, segment, weights, keep=errors.keep) for n, m in options.items()})
+    choice = masks.split_budget(tables, costs, budget, steps)
+    return tuple("".join("C" if f else "P" for f in best[u][n]) for u, n in enumerate(choice))

@@ -34,7 +34,8 @@ def format_profile(p: Any) -> str:
         f"sampling          {s.scheduler}, {s.num_steps} steps, guidance {s.guidance}, input {list(s.resolution)}",
         f"method            {p.method.predictor} m={p.method.order}, {p.method.schedule_family} ({params})",
         f"schedule          {p.schedule}",
-        f"                  NFC {p.nfc} of {s.num_steps}; C = computed, P = predicted",
+        f"                  NFC {p.nfc} of {s.num_steps}{_every_unit(p)}; C = computed, P = predicted",
+        *_unit_lines(p),
         *[_expert_line(p, e) for e in p.experts or ()],
         f"budget            target {b.target:g}, achieved {b.achieved:.4f} of module FLOPs",
         "ratios            "
@@ -52,6 +53,24 @@ def format_profile(p: Any) -> str:
     )
     lines.append(f"                  {versions}")
     return "\n".join(lines)
+
+
+def _every_unit(p: Any) -> str:
+    return " (steps every unit computes)" if p.per_unit else ""
+
+
+def _unit_lines(p: Any) -> list[str]:
+    """A per-unit profile's rows, one per unit or group (the ``schedule`` line is then every unit's full steps)."""
+    if not p.per_unit:
+        return []
+    groups = p.unit_groups or {}
+    weights = "per-unit FLOPs" if p.unit_costs else "equal unit weights (no unit_costs)"
+    lines = [f"per unit          computes {p.computed_fraction():.4f} of unit FLOPs ({weights})"]
+    width = max(len(key) for key in p.unit_schedules)
+    for key, row in p.unit_schedules.items():
+        members = f"  ({len(groups[key])} units: {', '.join(groups[key])})" if key in groups else ""
+        lines.append(f"  {key:<{width}}  {row}  {row.count('C'):>3} C{members}")
+    return lines
 
 
 def _expert_line(p: Any, e: Any) -> str:
@@ -72,13 +91,17 @@ def plot_profile(p: Any, path: Path) -> Path:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    grid = np.tile(np.array(p.mask, dtype=float)[:, None], (1, p.model.num_units)).T  # (units, steps)
-    rows = 2 if p.ratios else 1
-    fig, axes = plt.subplots(rows, 1, figsize=(10, 3 + 2 * (rows - 1)), squeeze=False)
+    rows = list(p.unit_rows().values()) or [p.schedule] * p.model.num_units
+    grid = np.array([[c == "C" for c in row] for row in rows], dtype=float)  # (units, steps)
+    panels = 2 if p.ratios else 1
+    fig, axes = plt.subplots(panels, 1, figsize=(10, 3 + 2 * (panels - 1)), squeeze=False)
     ax = axes[0, 0]
     ax.imshow(grid, aspect="auto", cmap="Greys", vmin=0, vmax=1, interpolation="nearest")
     ax.set_xlabel("denoising step")
     ax.set_ylabel("unit")
+    if p.per_unit:  # each row names its unit
+        names = list(p.unit_rows())
+        ax.set_yticks(range(len(names)), names, fontsize=max(4, min(8, 400 // max(len(names), 1))))
     ax.set_title(
         f"{p.name}: NFC {p.nfc}/{p.sampling.num_steps}, {p.budget.achieved:.3f} of module FLOPs (dark = computed)"
     )

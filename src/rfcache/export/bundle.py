@@ -46,7 +46,7 @@ from rfcache.export.manifest import (
     parse_manifest,
 )
 from rfcache.outputs import check_folder_output, replace_folder
-from rfcache.schedules import Profile, ProfileError
+from rfcache.schedules import PER_UNIT_EAGER_ONLY, Profile, ProfileError
 
 __all__ = ["BundleFolder", "EngineFolder", "ExpertFolder", "read_folder", "sha256", "write_bundle"]
 
@@ -162,6 +162,8 @@ def _verified(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], Profi
         profile = Profile.from_yaml((root / PROFILE).read_text(encoding="utf-8"), source=str(root / PROFILE))
     except ProfileError as exc:
         raise BundleError(str(exc)) from None
+    if profile.per_unit:
+        raise BundleError(f"{root / PROFILE}: {PER_UNIT_EAGER_ONLY}")
     if profile.schedule != manifest["schedule"]["mask"]:
         raise BundleError(f"{root / MANIFEST}: schedule.mask does not match {PROFILE}'s schedule")
     return root, manifest, profile

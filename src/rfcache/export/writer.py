@@ -60,7 +60,7 @@ from rfcache.runtime.api import profile_config
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.experts import check_profile_experts, expert_models
 from rfcache.runtime.identity import config_hash, input_resolution
-from rfcache.schedules import Profile, load_profile
+from rfcache.schedules import PER_UNIT_EAGER_ONLY, Profile, load_profile
 from rfcache.schedules.masks import effective_pattern
 
 __all__ = ["export"]
@@ -121,6 +121,8 @@ def export(
     options = _Options(get_backend(backend), fp16, guidance_scale)
     options.backend.require()
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
+    if profile.per_unit:  # the bundle replays one mask for every unit: refused, not run with the wrong schedule
+        raise RfcacheError(PER_UNIT_EAGER_ONLY)
     if profile.experts is not None or len(expert_models(pipe)) > 1:  # a two-expert pipeline (Wan 2.2)
         return _export_experts(pipe, profile, out, options, force=force)
     return _export_engine(pipe, profile, out, options, force=force)

@@ -29,7 +29,9 @@ __all__ = ["disable", "enable", "get_session", "profile_config", "summary"]
 
 _SESSION_ATTR = "_rfcache_session"
 # what a profile decides (its method, schedule and ratios): not also given as an enable() parameter
-_PROFILE_FIXED = frozenset({"interval", "order", "warmup", "tau", "max_cached", "mask", "ratios", "ratio_slopes"})
+_PROFILE_FIXED = frozenset(
+    {"interval", "order", "warmup", "tau", "max_cached", "mask", "unit_masks", "ratios", "ratio_slopes"}
+)
 
 
 def enable(
@@ -168,11 +170,14 @@ def profile_config(
     if scheduler is not None:
         profile.check_sampling(scheduler=type(scheduler).__name__)
     calibrated = bool(profile.method.params.get("calibrated")) and bool(profile.ratios)
+    # a per-unit profile's rows by the adapter's unit paths (a name the model lacks is refused)
+    paths = [unit.path for unit in adapter.units(model, granularity)]
     return CacheConfig(
         method="static",
         predictor=profile.method.predictor,
         order=profile.method.order,
         mask=profile.mask,
+        unit_masks=profile.unit_masks(paths) if profile.per_unit else None,
         ratios=profile.ratios if calibrated else None,
         ratio_slopes=profile.ratio_slopes if calibrated and profile.ratio_slopes else None,
         granularity=granularity,

@@ -50,7 +50,7 @@ from rfcache.runtime.predictors import (
     weighted_sum,
 )
 from rfcache.runtime.session import HOOK_NAME, CacheSession
-from rfcache.schedules import ratio_position
+from rfcache.schedules import PER_UNIT_EAGER_ONLY, ratio_position
 
 __all__ = ["CompiledSchedule"]
 
@@ -88,6 +88,8 @@ class CompiledSchedule:
                 f"compile=True needs a fixed schedule (a profile or an interval method); {config.method!r} decides "
                 "at run time from the first unit's input"
             )
+        if config.unit_masks is not None:
+            raise RfcacheError(PER_UNIT_EAGER_ONLY)
         param = next(session.model.parameters())
         if cuda_graphs and param.device.type != "cuda":
             raise RfcacheError("cuda_graphs=True needs the model on a CUDA device")

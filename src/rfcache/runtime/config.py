@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from rfcache.errors import RfcacheError
 from rfcache.models import Granularity
 from rfcache.schedules import ratio_position
+from rfcache.schedules.masks import min_full_steps
 
 __all__ = ["METHODS", "CacheConfig"]
 
@@ -42,6 +43,9 @@ class CacheConfig:
         max_cached: cap on consecutive cached steps (dynamic policy); None for no cap.
         granularity: ``"module"`` (attention and feed-forward separately) or ``"block"``.
         mask: per-step compute mask (True = full) for ``static``.
+        unit_masks: with ``mask``, one compute mask per unit (by unit index, each as long as ``mask``):
+            a unit is computed where its own row is True (or ``mask`` is); None: every unit follows
+            ``mask``. A profile's per-unit rows (``Profile.unit_masks``).
         ratios: calibrated relation ratio ``s`` per unit index, replacing the run-time ratio.
         ratio_slopes: with ``ratios`` and a ``mask``, a step-linear calibrated ratio per unit:
             ``s(step) = ratios[u] + ratio_slopes[u] * ratio_position(step, len(mask))`` (a
@@ -64,6 +68,7 @@ class CacheConfig:
     max_cached: int | None = None
     granularity: Granularity = "module"
     mask: tuple[bool, ...] | None = None
+    unit_masks: tuple[tuple[bool, ...], ...] | None = None
     ratios: tuple[float, ...] | None = None
     ratio_slopes: tuple[float, ...] | None = None
     predictor: str = field(default="")
@@ -96,6 +101,10 @@ class CacheConfig:
             raise RfcacheError(f"max_cache_bytes must be a positive number of bytes; got {self.max_cache_bytes}")
         if self.policy == "static" and not self.mask:
             raise RfcacheError("method 'static' needs a mask (from a profile)")
+        if self.unit_masks is not None and (
+            not self.mask or not self.unit_masks or any(len(row) != len(self.mask) for row in self.unit_masks)
+        ):
+            raise RfcacheError("unit_masks needs a mask and one row per unit as long as the mask")
         if self.ratio_slopes is not None and (
             not self.mask or self.ratios is None or len(self.ratios) != len(self.ratio_slopes)
         ):
@@ -121,4 +130,4 @@ class CacheConfig:
     @property
     def min_full_steps(self) -> int:
         """Full steps the predictor needs before it can predict."""
-        return 2 if self.predictor == "relational" else 1
+        return min_full_steps(self.predictor)

@@ -136,8 +136,17 @@ def combine_summaries(summaries: list[Any]) -> Any:
         pattern=main if len(set(patterns)) <= 1 else " | ".join(patterns),
         patterns=patterns,
         flops_fraction=spent / totals["module_flops"] if totals["module_flops"] else 1.0,
+        unit_patterns=_joined_unit_patterns(summaries),
         **totals,
     )
+
+
+def _joined_unit_patterns(summaries: list[Any]) -> tuple[str, ...]:
+    """Each unit's pattern over the experts in step order (experts with the same units), else the first's."""
+    counts = {len(s.unit_patterns) for s in summaries}
+    if len(counts) != 1 or not summaries[0].unit_patterns:
+        return summaries[0].unit_patterns
+    return tuple("".join(rows) for rows in zip(*(s.unit_patterns for s in summaries), strict=True))
 
 
 def _has_two_experts(pipe: Any) -> bool:

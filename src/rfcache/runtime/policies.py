@@ -6,7 +6,8 @@
   first unit's input since the last full step exceeds ``tau``; after ``warmup`` full steps, and at
   most ``max_cached`` cached steps in a row. In a batched call the decision covers the whole
   batch and uses the largest per-sample error, so no sample's error runs past ``tau``.
-- ``static``: a fixed per-step mask (from a profile).
+- ``static``: a fixed per-step mask (from a profile), and optionally one mask per unit: the step's
+  decision is then "every unit computed" and :meth:`Policy.unit_plan` says which units compute.
 
 Under context parallelism (parallel.py) ``decide`` gets ``reduce``: the first unit's input is a
 shard of the sequence, and RCS's L1 sums are taken over the whole group, so every rank computes
@@ -37,6 +38,10 @@ class Policy:
     ) -> bool:
         raise NotImplementedError
 
+    def unit_plan(self, step: int) -> tuple[bool, ...] | None:
+        """Per unit index, whether it is planned computed at ``step``; None: every unit follows :meth:`decide`."""
+        return None
+
     def observe_full(self, step: int, first_input: torch.Tensor | None) -> None:
         """Called after a full step (any reason) so stateful policies refresh their reference."""
 
@@ -62,7 +67,15 @@ class IntervalPolicy(Policy):
 
 @dataclass
 class StaticPolicy(Policy):
+    """A profile's mask; with ``unit_masks`` (one row per unit) ``mask`` is the steps every unit computes."""
+
     mask: tuple[bool, ...]
+    unit_masks: tuple[tuple[bool, ...], ...] | None = None
+
+    def unit_plan(self, step: int) -> tuple[bool, ...] | None:
+        if self.unit_masks is None:
+            return None
+        return tuple(row[step] for row in self.unit_masks)
 
     def decide(
         self, step: int, steps_since_full: int, first_input: torch.Tensor | None, *, reduce: Reduce | None = None

@@ -10,9 +10,12 @@ the transformer that identifies the denoising step from the ``timestep`` the pip
 
 At the first unit call of each step and branch the policy decides, from the first unit's input
 where it needs it, whether the step is full (every unit computed, cache refreshed) or cached
-(every unit predicted). The block skeleton always runs. A cached step whose output is not finite
-is run again as a full step (as the bundle runner does) and counted: one check per step, on the
-transformer's output, so the hot path has no per-unit host sync.
+(every unit predicted). With per-unit masks (a per-unit profile) the policy's plan for the step
+also names the units that compute: each unit then follows its own row, keeps its own history (its
+differences use the distances between its own full steps, RFE its own ratio) and its own warm-up,
+and the step counts as full only where every unit computes. The block skeleton always runs. A cached
+step whose output is not finite is run again as a full step (as the bundle runner does) and counted:
+one check per step, on the transformer's output, so the hot path has no per-unit host sync.
 
 Hot path: the forecast coefficients ``k^i / i!`` are tensors prepared once per ``k`` (and device,
 dtype); predictions are fused multiply-adds (``addcmul``) over the cached differences; RFE takes
@@ -104,6 +107,13 @@ class CacheSummary:
     nonfinite_fallbacks: int
     num_calls: int
     shared_conditioning_calls: int = 0
+    unit_patterns: tuple[str, ...] = ()  # per-unit schedules: per unit (execution order), the first branch's C/P
+    unit_paths: tuple[str, ...] = ()
+
+    @property
+    def unit_fractions(self) -> tuple[float, ...]:
+        """Per unit, the fraction of steps it was computed on (the first branch)."""
+        return tuple(p.count("C") / len(p) if p else 1.0 for p in self.unit_patterns)
 
     def __str__(self) -> str:
         lines = [
@@ -114,6 +124,11 @@ class CacheSummary:
             f"total flops       {self.total_flops / 1e9:.3f} GFLOP vs {self.full_flops / 1e9:.3f} full (analytic)",
             f"non-finite        {self.nonfinite_fallbacks} cached steps recomputed in full",
         ]
+        if len(set(self.unit_patterns)) > 1:  # per-unit schedules: one row per unit
+            fractions = self.unit_fractions
+            lines.append(f"per unit          computed on {min(fractions):.3f}..{max(fractions):.3f} of steps")
+            width = max(len(p) for p in self.unit_paths)
+            lines += [f"  {p:<{width}}  {row}" for p, row in zip(self.unit_paths, self.unit_patterns, strict=True)]
         return "\n".join(lines)
 
 
@@ -128,6 +143,8 @@ class _UnitState:
     grams: list[torch.Tensor] = field(default_factory=list)  # per output: <D_i, D_j> (1 <= i <= j), (B, P)
     input_at_full: torch.Tensor | None = None
     last_full: int = -1
+    num_full: int = 0
+    before: tuple | None = None  # the history before the latest refresh (a step re-run in full restores it)
     layout: tuple[bool, ...] | None = None  # which output positions hold tensors
     single: bool = True
 
@@ -142,6 +159,8 @@ class _Branch:
     num_full: int = 0
     units: dict[int, _UnitState] = field(default_factory=dict)
     pattern: list[str] = field(default_factory=list)
+    plan: tuple[bool, ...] | None = None  # per unit index: planned computed at this step (per-unit masks)
+    unit_letters: dict[int, dict[int, str]] = field(default_factory=dict)  # unit -> step -> C/P
     first_input: torch.Tensor | None = None  # the first unit's input at the decided step (dynamic policy)
     conditioning: ConditioningStore | None = None
     conditioning_row: int | None = None  # the store's row served at this call, None: run the modules
@@ -206,6 +225,10 @@ class CacheSession:
     # -- lifecycle ------------------------------------------------------------------------------
 
     def attach(self) -> None:
+        rows = self.config.unit_masks
+        count = len(self.adapter.units(self.model, self.config.granularity))
+        if rows is not None and len(rows) != count:
+            raise RfcacheError(f"unit_masks has {len(rows)} rows; this {type(self.model).__name__} has {count} units")
         self.units = attach_unit_hooks(
             self.model, self.adapter, self._call_unit, name=HOOK_NAME, granularity=self.config.granularity
         )
@@ -394,8 +417,14 @@ class CacheSession:
         flops = self._cached_flops(("unit", unit.index, self._shape_key), unit)
         self._counters.module += flops
         state = branch.units.setdefault(unit.index, _UnitState())
-        if not branch.full and state.last_full >= 0:
+        full = branch.full or (
+            branch.plan is not None and runs_full(branch.plan[unit.index], state.num_full, self.config.min_full_steps)
+        )
+        letters = branch.unit_letters.setdefault(unit.index, {})
+        if not full and state.last_full >= 0:
+            letters[self._step] = "P"
             return self._predict(unit, state, x)
+        letters[self._step] = "C"
         out = original(*args, **kwargs)
         self._counters.computed += flops
         self._refresh(state, out, x)
@@ -409,6 +438,7 @@ class CacheSession:
         if needs and self._group is not None:  # one decision on every rank (full if any rank says so)
             full = self._group.any(full)
         full = runs_full(full, branch.num_full, self.config.min_full_steps)  # no history yet: computed
+        branch.plan = branch.policy.unit_plan(step)  # per-unit masks: which units compute (when not full)
         branch.first_input = first_input if branch.policy.needs_first_input else None
         if full:
             self._mark_full(branch, step, branch.first_input)
@@ -425,6 +455,18 @@ class CacheSession:
 
     def _refresh(self, state: _UnitState, out: Any, x: torch.Tensor) -> None:
         step = self._step
+        if state.last_full == step and state.before is not None:  # a step re-run in full: replace its refresh
+            state.differences, state.ratios, state.grams, state.input_at_full, state.last_full, state.num_full = (
+                state.before
+            )
+        state.before = (
+            state.differences,
+            state.ratios,
+            state.grams,
+            state.input_at_full,
+            state.last_full,
+            state.num_full,
+        )
         tensors, state.layout, state.single = _flatten(out)
         distance = step - state.last_full if state.last_full >= 0 else 1
         kind, order = self.config.predictor, self.config.order
@@ -444,6 +486,7 @@ class CacheSession:
                 for d in state.differences
             ]
         state.last_full = step
+        state.num_full += 1
         numel_out = sum(t.numel() for t in tensors)
         self._counters.predictor += self._scale * estimate_predictor_flops(kind, order, numel_out, x.numel(), full=True)
 
@@ -552,7 +595,7 @@ class CacheSession:
             return IntervalPolicy(interval=c.interval, warmup=c.warmup)
         if c.policy == "static":
             assert c.mask is not None
-            return StaticPolicy(tuple(c.mask))
+            return StaticPolicy(tuple(c.mask), c.unit_masks)
         return DynamicPolicy(tau=c.tau, order=c.order, warmup=c.warmup, max_cached=c.max_cached)
 
     def summary(self) -> CacheSummary:
@@ -561,6 +604,9 @@ class CacheSession:
         first = patterns[0] if patterns else ""
         pattern = first if len(set(patterns)) <= 1 else " | ".join(patterns)
         spent = c.computed + c.predictor
+        # per-unit schedules only (a one-mask schedule's units all follow ``pattern``)
+        letters = self._branches[0].unit_letters if self._branches and self.config.unit_masks is not None else {}
+        unit_patterns = tuple("".join(letters.get(u.index, {}).values()) for u in self.units) if letters else ()
         return CacheSummary(
             method=self.config.method,
             num_steps=len(first),
@@ -576,6 +622,8 @@ class CacheSession:
             nonfinite_fallbacks=c.fallbacks,
             num_calls=c.calls,
             shared_conditioning_calls=c.shared,
+            unit_patterns=unit_patterns,
+            unit_paths=tuple(u.path for u in self.units) if unit_patterns else (),
         )
 
 

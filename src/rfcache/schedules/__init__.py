@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from rfcache.schedules.profile import (
+    PER_UNIT_EAGER_ONLY,
     RATIO_FORMS,
     SCHEMA_VERSION,
     Budget,
@@ -19,6 +20,7 @@ from rfcache.schedules.profile import (
 )
 
 __all__ = [
+    "PER_UNIT_EAGER_ONLY",
     "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",

@@ -9,7 +9,11 @@ One home for every mask generator, used alike by the runtime (``IntervalPolicy``
   the one with a given number of full steps;
 - :func:`warped_mask`: ``nfc`` full steps spread by a blend of uniform and cosine spacing;
 - :func:`rcs_mask`: the decisions RCS takes when replayed on recorded first-unit inputs;
-- :func:`optimal_masks`: the masks an additive error model rates best (dynamic programming).
+- :func:`optimal_masks`: the masks an additive error model rates best (dynamic programming);
+- :func:`split_budget`: per-unit schedules under one FLOP budget by a Lagrange multiplier: each
+  unit's number of full steps minimises its own estimated error + lambda x its cost, lambda
+  bisected to meet the budget (the units couple only through their summed FLOPs);
+  :func:`mask_error` rates any mask under the same model as :func:`optimal_masks`.
 """
 
 from __future__ import annotations
@@ -24,9 +28,15 @@ __all__ = [
     "interval_for_nfc",
     "interval_mask",
     "is_interval_full",
+    "mask_error",
+    "min_full_steps",
     "optimal_masks",
     "rcs_mask",
+    "rows_intersection",
     "runs_full",
+    "split_budget",
+    "unit_flops_fraction",
+    "warmup_violation",
     "warped_mask",
 ]
 
@@ -37,6 +47,36 @@ def runs_full(planned_full: bool, full_steps: int, min_full_steps: int) -> bool:
     """The warm-up rule: a step is computed where it is planned full or where the predictor has fewer
     than ``min_full_steps`` full steps so far to predict from (RFE needs two)."""
     return planned_full or full_steps < min_full_steps
+
+
+def min_full_steps(predictor: str) -> int:
+    """Full steps a predictor needs before it can predict: RFE's ratio needs two, the others one."""
+    return 2 if predictor == "relational" else 1
+
+
+def warmup_violation(row: str, min_full: int, start: int = 0) -> int | None:
+    """The first step of ``row`` (from ``start``) planned ``P`` before ``min_full`` full steps since
+    ``start``; None where the row respects the warm-up (it then equals its :func:`effective_pattern`)."""
+    full = 0
+    for step in range(start, len(row)):
+        if row[step] == "P" and full < min_full:
+            return step
+        full += row[step] == "C"
+        if full >= min_full:
+            return None
+    return None
+
+
+def rows_intersection(rows: Sequence[str]) -> str:
+    """Per step ``C`` where every row is ``C``: the steps on which every unit is computed (full steps)."""
+    return "".join("C" if all(r[i] == "C" for r in rows) else "P" for i in range(len(rows[0])))
+
+
+def unit_flops_fraction(rows: Sequence[str], costs: Sequence[float]) -> float:
+    """The fraction of the units' full-compute FLOPs a per-unit schedule computes (predictions not
+    counted): ``Σ_u cost_u · NFC_u / (Σ_u cost_u · S)``."""
+    total = sum(costs) * len(rows[0])
+    return sum(c * r.count("C") for r, c in zip(rows, costs, strict=True)) / total if total else 1.0
 
 
 def effective_pattern(mask: str, min_full_steps: int) -> str:
@@ -198,3 +238,79 @@ def optimal_masks(
         if not layer:
             break
     return {n: tuple(i in set(path) for i in range(num_steps)) for n, (_, path) in best.items()}
+
+
+def mask_error(mask: Sequence[bool], segment: Segment, sensitivity: Sequence[float], *, keep: int) -> float:
+    """The squared error estimate :func:`optimal_masks` minimises, for any ``mask`` (its first step full):
+    ``Σ_runs (Σ_{c in run} w(c) e(c))²``, each run's ``e`` from ``segment`` given the full steps before it."""
+    w = np.asarray(sensitivity, dtype=np.float64)
+    fulls = [i for i, full in enumerate(mask) if full]
+    if not fulls or fulls[0] != 0:
+        raise ValueError("a mask's first step must be full")
+    total = 0.0
+    for j, f in enumerate(fulls):
+        stop = fulls[j + 1] if j + 1 < len(fulls) else len(mask)
+        length = stop - f - 1
+        if length:
+            before = tuple(reversed(fulls[max(0, j - keep) : j + 1]))  # latest first, up to keep + 1
+            total += float(np.dot(segment(before, length)[:length], w[f + 1 : stop])) ** 2
+    return total
+
+
+def split_budget(
+    errors: Sequence[dict[int, float]], costs: Sequence[float], budget: float, num_steps: int, *, iterations: int = 100
+) -> tuple[int, ...]:
+    """Per unit, how many of ``num_steps`` steps to compute so that the computed fraction of the units'
+    FLOPs, ``Σ_u cost_u n_u / (Σ_u cost_u · S)``, stays within ``budget``: the Lagrangian split.
+
+    ``errors[u]`` maps a number of full steps ``n`` to unit ``u``'s estimated error with its best mask
+    of ``n`` full steps (e.g. :func:`mask_error` of :func:`optimal_masks`' masks). For a multiplier
+    ``lam`` each unit takes ``argmin_n errors[u][n] + lam · cost_u · n`` (fewer steps on a tie); the
+    smallest ``lam`` whose choice fits the budget is found by bisection, and what budget is left is
+    then spent greedily (the largest error drop per FLOP that fits). Exact where the budget falls on
+    a point of the units' lower convex hulls; elsewhere a knapsack gap remains, which the
+    confirmation runs and local moves of the search are for.
+
+    Example:
+        >>> a, b = {2: 4.0, 3: 1.0, 4: 0.0}, {2: 9.0, 3: 2.0, 4: 0.0}
+        >>> split_budget([a, b], [1.0, 1.0], budget=0.5, num_steps=6)
+        (3, 3)
+    """
+    costs_ = [float(c) for c in costs]
+    if len(costs_) != len(errors) or not errors or any(not table for table in errors):
+        raise ValueError("split_budget needs one non-empty error table and one cost per unit")
+    limit = budget * sum(costs_) * num_steps * (1 + 1e-12)
+
+    def choose(lam: float) -> list[int]:
+        return [min(table, key=lambda n: (table[n] + lam * c * n, n)) for table, c in zip(errors, costs_, strict=True)]
+
+    def spend(choice: list[int]) -> float:
+        return sum(c * n for c, n in zip(costs_, choice, strict=True))
+
+    if spend([min(table) for table in errors]) > limit:
+        raise ValueError(f"budget {budget} is below the fewest full steps every unit's table allows")
+    low, high = 0.0, 1.0
+    if spend(choose(0.0)) <= limit:
+        return tuple(choose(0.0))
+    while spend(choose(high)) > limit:
+        high *= 2.0
+    for _ in range(iterations):
+        mid = (low + high) / 2
+        low, high = (low, mid) if spend(choose(mid)) <= limit else (mid, high)
+    return tuple(_fill(choose(high), errors, costs_, limit))
+
+
+def _fill(choice: list[int], errors: Sequence[dict[int, float]], costs: list[float], limit: float) -> list[int]:
+    """Spend what is left of ``limit`` on the moves to more full steps that drop the error most per FLOP."""
+    while True:
+        left = limit - sum(c * n for c, n in zip(costs, choice, strict=True))
+        moves = [
+            ((table[n] - table[m]) / (c * (m - n)), u, m)
+            for u, (table, c, n) in enumerate(zip(errors, costs, choice, strict=True))
+            for m in table
+            if m > n and c * (m - n) <= left and table[m] < table[n]
+        ]
+        if not moves:
+            return choice
+        _, u, m = max(moves)
+        choice[u] = m

@@ -25,8 +25,10 @@ import yaml
 
 from rfcache.errors import RfcacheError
 from rfcache.outputs import write_file
+from rfcache.schedules.masks import min_full_steps, rows_intersection, unit_flops_fraction, warmup_violation
 
 __all__ = [
+    "PER_UNIT_EAGER_ONLY",
     "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",
@@ -47,6 +49,8 @@ MAX_PROFILE_BYTES = 16 * 2**20  # far above any real profile; /dev/zero and the 
 logger = logging.getLogger(__name__)
 SHIPPED_DIR = Path(__file__).parent
 RATIO_FORMS = ("constant", "step-linear")  # how a calibrated relation ratio depends on the step
+# what compile=True, export and bundles say to a per-unit profile (they replay one mask for every unit)
+PER_UNIT_EAGER_ONLY = "per-unit profiles run eager for now; compile/export follow (this profile has unit_schedules)"
 
 
 class ProfileError(RfcacheError, ValueError):
@@ -154,6 +158,12 @@ class Profile:
     with the steps it runs; ``schedule`` covers the whole trajectory and each expert replays its own
     steps of it with its own ratios (:meth:`for_expert`). ``model`` is then the first expert's, and
     the top-level ``ratios``/``ratio_slopes`` are empty.
+
+    Per-unit schedules (None and not written for a one-mask profile): ``unit_schedules`` maps each
+    unit path (``transformer_blocks.3.attn1``, the adapter's) or a group name of ``unit_groups`` to
+    its own ``C``/``P`` row over all steps; every unit is named exactly once, and ``schedule`` is
+    then the rows' intersection (the steps on which every unit is computed). ``unit_costs`` (unit
+    path -> analytic FLOPs per step, any common scale) weighs the rows in :meth:`computed_fraction`.
     """
 
     name: str
@@ -169,6 +179,9 @@ class Profile:
     quality: dict[str, float] = field(default_factory=dict)
     diagnostics: dict[str, float] = field(default_factory=dict)
     experts: tuple[Expert, ...] | None = None
+    unit_schedules: dict[str, str] | None = None
+    unit_groups: dict[str, tuple[str, ...]] | None = None
+    unit_costs: dict[str, float] | None = None
     schema_version: int = SCHEMA_VERSION
 
     def __post_init__(self) -> None:
@@ -183,6 +196,45 @@ class Profile:
     def nfc(self) -> int:
         """Number of full computations."""
         return self.schedule.count("C")
+
+    @property
+    def per_unit(self) -> bool:
+        """Whether each unit (or group of units) has its own row (``unit_schedules``)."""
+        return self.unit_schedules is not None
+
+    def unit_rows(self) -> dict[str, str]:
+        """Unit path -> its ``C``/``P`` row, groups expanded, in file order; empty for a one-mask profile."""
+        groups = self.unit_groups or {}
+        rows: dict[str, str] = {}
+        for key, row in (self.unit_schedules or {}).items():
+            rows.update(dict.fromkeys(groups.get(key, (key,)), row))
+        return rows
+
+    def unit_masks(self, paths: typing.Sequence[str]) -> tuple[tuple[bool, ...], ...]:
+        """Each of the model's units' mask (True = computed), in the order of ``paths`` (the adapter's
+        unit paths); a one-mask profile gives every unit its :attr:`mask`. Refuses, in one line, a
+        per-unit profile that names a unit the model lacks or lacks one the model has."""
+        if not self.per_unit:
+            return tuple(self.mask for _ in paths)
+        rows = self.unit_rows()
+        unknown = [name for name in rows if name not in set(paths)]
+        missing = [path for path in paths if path not in rows]
+        if unknown or missing:
+            found = f"names {unknown[0]!r}, not a unit of this model" if unknown else f"lacks unit {missing[0]!r}"
+            first_last = f"{paths[0]} .. {paths[-1]}" if paths else "none"
+            raise ProfileError(
+                _one_line(f"profile {self.name!r}: unit_schedules {found} (the model's units: {first_last})")
+            )
+        return tuple(tuple(c == "C" for c in rows[path]) for path in paths)
+
+    def computed_fraction(self) -> float:
+        """The fraction of the units' full-compute FLOPs the schedule computes (predictions not counted),
+        per unit weighted by ``unit_costs`` (equal weights where the profile has none)."""
+        if not self.per_unit:
+            return self.nfc / len(self.schedule)
+        rows = self.unit_rows()
+        costs = self.unit_costs or dict.fromkeys(rows, 1.0)
+        return unit_flops_fraction(list(rows.values()), [costs[name] for name in rows])
 
     def for_expert(self, index: int) -> Profile:
         """The single-transformer profile of expert ``index``: its model and ratios, the whole schedule
@@ -209,9 +261,15 @@ class Profile:
     # -- serialisation -------------------------------------------------------------------------
 
     def to_dict(self) -> dict[str, Any]:
-        """Plain data in field order, ``schema_version`` first."""
+        """Plain data in field order, ``schema_version`` first and the per-unit rows right after ``schedule``."""
         data = _to_plain(self)
-        return {"schema_version": data.pop("schema_version"), **data}
+        units = {k: data.pop(k) for k in _UNIT_FIELDS if k in data}
+        out: dict[str, Any] = {"schema_version": data.pop("schema_version")}
+        for key, value in data.items():
+            out[key] = value
+            if key == "schedule":
+                out.update(units)
+        return out
 
     def to_yaml(self) -> str:
         return yaml.dump(self.to_dict(), Dumper=_Dumper, sort_keys=False, allow_unicode=True, width=120)
@@ -342,6 +400,9 @@ def ratio_position(step: int, num_steps: int) -> float:
 # -- strict conversion -----------------------------------------------------------------------------
 
 
+_UNIT_FIELDS = ("unit_schedules", "unit_groups", "unit_costs")
+
+
 def _validate(p: Profile) -> None:
     if not p.schedule or set(p.schedule) - {"C", "P"}:
         raise ProfileError(f"schedule must be a non-empty string of C and P, got {_show(p.schedule)}")
@@ -351,6 +412,8 @@ def _validate(p: Profile) -> None:
         )
     if len(p.schedule) != p.sampling.num_steps:
         raise ProfileError(f"schedule has {len(p.schedule)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
+    if p.unit_schedules is not None or p.unit_groups is not None or p.unit_costs is not None:
+        _validate_units(p)
     if p.experts is not None or p.sampling.boundary_step is not None:
         _validate_experts(p)
     if p.ratios and len(p.ratios) != p.model.num_units:
@@ -404,6 +467,59 @@ def _validate_experts(p: Profile) -> None:
             p.for_expert(i)
         except ProfileError as exc:
             raise ProfileError(f"experts[{i}]: {exc}") from None
+
+
+def _validate_units(p: Profile) -> None:
+    """Per-unit rows: each unit named once, full length, computed first, the warm-up kept (per expert)."""
+    if not p.unit_schedules:
+        raise ProfileError("unit_groups and unit_costs need unit_schedules (one C/P row per unit or group)")
+    groups = p.unit_groups or {}
+    # each transformer's first step (the experts' steps are checked after this, so only in-range ones count)
+    starts = sorted({0} | {e.steps[0] for e in p.experts or () if e.steps and 0 <= e.steps[0] < p.sampling.num_steps})
+    min_full = min_full_steps(p.method.predictor)
+    for key, row in p.unit_schedules.items():
+        where = f"unit_schedules.{key}"
+        if not row or set(row) - {"C", "P"}:
+            raise ProfileError(f"{where} must be a string of C and P, got {_show(row)}")
+        if len(row) != p.sampling.num_steps:
+            raise ProfileError(f"{where} has {len(row)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
+        for start in starts:
+            if row[start] != "C":
+                raise ProfileError(f"{where}: step {start}, the first step of its transformer, must be C (full)")
+            bad = warmup_violation(row, min_full, start)
+            if bad is not None:
+                raise ProfileError(
+                    f"{where}: step {bad} is P before the {p.method.predictor} predictor's {min_full} full steps"
+                )
+    named: dict[str, str] = {}
+    for key in p.unit_schedules:
+        for unit in groups.get(key, (key,)):
+            if not unit:
+                raise ProfileError(f"unit_schedules: an empty unit name (in {_show(key)})")
+            if unit in named:
+                raise ProfileError(f"unit {_show(unit)} is named twice (in {named[unit]} and {_show(key)})")
+            named[unit] = _show(key)
+    for name, members in groups.items():
+        if name not in p.unit_schedules:
+            raise ProfileError(f"unit_groups.{name} has no row in unit_schedules")
+        if not members:
+            raise ProfileError(f"unit_groups.{name} must name at least one unit")
+    if len(named) != p.model.num_units:
+        raise ProfileError(f"unit_schedules names {len(named)} units, model.num_units is {_show(p.model.num_units)}")
+    rows = list(p.unit_schedules.values())
+    if p.schedule != rows_intersection(rows):
+        raise ProfileError(
+            f"schedule must be the steps every unit computes ({rows_intersection(rows)}), got {_show(p.schedule)}"
+        )
+    if p.unit_costs is not None:
+        extra = sorted(set(p.unit_costs) - set(named))
+        lacking = [u for u in named if u not in p.unit_costs]
+        if extra or lacking:
+            found = f"names {_show(extra[0])}, not a unit" if extra else f"lacks {_show(lacking[0])}"
+            raise ProfileError(f"unit_costs {found} of unit_schedules")
+        bad = [u for u, c in p.unit_costs.items() if not c > 0]
+        if bad:
+            raise ProfileError(f"unit_costs.{bad[0]} must be > 0, got {_show(p.unit_costs[bad[0]])}")
 
 
 def _validate_ratio_form(p: Profile) -> None:
