@@ -133,15 +133,20 @@ class ForecastErrors:
 
     def segment(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
         """``e(a + k)`` for ``k = 1..length`` after full steps ``fulls`` (latest first); shape (length,)."""
-        a = fulls[0]
-        ks = min(length, self.num_steps - 1 - a)
+        a, block = fulls[0], self._errors_after(fulls, length)
+        return block.sum(axis=1) / np.maximum(self.output_size[a + 1 : a + 1 + len(block)], _EPS)
+
+    def _errors_after(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
+        """Per unit ``||O_pred - O||`` summed over samples at the (at most ``length``) steps after
+        ``fulls[0]``, memoised on the full steps the predictor keeps; shape (ks, units)."""
+        ks = min(length, self.num_steps - 1 - fulls[0])
         if ks <= 0:
-            return np.zeros(0)
+            return np.zeros((0, self.outputs.shape[1]))
         key = fulls[: self.keep + 1]
         block = self._memo.get(key)
         if block is None or block.shape[0] < ks:
             block = self._memo[key] = self._segment(key, ks)
-        return block[:ks].sum(axis=1) / np.maximum(self.output_size[a + 1 : a + 1 + ks], _EPS)
+        return block[:ks]
 
     def unit_segment(self, unit: int) -> masks.Segment:
         """:meth:`segment` of one unit alone: its own ``||O_pred - O||`` over samples, relative to its
@@ -149,15 +154,8 @@ class ForecastErrors:
         size = np.linalg.norm(self.outputs[:, unit], axis=-1).sum(axis=-1)  # (S,)
 
         def segment(fulls: tuple[int, ...], length: int) -> np.ndarray:
-            a = fulls[0]
-            ks = min(length, self.num_steps - 1 - a)
-            if ks <= 0:
-                return np.zeros(0)
-            key = fulls[: self.keep + 1]
-            block = self._memo.get(key)
-            if block is None or block.shape[0] < ks:
-                block = self._memo[key] = self._segment(key, ks)
-            return block[:ks, unit] / np.maximum(size[a + 1 : a + 1 + ks], _EPS)
+            a, block = fulls[0], self._errors_after(fulls, length)
+            return block[:, unit] / np.maximum(size[a + 1 : a + 1 + len(block)], _EPS)
 
         return segment
 
