@@ -35,13 +35,18 @@ from rfcache.outputs import replace_folder
 logger = logging.getLogger("rfcache.train_toy")
 
 
-def _dit_init(model: torch.nn.Module) -> None:
-    """DiT-paper initialisation: xavier linears, zero adaLN modulation and final projection."""
+def xavier_linears(model: torch.nn.Module) -> None:
+    """Every linear layer xavier-uniform with zero bias (the DiT paper's starting point)."""
     for module in model.modules():
         if isinstance(module, torch.nn.Linear):
             torch.nn.init.xavier_uniform_(module.weight)
             if module.bias is not None:
                 torch.nn.init.zeros_(module.bias)
+
+
+def _dit_init(model: torch.nn.Module) -> None:
+    """DiT-paper initialisation: xavier linears, zero adaLN modulation and final projection."""
+    xavier_linears(model)
     for block in model.transformer_blocks:
         torch.nn.init.zeros_(block.norm1.linear.weight)
         torch.nn.init.zeros_(block.norm1.linear.bias)

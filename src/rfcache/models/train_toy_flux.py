@@ -41,6 +41,7 @@ from rfcache.models.toy_flux import (
     build_toy_flux_pipeline,
     digit_prompts,
 )
+from rfcache.models.train_toy import xavier_linears
 
 logger = logging.getLogger("rfcache.train_toy_flux")
 
@@ -50,11 +51,7 @@ EMA_DECAY = 0.999
 
 def _init_weights(model: torch.nn.Module) -> None:
     """Xavier linears; zero adaLN modulations and output projection, so every block starts as identity."""
-    for module in model.modules():
-        if isinstance(module, torch.nn.Linear):
-            torch.nn.init.xavier_uniform_(module.weight)
-            if module.bias is not None:
-                torch.nn.init.zeros_(module.bias)
+    xavier_linears(model)
     zeroed = [model.norm_out.linear, model.proj_out]
     for block in model.transformer_blocks:
         zeroed += [block.norm1.linear, block.norm1_context.linear]
