@@ -25,7 +25,7 @@ def _bundle(folder):
 
 
 def test_the_bundle_marker_is_the_bundle_format():
-    from rfcache.export.bundle import BUNDLE_FORMAT, MANIFEST
+    from rfcache.export.manifest import BUNDLE_FORMAT, MANIFEST
     from rfcache.outputs import BUNDLE_MARKER
 
     assert BUNDLE_MARKER == (MANIFEST, "format", BUNDLE_FORMAT)
