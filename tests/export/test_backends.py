@@ -36,6 +36,8 @@ def test_a_registered_backend_opens_its_bundles():
     try:
         bundle = EngineFolder(Path("b"), {"backend": "echo-test"}, None)  # type: ignore[arg-type]
         assert open_runner(bundle, device="cuda") == ("echo", "echo-test", "cuda")
+        with pytest.raises(BundleError, match=r"echo-test bundles take no thread count \(got 4; onnx ones do\)"):
+            open_runner(bundle, threads=4)  # refused, not ignored
     finally:
         from rfcache.export import backends
 

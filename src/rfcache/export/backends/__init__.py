@@ -58,6 +58,8 @@ def open_runner(bundle: EngineFolder, *, device: str = "cpu", threads: int | Non
     backend = _REGISTRY.get(bundle.backend)
     if backend is None:
         raise BundleError(f"{bundle.path}: backend {bundle.backend!r} is not one of {', '.join(_REGISTRY)}")
+    if threads and not backend.takes_threads:  # refused, not ignored
+        raise BundleError(f"{bundle.path}: {backend.name} bundles take no thread count (got {threads}; onnx ones do)")
     return backend.open_runner(bundle, device=device, threads=threads)
 
 

@@ -22,6 +22,7 @@ class Backend:
     run side (:meth:`open_runner`)."""
 
     name: ClassVar[str]
+    takes_threads: ClassVar[bool] = False  # whether its runner takes a CPU thread count
     extension: ClassVar[str] = ".onnx"  # the graph files' suffix (``full.onnx``, ``full.pt2`` ...)
     half_graphs: ClassVar[bool] = True  # whether ``fp16`` exports half-precision graphs
     fixed_text: ClassVar[str | None] = None  # why the text axis is fixed at the exported length, if it is

@@ -37,6 +37,7 @@ class OnnxBackend(Backend):
     """ONNX graphs run by ONNX Runtime (CPU, or CUDA with onnxruntime-gpu)."""
 
     name: ClassVar[str] = "onnx"
+    takes_threads: ClassVar[bool] = True  # ONNX Runtime's intra-op threads
 
     def check_export(self, *, fp16: bool, device: torch.device) -> None:
         if fp16 and device.type != "cuda":

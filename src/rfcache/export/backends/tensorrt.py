@@ -38,6 +38,7 @@ class TensorRTBackend(OnnxBackend):
     """ONNX graphs (fp32; ``fp16`` builds FP16 engines from them) and the TensorRT engines built from them."""
 
     name: ClassVar[str] = "tensorrt"
+    takes_threads: ClassVar[bool] = False
     half_graphs: ClassVar[bool] = False
     fixed_text: ClassVar[str | None] = "TensorRT engines are built for the exported text length"
 
