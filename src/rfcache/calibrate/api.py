@@ -440,12 +440,18 @@ def input_sets(
     allow_overlap: bool = False,
 ) -> InputSets:
     """The calibration, selection and test inputs for ``pipe``: class labels for a class-conditional
-    model (``0, 1, ...`` cycling), else ``prompts`` (default :func:`default_prompts`)."""
+    model (``0, 1, ...`` cycling), else ``prompts``. Without prompts, a pipeline's own
+    ``calibration_prompt_pools`` (a pair: calibration and selection prompts, test prompts), else
+    :func:`default_prompts`."""
     if conditioning(pipe) == "class":
         if prompts:
             raise RfcacheError(f"{type(pipe).__name__} is class-conditional: it takes no prompts")
         num_classes = int(getattr(get_transformer(pipe).config, "num_embeds_ada_norm", None) or 1)
         return split_inputs(sizes=sizes, seed=seed, labels=range(num_classes))
+    pools = getattr(pipe, "calibration_prompt_pools", None)
+    if not prompts and pools:
+        choice, test = pools
+        return split_inputs(sizes=sizes, seed=seed, prompts=choice, test_prompts=test, allow_overlap=allow_overlap)
     return split_inputs(sizes=sizes, seed=seed, prompts=prompts or default_prompts(), allow_overlap=allow_overlap)
 
 

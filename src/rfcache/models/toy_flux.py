@@ -32,6 +32,7 @@ import torch
 from diffusers import AutoencoderKL, FluxPipeline
 
 __all__ = [
+    "CALIBRATION_TEMPLATES",
     "DEFAULT_GUIDANCE",
     "DIGIT_WORDS",
     "PROMPT_TEMPLATES",
@@ -44,6 +45,7 @@ __all__ = [
     "digit_prompts",
     "identity_vae",
     "load_toy_flux_pipeline",
+    "mixed_digit_prompts",
     "read_training_record",
 ]
 
@@ -66,6 +68,10 @@ PROMPT_TEMPLATES = (
     "a scanned handwritten {w}",
     "{d}",
 )
+
+#: templates the calibration and selection inputs of ``rfc-calibrate --model toy-flux`` are drawn from;
+#: its test inputs use the other templates (as ``rfc-bench --model toy-flux`` does)
+CALIBRATION_TEMPLATES = (0, 1, 2, 3, 4)
 
 TOY_FLUX_TRANSFORMER_CONFIG: dict[str, Any] = {
     "patch_size": 1,
@@ -99,6 +105,15 @@ def digit_prompts(templates: range | list[int] | None = None) -> list[tuple[str,
     """Every (prompt, digit) pair of the given templates (all by default), template-major."""
     chosen = range(len(PROMPT_TEMPLATES)) if templates is None else templates
     return [(digit_prompt(d, t), d) for t in chosen for d in range(10)]
+
+
+def mixed_digit_prompts(templates: tuple[int, ...] | list[int] | range) -> list[str]:
+    """Every prompt of ``templates`` naming each digit, ordered so that any 10 in a row name the ten
+    digits and, for ``len(templates)`` templates in a row, cycle through the templates: prompt ``j`` names
+    digit ``j % 10`` in template ``templates[(j + j // 10) % len(templates)]``, so a short run mixes both."""
+    chosen = list(templates)
+    n = len(chosen) * 10
+    return [digit_prompt(j % 10, chosen[(j + j // 10) % len(chosen)]) for j in range(n)]
 
 
 # -- tokenizers and text encoders ---------------------------------------------------------------
@@ -274,7 +289,15 @@ class ToyFluxPipeline(FluxPipeline):
     ``true_cfg_scale`` with ``negative_prompt=""`` unless a negative prompt (or its embeddings) is
     given (one per prompt); an explicit ``true_cfg_scale`` other than 1 takes precedence. Scale 1 or less: one
     transformer call per step, no guidance.
+
+    ``calibration_prompt_pools`` is what ``rfc-calibrate`` draws on without ``--prompts``: calibration
+    and selection prompts from :data:`CALIBRATION_TEMPLATES`, test prompts from the other templates.
     """
+
+    calibration_prompt_pools = (
+        tuple(mixed_digit_prompts(CALIBRATION_TEMPLATES)),
+        tuple(mixed_digit_prompts([t for t in range(len(PROMPT_TEMPLATES)) if t not in CALIBRATION_TEMPLATES])),
+    )
 
     @torch.no_grad()
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
