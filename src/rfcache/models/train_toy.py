@@ -18,6 +18,7 @@ import math
 import platform
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -57,6 +58,34 @@ def _dit_init(model: torch.nn.Module) -> None:
         torch.nn.init.zeros_(proj.bias)
 
 
+def warmup_cosine(steps: int, warmup: int) -> Callable[[int], float]:
+    """The learning-rate factor at step ``s``: linear warm-up, then cosine decay to 0.1."""
+    return lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.5 * (1 + math.cos(math.pi * s / steps)) * 0.9 + 0.1)
+
+
+def optimise(
+    model: torch.nn.Module,
+    ema: torch.nn.Module,
+    opt: torch.optim.Optimizer,
+    sched: torch.optim.lr_scheduler.LRScheduler,
+    loss: torch.Tensor,
+    step: int,
+    *,
+    ema_decay: float = 0.999,
+) -> float:
+    """One optimiser step on ``loss`` (gradients clipped at norm 1) and the EMA update; the loss value."""
+    opt.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    opt.step()
+    sched.step()
+    decay = min(ema_decay, (1 + step) / (10 + step))
+    with torch.no_grad():
+        for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
+            pe.lerp_(pm, 1 - decay)
+    return loss.item()
+
+
 def train(steps: int, seed: int, out: Path, batch_size: int = 48, lr: float = 1e-3) -> dict:
     """Train for ``steps`` optimiser steps and write the EMA weights + scheduler + record to ``out``."""
     torch.manual_seed(seed)
@@ -67,9 +96,7 @@ def train(steps: int, seed: int, out: Path, batch_size: int = 48, lr: float = 1e
     noise_scheduler = DDPMScheduler(**toy_scheduler_config())
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(200, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(
-        opt, lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.5 * (1 + math.cos(math.pi * s / steps)) * 0.9 + 0.1)
-    )
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup))
     g = torch.Generator().manual_seed(seed)
     start, running = time.perf_counter(), None
     for step in range(steps):
@@ -81,16 +108,8 @@ def train(steps: int, seed: int, out: Path, batch_size: int = 48, lr: float = 1e
         xt = noise_scheduler.add_noise(x0, noise, t)
         pred = model(xt, timestep=t, class_labels=y).sample
         loss = torch.nn.functional.mse_loss(pred, noise)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(0.999, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        value = optimise(model, ema, opt, sched, loss, step)
+        running = value if running is None else 0.98 * running + 0.02 * value
         if step % 100 == 0 or step == steps - 1:
             logger.info("step %d/%d loss %.4f (%.0f s)", step, steps, running, time.perf_counter() - start)
     seconds = time.perf_counter() - start

@@ -21,7 +21,6 @@ import argparse
 import copy
 import json
 import logging
-import math
 import platform
 import shutil
 import tempfile
@@ -41,7 +40,7 @@ from rfcache.models.toy_flux import (
     build_toy_flux_pipeline,
     digit_prompts,
 )
-from rfcache.models.train_toy import xavier_linears
+from rfcache.models.train_toy import optimise, warmup_cosine, xavier_linears
 
 logger = logging.getLogger("rfcache.train_toy_flux")
 
@@ -68,10 +67,6 @@ def encode_prompts(pipe: FluxPipeline, prompts: list[str]) -> tuple[torch.Tensor
             prompt=prompts, prompt_2=None, max_sequence_length=TEXT_TOKENS, device=torch.device("cpu")
         )
     return embeds, pooled, text_ids
-
-
-def _lr_lambda(steps: int, warmup: int) -> Any:
-    return lambda s: min(1.0, (s + 1) / max(1, warmup)) * (0.5 * (1 + math.cos(math.pi * s / steps)) * 0.9 + 0.1)
 
 
 def _batch(data: dict[str, torch.Tensor], batch_size: int, g: torch.Generator) -> dict[str, torch.Tensor]:
@@ -132,7 +127,7 @@ def train(
     ema = copy.deepcopy(model).eval().requires_grad_(False)
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0)
     warmup = min(200, steps // 10)
-    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(steps, warmup))
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(steps, warmup))
     g = torch.Generator().manual_seed(seed)
     start, running = time.perf_counter(), None
     for step in range(steps):
@@ -140,16 +135,8 @@ def train(
         target = batch.pop("target")
         pred = model(**batch, txt_ids=data["txt_ids"], img_ids=data["img_ids"], return_dict=False)[0]
         loss = torch.nn.functional.mse_loss(pred, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        decay = min(EMA_DECAY, (1 + step) / (10 + step))
-        with torch.no_grad():
-            for pe, pm in zip(ema.parameters(), model.parameters(), strict=True):
-                pe.lerp_(pm, 1 - decay)
-        running = loss.item() if running is None else 0.98 * running + 0.02 * loss.item()
+        value = optimise(model, ema, opt, sched, loss, step, ema_decay=EMA_DECAY)
+        running = value if running is None else 0.98 * running + 0.02 * value
         if step % 100 == 0 or step == steps - 1:
             logger.info("step %d/%d loss %.4f (%.0f s)", step, steps, running, time.perf_counter() - start)
         if snapshot_every and (step + 1) % snapshot_every == 0 and step + 1 < steps:
