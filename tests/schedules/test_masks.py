@@ -1,7 +1,14 @@
 import numpy as np
 import pytest
 
-from rfcache.schedules.masks import interval_for_nfc, interval_mask, optimal_masks, rcs_mask, warped_mask
+from rfcache.schedules.masks import (
+    interval_for_nfc,
+    interval_mask,
+    optimal_masks,
+    rcs_mask,
+    step_kinds,
+    warped_mask,
+)
 
 
 def _taylorseer_reference(num_steps: int, interval: int, first_enhance: int) -> tuple[bool, ...]:
@@ -121,3 +128,10 @@ def test_split_budget_meets_the_budget_and_is_exact_for_convex_tables():
     assert split_budget([cheap_and_bad, dear_and_good], [1.0, 4.0], 0.5, 3) == (3, 1)  # 3 + 4 <= 7.5
     with pytest.raises(ValueError, match="below the fewest full steps"):
         split_budget([cheap_and_bad, dear_and_good], [1.0, 4.0], 0.1, 3)
+
+
+def test_step_kinds_are_the_distinct_columns_in_order_of_first_use():
+    rows = ["CCPCP", "CPPCP", "CCPPP"]
+    assert step_kinds(rows) == ["CCC", "CPC", "PPP", "CCP"]
+    assert step_kinds(["CPPC"] * 3) == ["CCC", "PPP"]  # a step mask: full and predicted steps only
+    assert step_kinds([]) == []

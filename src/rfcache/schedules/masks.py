@@ -35,6 +35,7 @@ __all__ = [
     "rows_intersection",
     "runs_full",
     "split_budget",
+    "step_kinds",
     "unit_flops_fraction",
     "warmup_violation",
     "warped_mask",
@@ -70,6 +71,21 @@ def warmup_violation(row: str, min_full: int, start: int = 0) -> int | None:
 def rows_intersection(rows: Sequence[str]) -> str:
     """Per step ``C`` where every row is ``C``: the steps on which every unit is computed (full steps)."""
     return "".join("C" if all(r[i] == "C" for r in rows) else "P" for i in range(len(rows[0])))
+
+
+def step_kinds(rows: Sequence[str]) -> list[str]:
+    """The distinct step kinds of a per-unit schedule, in order of first use: a kind is one step's
+    column of the rows (``C`` for each unit computed at that step), so a step-mask schedule has at most
+    two (all ``C``, all ``P``). An exported per-unit bundle holds one step graph per kind.
+
+    Example:
+        >>> step_kinds(["CCPC", "CPPP"])
+        ['CC', 'CP', 'PP']
+    """
+    kinds: dict[str, None] = {}
+    for step in range(len(rows[0]) if rows else 0):
+        kinds.setdefault("".join(r[step] for r in rows), None)
+    return list(kinds)
 
 
 def unit_flops_fraction(rows: Sequence[str], costs: Sequence[float]) -> float:
