@@ -1,7 +1,17 @@
 from __future__ import annotations
 
+import os
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # One core per xdist worker (``-n 2`` on the 2-core CI machine): torch's own threads on top
+    # would oversubscribe the cores; spawned ranks and CLI subprocesses inherit the variable.
+    os.environ["OMP_NUM_THREADS"] = "1"
+
 import pytest
 import torch
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    torch.set_num_threads(1)
 from diffusers import DDIMScheduler, DiTTransformer2DModel
 
 from rfcache.models.toy import DigitsDiTPipeline, toy_scheduler_config
