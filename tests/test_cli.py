@@ -115,8 +115,10 @@ def _one_line(capsys, prog="rfcache"):
         (["bench", "--methods", "fora,rfc,fora"], "--methods names fora more than once"),
         (["bench", "--class", "99"], "--class: rfc-bench cycles through the model's classes itself"),
         (["bench", "--budget", "0.3", "--nfc", "5"], "--nfc: --budget replaces --nfc"),
+        (["bench", "--methods", "fora,static", "--tune-samples", "3"], "--tune-samples applies to the methods whose"),
         (["calibrate", "--shard", "0/2", "--trace-dir", "t", "--trials", "9"], "--trials: --shard only records"),
         (["export", "--profile", "toy-b0.4", "--out", "b", "--fp16"], "--fp16: an fp16 ONNX bundle runs on cuda only"),
+        (["export", "--profile", "toy-b0.4", "--out", "b", "--dtype", "float16"], "--dtype float16: an fp16 ONNX"),
         # numbers: finite and in range, each flag named
         (["generate", "--guidance", "nan"], "argument --guidance: expected a finite number, got 'nan'"),
         (["calibrate", "--guidance", "inf"], "argument --guidance: expected a finite number, got 'inf'"),

@@ -133,7 +133,8 @@ def _plan(pipe: Any, profile: Profile, options: _Options) -> _Plan:
     model = get_transformer(pipe)
     adapter = get_adapter(model)
     config = profile_config(model, adapter, profile, getattr(pipe, "scheduler", None))
-    options.backend.check_export(fp16=options.fp16, device=next(model.parameters()).device)
+    weights = next(model.parameters())  # an fp16 model gives an fp16 bundle as --fp16 does
+    options.backend.check_export(fp16=options.fp16 or weights.dtype == torch.float16, device=weights.device)
     spec = PredictorSpec(config.predictor, config.order, config.ratios, config.ratio_slopes)
     pattern = effective_pattern(profile.schedule, config.min_full_steps)
     sampling = sampling_record(pipe, profile, options.guidance_scale)
