@@ -7,7 +7,7 @@ from rfcache.calibrate import api as calibrate_api
 from rfcache.calibrate import calibrate
 from rfcache.calibrate.errormodel import costs_flops_fraction
 from rfcache.calibrate.floor import check_budget_floor, smallest_budget
-from rfcache.calibrate.search import uniform_seeds
+from rfcache.calibrate.search import search_schedules, uniform_seeds
 from rfcache.errors import RfcacheError
 from rfcache.runtime.predictors import estimate_predictor_flops
 
@@ -59,3 +59,18 @@ def test_calibrate_refuses_below_the_floor_before_recording_and_works_at_it(tiny
 
 def _one_step() -> dict:
     return {"class_labels": [1], "num_inference_steps": 10, "output_type": "np"}
+
+
+def test_seeds_are_enqueued_within_the_ranges_the_search_draws_from(recwarn):
+    # at 10 steps and budget 0.25 the error model's seeds ask for 3 full steps where at most 2 fit
+    seeds = uniform_seeds(10, 0.25)
+    search_schedules(
+        lambda params: ("C" * 10, 0.2, 0.1),
+        budget=0.25,
+        num_steps=10,
+        trials=len(seeds),
+        storage=None,
+        study_name="seeds",
+        progress=False,
+    )
+    assert not [w for w in recwarn if "out of range" in str(w.message)]
