@@ -154,6 +154,13 @@ def test_refused_before_any_work_in_one_line(args, message, tmp_path, capsys, mo
     assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before  # nothing left
 
 
+def test_tune_samples_is_taken_where_a_method_asked_for_sweeps_its_knob():
+    from rfcache.cli.bench import BenchCommandConfig, check_flags
+
+    for methods in (("fora", "rcs"), ("diffusers-fbc",), None):  # None: every method, rcs among them
+        check_flags(BenchCommandConfig(methods=methods, tune_samples=3), {"methods", "tune_samples"})
+
+
 def test_every_command_has_a_version(capsys):
     for command in ("show", "calibrate", "generate", "export", "run", "bench"):
         assert main([command, "--version"]) == 0

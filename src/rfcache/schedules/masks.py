@@ -98,7 +98,11 @@ def unit_flops_fraction(rows: Sequence[str], costs: Sequence[float]) -> float:
 def effective_pattern(mask: str, min_full_steps: int, starts: Collection[int] = ()) -> str:
     """The pattern a ``C``/``P`` mask executes under :func:`runs_full` (the runtime's session does the
     same step by step). ``starts``: where a two-expert pipeline's later experts start; each one's
-    session starts with no history there, so the warm-up applies again."""
+    session starts with no history there, so the warm-up applies again.
+
+    A profile's schedule is always its own effective pattern (loading refuses one that is not,
+    :func:`warmup_violation`); the rewrite applies to the masks the calibration search builds and to
+    ``enable(method="static", mask=...)``, whose summary reports the executed pattern."""
     out, full = [], 0
     for step, letter in enumerate(mask):
         full = 0 if step in starts else full
