@@ -8,8 +8,11 @@ from rfcache.calibrate import calibrate
 from rfcache.calibrate.errormodel import costs_flops_fraction
 from rfcache.calibrate.floor import check_budget_floor, smallest_budget
 from rfcache.calibrate.search import search_schedules, uniform_seeds
+from rfcache.cli.main import main
 from rfcache.errors import RfcacheError
 from rfcache.runtime.predictors import estimate_predictor_flops
+from tests.calibrate.conftest import TINY_RUN
+from tests.conftest import make_tiny_digits_pipeline
 
 COSTS = np.array([[1000.0, 8.0, 8.0], [3000.0, 8.0, 16.0]])  # per unit: FLOPs, input and output elements
 
@@ -74,3 +77,13 @@ def test_seeds_are_enqueued_within_the_ranges_the_search_draws_from(recwarn):
         progress=False,
     )
     assert not [w for w in recwarn if "out of range" in str(w.message)]
+
+
+def test_cli_refuses_below_the_floor_in_one_line_leaving_nothing(tmp_path, capsys):
+    make_tiny_digits_pipeline().save_pretrained(tmp_path / "model")
+    out = tmp_path / "p.yaml"
+    argv = ["calibrate", "--model", str(tmp_path / "model"), "--budget", "0.1", *TINY_RUN, "--out", str(out)]
+    assert main(argv) == 2  # 0.1 passes the one-full-step bound checked before loading (1/10)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "below the smallest feasible budget 0.1049 at 10 steps" in err[-1] and "give budget 0.1049" in err[-1]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]  # no profile, no study database
