@@ -115,8 +115,10 @@ def _one_line(capsys, prog="rfcache"):
         (["bench", "--methods", "fora,rfc,fora"], "--methods names fora more than once"),
         (["bench", "--class", "99"], "--class: rfc-bench cycles through the model's classes itself"),
         (["bench", "--budget", "0.3", "--nfc", "5"], "--nfc: --budget replaces --nfc"),
+        (["bench", "--methods", "fora,static", "--tune-samples", "3"], "--tune-samples applies to the methods whose"),
         (["calibrate", "--shard", "0/2", "--trace-dir", "t", "--trials", "9"], "--trials: --shard only records"),
         (["export", "--profile", "toy-b0.4", "--out", "b", "--fp16"], "--fp16: an fp16 ONNX bundle runs on cuda only"),
+        (["export", "--profile", "toy-b0.4", "--out", "b", "--dtype", "float16"], "--dtype float16: an fp16 ONNX"),
         # numbers: finite and in range, each flag named
         (["generate", "--guidance", "nan"], "argument --guidance: expected a finite number, got 'nan'"),
         (["calibrate", "--guidance", "inf"], "argument --guidance: expected a finite number, got 'inf'"),
@@ -150,6 +152,13 @@ def test_refused_before_any_work_in_one_line(args, message, tmp_path, capsys, mo
     line = _one_line(capsys)
     assert line.split(": error: ")[0] in (f"rfcache {args[0]}", "rfcache") and message in line, line
     assert {p: p.read_bytes() if p.is_file() else None for p in tmp_path.rglob("*")} == before  # nothing left
+
+
+def test_tune_samples_is_taken_where_a_method_asked_for_sweeps_its_knob():
+    from rfcache.cli.bench import BenchCommandConfig, check_flags
+
+    for methods in (("fora", "rcs"), ("diffusers-fbc",), None):  # None: every method, rcs among them
+        check_flags(BenchCommandConfig(methods=methods, tune_samples=3), {"methods", "tune_samples"})
 
 
 def test_every_command_has_a_version(capsys):

@@ -64,7 +64,7 @@ def test_every_predictor_exports_with_parity(tmp_path, predictor, order, calibra
     pipe = make_tiny_digits_pipeline(seed=1)
     units = len(rfcache.get_adapter(pipe).units(pipe.transformer))
     ratios = tuple(0.5 + 0.1 * i for i in range(units)) if calibrated else ()
-    profile = make_profile(pipe, "CPCCPPPCPPC", predictor=predictor, order=order, ratios=ratios)
+    profile = make_profile(pipe, "CCPCPPPCPPC", predictor=predictor, order=order, ratios=ratios)
     bundle = load_bundle(export(pipe, profile, tmp_path / "b"))
     result = OrtRunner(bundle).generate(LABELS, seed=3)
     reference, pattern = _torch_images(pipe, profile, seed=3)
@@ -311,3 +311,13 @@ def test_tensorrt_bundle_matches_the_pytorch_runtime(tmp_path):
     labels = torch.tensor([1, 10], device="cuda")
     out = steps({"hidden_states": x, "timestep": torch.full((2,), 999, device="cuda"), "class_labels": labels})
     assert isinstance(out, torch.Tensor) and out.is_cuda
+
+
+def test_an_fp16_bundle_on_cpu_is_refused_in_one_line_before_anything_is_written(tmp_path):
+    # the CLI refuses --fp16 and --dtype float16 on cpu with the same rule (tests/test_cli.py)
+    pipe = make_tiny_digits_pipeline()
+    profile = make_profile(pipe, SCHEDULE, predictor="taylor", order=1)
+    for half, model in ((True, pipe), (False, pipe.to(torch.float16))):
+        with pytest.raises(rfcache.RfcacheError, match="an fp16 ONNX bundle runs on cuda only") as refused:
+            export(model, profile, tmp_path / "bundle", fp16=half)
+        assert "\n" not in str(refused.value) and not (tmp_path / "bundle").exists()

@@ -181,6 +181,25 @@ def cli_args(folder: str) -> list[str]:
     return [*args, "--steps", "8", "--method", "rfe", "--interval", "3", "--call-args", '{"max_sequence_length": 8}']
 
 
+def _refuse_bundles(pipe: Any, results: dict[Any, Any], folder: str, rank: int) -> None:
+    """``export`` and ``Bundle.into`` on a split model: one line each, nothing written, the pipeline unchanged."""
+    out = Path(folder) / f"bundle-{rank}"
+    try:
+        rfcache.export(pipe, _profile(pipe, "flux"), out)
+    except rfcache.RfcacheError as exc:
+        results["flux", "ulysses", "refused", "export"] = str(exc)
+    results["flux", "ulysses", "refused", "export", "written"] = out.exists()
+    transformer = pipe.transformer
+    # refused before the bundle is read: an empty manifest (exporting a real one costs a minute of CI)
+    from rfcache.export import Bundle
+
+    try:
+        Bundle(Path(folder) / "unread", {}, _profile(pipe, "flux")).into(pipe)
+    except rfcache.RfcacheError as exc:
+        results["flux", "ulysses", "refused", "into"] = str(exc)
+    results["flux", "ulysses", "refused", "into", "unchanged"] = pipe.transformer is transformer
+
+
 def _worker(rank: int, world: int, per_shard: bool, folder: str) -> dict[str, Any]:
     """On each rank: every (family, mode, method) under context parallelism, and the controls."""
     results: dict[str, Any] = {"straddle": _straddle(rank, world), "cli": _cli(rank, folder)}
@@ -206,6 +225,8 @@ def _worker(rank: int, world: int, per_shard: bool, folder: str) -> dict[str, An
             if (family, mode) == ("flux", "ulysses"):  # a non-finite output seen by one rank only
                 with _one_nonfinite_output() if rank == 1 else contextlib.nullcontext():
                     results[family, mode, "taylorseer", "nonfinite"] = _cached(pipe, family, "taylorseer")
+            if (family, mode) == ("flux", "ulysses"):  # bundles are single-device: refused from Python too
+                _refuse_bundles(pipe, results, folder, rank)
             if (family, mode) == ("wan", "ulysses"):  # refused, in one line, before any collective
                 for refused in ({"granularity": "block"}, {"max_cache_bytes": 1 << 30}):
                     try:
@@ -321,6 +342,16 @@ def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option
     for rank in ranks:
         message = rank["wan", "ulysses", "refused", option]
         assert "context parallelism" in message and words in message and "\n" not in message, message
+
+
+def test_bundles_are_refused_on_a_split_model_in_one_line(ranks):
+    for rank in ranks:
+        for what, words in (("export", "exporting a bundle"), ("into", "putting a bundle into a pipeline")):
+            message = rank["flux", "ulysses", "refused", what]
+            assert f"{words} is not supported under context parallelism: bundles are single-device" in message
+            assert "\n" not in message
+        assert not rank["flux", "ulysses", "refused", "export", "written"]
+        assert rank["flux", "ulysses", "refused", "into", "unchanged"]
 
 
 def test_compiled_profile_under_context_parallelism(ranks, references):

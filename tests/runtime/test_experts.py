@@ -117,12 +117,12 @@ def test_run_setup_records_and_checks_the_boundary(pipe):
 
 
 def test_two_expert_profile_round_trips_and_single_profiles_are_unchanged(pipe, tmp_path):
-    profile = make_expert_profile(pipe, "CPCCPP", ratios=((1.0, 2.0, 0.5, 0.25, 3.0, 1.5), (0.125,) * UNITS))
+    profile = make_expert_profile(pipe, "CCCCPC", ratios=((1.0, 2.0, 0.5, 0.25, 3.0, 1.5), (0.125,) * UNITS))
     text = profile.to_yaml()
     assert Profile.from_yaml(text) == profile and Profile.from_yaml(text).to_yaml() == text
     assert "experts:" in text and "boundary_step: 2" in text
     assert profile.for_expert(1).ratios == (0.125,) * UNITS and profile.for_expert(1).experts is None
-    single = make_profile(pipe, "CPCCPP").to_yaml()
+    single = make_profile(pipe, "CCCCPC").to_yaml()
     assert "experts" not in single and "boundary_step" not in single
 
 

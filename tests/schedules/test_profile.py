@@ -177,6 +177,10 @@ def test_yaml_is_read_strictly_where_it_would_be_misread(tmp_path, monkeypatch):
     # a schedule starting with P: refused (a run would compute its first step anyway)
     with pytest.raises(ProfileError, match="schedule must start with C"):
         make_profile(schedule="PCPPCP")
+    # RFE's second step predicted before it has two full steps: refused, as the runtime would compute it
+    with pytest.raises(ProfileError, match="schedule: step 1 is P before the relational predictor's 2 full steps"):
+        make_profile(schedule="CPCPCP")
+    assert make_profile(schedule="CPCPCP", method=MethodSpec("taylor", 2, "interval", {})).schedule == "CPCPCP"
     # not a regular file, or too large: refused without reading it all
     with pytest.raises(ProfileError, match="not a regular file"):
         load_profile(tmp_path)

@@ -23,6 +23,7 @@ import numpy as np
 import torch
 
 from rfcache.calibrate.errormodel import ErrorModel
+from rfcache.calibrate.floor import check_budget_floor
 from rfcache.calibrate.inputs import InputSets, split_inputs
 from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer, ratio_choice
 from rfcache.calibrate.search import (
@@ -33,11 +34,19 @@ from rfcache.calibrate.search import (
     max_nfc,
     search_schedules,
 )
-from rfcache.calibrate.trace import RatioFit, RatioStepFit, Trace, fit_ratio_steps, fit_ratios, record_trace
+from rfcache.calibrate.trace import (
+    RatioFit,
+    RatioStepFit,
+    Trace,
+    fit_ratio_steps,
+    fit_ratios,
+    record_trace,
+    step_unit_costs,
+)
 from rfcache.errors import RfcacheError
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime import disable, enable, summary
-from rfcache.runtime.experts import check_both_experts_run, expert_models
+from rfcache.runtime.experts import boundary_step, check_both_experts_run, expert_models
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.runspec import RunSpec, captured_call, conditioning, pipeline_call, run_setup
 from rfcache.schedules import Budget, Expert, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
@@ -163,7 +172,7 @@ def calibrate(
         raise RfcacheError("samples, selection, test and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
     job = _inputs(pipe, run, (samples, selection, test), allow_overlap=allow_overlap, progress=progress)
-    resolution = _first_step(job, report)
+    resolution = _first_step(job, report, budget)
     fitted = _fitting(job, _recording(job, trace, record_batch), budget)
     measured = fit_scorer(
         fitted.scorer, error_model_runs(run.steps, budget, expert_starts=fitted.starts), fitted.real_error
@@ -248,13 +257,22 @@ def _inputs(pipe: Any, run: RunSpec, sizes: tuple[int, int, int], *, allow_overl
     return _Job(pipe, run, sets, common, progress)
 
 
-def _first_step(job: _Job, report: Callable[[str], None] | None) -> Any:
-    """One timed transformer step on one input: checks the run before anything is recorded or stored,
-    and estimates the recording time; returns the input resolution the transformer saw."""
+def _first_step(job: _Job, report: Callable[[str], None] | None, budget: float) -> Any:
+    """One timed transformer step on one input: checks the run and the budget (against the smallest
+    feasible one, from the units' costs in this step) before anything is recorded or stored, and
+    estimates the recording time; returns the input resolution the transformer saw."""
     items = job.sets.calibration
-    with captured_call(job.pipe) as call:
-        pipeline_call(job.pipe, job.call(items[:1]), what="calibration")
+    call: dict[str, Any] = {}
+
+    def one_step() -> None:
+        with captured_call(job.pipe) as captured:
+            pipeline_call(job.pipe, job.call(items[:1]), what="calibration")
+        call.update(captured)
+
+    costs = step_unit_costs(job.pipe, one_step)
     steps = job.run.steps
+    second = boundary_step(job.pipe, steps)
+    check_budget_floor(budget, costs, steps, expert_starts=() if second is None else (second,))
     line = (
         f"estimated recording time {call['seconds'] * steps * len(items):.0f} s ({call['seconds'] * 1e3:.0f} ms "
         f"per step and input x {steps} steps x {len(items)} inputs); the search and confirmation runs add about "

@@ -55,6 +55,7 @@ __all__ = [
     "ErrorModel",
     "ForecastErrors",
     "InputProxyFit",
+    "costs_flops_fraction",
     "fit_error_model",
     "fit_input_proxy",
     "flops_fraction",
@@ -100,13 +101,8 @@ class ForecastErrors:
     def pattern(self, mask: Sequence[bool]) -> tuple[bool, ...]:
         """The steps the session really computes: the mask, plus the predictor's forced first full steps
         (of each expert)."""
-        out, full = [], 0
-        for c, m in enumerate(mask):
-            full = 0 if c in self.expert_starts else full
-            f = bool(m) or full < self.min_full
-            full += f
-            out.append(f)
-        return tuple(out)
+        text = masks.effective_pattern("".join("C" if m else "P" for m in mask), self.min_full, self.expert_starts)
+        return tuple(letter == "C" for letter in text)
 
     def unit_errors(self, mask: Sequence[bool]) -> tuple[np.ndarray, tuple[bool, ...]]:
         """Per step and unit ``sum_samples ||O_pred - O||`` (zero at full steps), and the effective pattern."""
@@ -372,7 +368,13 @@ def flops_fraction(trace: Trace, pattern: Sequence[bool], predictor: str, order:
     """
     if trace.unit_costs is None:
         raise RfcacheError("the trace has no unit costs (recorded by an older rfcache); record it again")
-    flops, numel_in, numel_out = (trace.unit_costs[:, i] for i in range(3))
+    return costs_flops_fraction(trace.unit_costs, pattern, predictor, order)
+
+
+def costs_flops_fraction(unit_costs: np.ndarray, pattern: Sequence[bool], predictor: str, order: int) -> float:
+    """:func:`flops_fraction` from per-unit costs, shape (units, 3): per sample the unit's analytic
+    FLOPs, input and output element counts (:func:`rfcache.calibrate.trace.unit_cost`)."""
+    flops, numel_in, numel_out = (np.asarray(unit_costs)[:, i] for i in range(3))
     module = float(flops.sum())
     units = list(zip(numel_in.astype(int), numel_out.astype(int), strict=True))
     full_cost = module + sum(estimate_predictor_flops(predictor, order, o, i, full=True) for i, o in units)

@@ -36,6 +36,7 @@ from typing import Any
 
 import optuna
 
+from rfcache.calibrate.floor import floor_seeds
 from rfcache.calibrate.storage import open_storage, worker_name
 from rfcache.errors import RfcacheError
 from rfcache.schedules import RATIO_FORMS
@@ -86,7 +87,8 @@ def uniform_seeds(
 
     ``expert_starts``: where a two-expert pipeline's second expert starts; its first two steps are
     full (the relational seeds' history starts again there), which the seeds leave room for."""
-    seeds = []
+    # a budget with room for fewer than three full steps: the cheapest schedules the search reaches first
+    seeds = floor_seeds(num_steps) if full_steps_within(budget, num_steps) < 3 else []
     forced = {s + i for s in expert_starts for i in (0, 1) if s + i < num_steps}
     for warmup in warmups:
         for interval in range(1, 25):
@@ -193,6 +195,9 @@ def search_schedules(
     _check_identity(study, identity or {})
     if not study.trials:
         for params in uniform_seeds(num_steps, budget, expert_starts=expert_starts):
+            if "nfc" in params:  # within the range _suggest draws it from (Optuna warns otherwise)
+                least, most = _nfc_range(params, budget, num_steps)
+                params = {**params, "nfc": min(max(params["nfc"], least), most)}
             study.enqueue_trial(params, user_attrs={"enqueued_by": worker}, skip_if_exists=True)
     study.sampler = sampler or optuna.samplers.TPESampler(seed=_worker_seed(study, seed, worker))
     remaining = max(0, trials - completed_trials(study))
@@ -243,15 +248,19 @@ def _suggest(trial: optuna.Trial, budget: float, num_steps: int) -> dict[str, An
     if family == "interval":
         params["interval"] = trial.suggest_int("interval", 2, 12)
     elif family in ("warped", "optimal"):
-        least = params.get("warmup", 1) + 1
-        most = max(least, max_nfc(budget, num_steps))
-        params["nfc"] = trial.suggest_int("nfc", min(least, most), most)
+        params["nfc"] = trial.suggest_int("nfc", *_nfc_range(params, budget, num_steps))
         if family == "warped":
             params["alpha"] = trial.suggest_float("alpha", 0.0, 1.0)
     else:
         params["tau"] = trial.suggest_float("tau", 1e-3, 4.0, log=True)
         params["max_cached"] = trial.suggest_int("max_cached", 1, 12)
     return params
+
+
+def _nfc_range(params: dict[str, Any], budget: float, num_steps: int) -> tuple[int, int]:
+    """The range ``nfc`` is drawn from: past the warm-up, up to the most full steps the budget allows."""
+    least = int(params.get("warmup", 1)) + 1
+    return least, max(least, max_nfc(budget, num_steps))
 
 
 def completed_trials(study: optuna.Study) -> int:

@@ -24,6 +24,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -42,7 +43,16 @@ from rfcache.runtime.parallel import refuse_context_parallel
 from rfcache.runtime.predictors import per_sample_norm
 from rfcache.schedules import ratio_position
 
-__all__ = ["RatioFit", "RatioStepFit", "Trace", "fit_ratio_steps", "fit_ratios", "record_trace"]
+__all__ = [
+    "RatioFit",
+    "RatioStepFit",
+    "Trace",
+    "fit_ratio_steps",
+    "fit_ratios",
+    "record_trace",
+    "step_unit_costs",
+    "unit_cost",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -168,6 +178,49 @@ def record_trace(
     return trace, output
 
 
+def unit_cost(
+    adapter: BlockAdapter, model: torch.nn.Module, unit: Any, shape: Any, x: torch.Tensor, outs: list[torch.Tensor]
+) -> tuple[float, float, float]:
+    """One unit's cost per sample, as a trace's ``unit_costs`` holds it: its analytic FLOPs in a call of
+    ``shape`` (:meth:`~rfcache.models.BlockAdapter.step_shape`), its input's and outputs' element counts."""
+    b = x.shape[0]
+    return adapter.unit_flops(model, unit, shape) / b, x.numel() / b, sum(o.numel() for o in outs) / b
+
+
+def step_unit_costs(pipe: Any, run: Callable[[], Any]) -> np.ndarray:
+    """The per-unit costs (shape (units, 3), as :func:`unit_cost`) of the transformer calls made while ``run()``
+    runs ``pipe``, from each unit's first call: what a recording's ``unit_costs`` will hold."""
+    model = expert_models(pipe)[0][1]
+    adapter = get_adapter(model)
+    shapes: list[Any] = []
+    costs: dict[int, tuple[float, float, float]] = {}
+
+    def on_forward(module: torch.nn.Module, args: tuple, kwargs: dict) -> None:
+        inputs = dict(kwargs)
+        if args:
+            inputs.setdefault("hidden_states", args[0])
+        shapes.append(adapter.step_shape(model, inputs))
+
+    def call(unit: Any, original: Any, args: tuple, kwargs: dict) -> Any:
+        out = original(*args, **kwargs)
+        if unit.index not in costs:
+            x = adapter.unit_input(model, unit, args, kwargs)
+            outs = [o for o in (out if isinstance(out, tuple) else (out,)) if o is not None]
+            costs[unit.index] = unit_cost(adapter, model, unit, shapes[0], x, outs)
+        return out
+
+    units = attach_unit_hooks(model, adapter, call, name="rfcache-costs")
+    handle = model.register_forward_pre_hook(on_forward, with_kwargs=True)
+    try:
+        run()
+    finally:
+        handle.remove()
+        detach_unit_hooks(model, name="rfcache-costs")
+    if len(costs) != len(units):
+        raise RfcacheError(f"{type(model).__name__}: {len(units) - len(costs)} of its units did not run in one step")
+    return np.array([costs[u] for u in range(len(units))], dtype=np.float64)
+
+
 class _Recorder:
     """The hooks of one recording: per transformer call and unit, the input and output changes against
     the same unit's earlier calls (of the same CFG branch), sketches, costs and the first unit's input."""
@@ -218,9 +271,7 @@ class _Recorder:
             sketches = (count_sketch(x, width).cpu().numpy(), count_sketch(flat_out, width).cpu().numpy())
         self.rows[-1][unit.index] = (stats, *sketches)
         if unit.index not in self.costs:
-            b = x.shape[0]
-            flops = self.adapter.unit_flops(self.model, unit, self.shapes[0])
-            self.costs[unit.index] = (flops / b, x.numel() / b, sum(o.numel() for o in outs) / b)
+            self.costs[unit.index] = unit_cost(self.adapter, self.model, unit, self.shapes[0], x, outs)
         if unit.index == 0:
             per_sample = x[0].numel() * 4 * self.steps_hint
             keep = min(x.shape[0], self.first_input_bytes // max(per_sample, 1))

@@ -31,8 +31,8 @@ __all__ = [
 MODES = ("ulysses", "ring")
 _SPLIT_COMMANDS = ("generate",)
 _WHY = {
-    "export": "bundles are single-device; export in one process",
-    "run": "bundles are single-device; run them in one process",
+    "export": "{bundles}; export in one process",  # {bundles}: the library's own reason (runtime/parallel.py)
+    "run": "{bundles}; run them in one process",
     "calibrate": "record the calibration on one device (its profile then runs split unchanged)",
     "bench": "the benchmark times methods in one process",
     "show": "it reads a file; run it in one process",
@@ -64,7 +64,10 @@ def check_launch(command: str, cfg: Any) -> None:
         if not is_lead():
             _silence()
         if command not in _SPLIT_COMMANDS:
-            raise RfcacheError(f"rfc-{command} under torchrun ({world()} ranks) is refused: {_WHY[command]}")
+            from rfcache.runtime.parallel import SINGLE_DEVICE_BUNDLES
+
+            why = _WHY[command].format(bundles=SINGLE_DEVICE_BUNDLES)
+            raise RfcacheError(f"rfc-{command} under torchrun ({world()} ranks) is refused: {why}")
         if mode is None:
             raise RfcacheError(
                 f"launched by torchrun with {world()} ranks: pass --context-parallel ulysses or ring "

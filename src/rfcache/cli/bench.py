@@ -127,6 +127,15 @@ def check_flags(cfg: BenchCommandConfig, given: set[str]) -> None:
         raise RfcacheError("--nfc: --budget replaces --nfc; give one of them")
     if "calibrate_trials" in given and cfg.methods is not None and "static" not in cfg.methods:
         raise RfcacheError("--calibrate-trials applies to the static method only; add static to --methods")
+    if "tune_samples" in given and cfg.methods:
+        from rfcache.evaluate.bench import DEFAULT_METHODS, swept_methods
+
+        if not swept_methods(cfg.methods):
+            swept = ", ".join(swept_methods(DEFAULT_METHODS))
+            raise RfcacheError(
+                f"--tune-samples applies to the methods whose knob is swept to match a cost ({swept}); "
+                "none of --methods is one"
+            )
 
 
 def _sets_run(cfg: BenchCommandConfig) -> bool:

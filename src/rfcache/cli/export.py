@@ -43,6 +43,23 @@ class ExportConfig:
     json: bool = option(False, "print one JSON object as the last line")
 
 
+def _check_precision(cfg: ExportConfig, dtype: Any) -> None:
+    """The backend's refusal of a bundle precision it cannot run where it is exported, naming the flag."""
+    import torch
+
+    from rfcache.errors import RfcacheError
+    from rfcache.export.backends import get_backend
+
+    try:
+        device = torch.device(cfg.device)
+    except RuntimeError:
+        return  # not a device: the pipeline loader says so
+    try:
+        get_backend(cfg.backend).check_export(fp16=cfg.fp16 or dtype == torch.float16, device=device)
+    except RfcacheError as exc:
+        raise RfcacheError(f"{'--fp16' if cfg.fp16 else '--dtype float16'}: {exc}") from exc
+
+
 def run_export(cfg: ExportConfig) -> dict[str, Any]:
     from rfcache.errors import RfcacheError
     from rfcache.export import export, load_bundle
@@ -53,14 +70,10 @@ def run_export(cfg: ExportConfig) -> dict[str, Any]:
     if cfg.profile is None or cfg.out is None:
         raise RfcacheError("--profile and --out are required")
     check_folder_output(cfg.out, flag="--out", force=cfg.force)  # before the minutes an export takes
-    if cfg.fp16 and cfg.backend == "onnx" and not cfg.device.startswith("cuda"):
-        raise RfcacheError(
-            f"--fp16: an fp16 ONNX bundle runs on cuda only (rfc-run would refuse it on {cfg.device}); "
-            "export with --device cuda, or drop --fp16"
-        )
+    dtype = torch_dtype(cfg.dtype)
+    _check_precision(cfg, dtype)  # export()'s own rule, before the pipeline is loaded
     started = time.perf_counter()
     profile = load_profile(cfg.profile)
-    dtype = torch_dtype(cfg.dtype)
     pipe = load_pipeline(cfg.model, device=cfg.device, dtype=dtype)
     if cfg.guidance is not None and conditioning(pipe) != "class":
         scale = profile.sampling.guidance_scale

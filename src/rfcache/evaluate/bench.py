@@ -40,7 +40,15 @@ from rfcache.runtime import get_session
 from rfcache.schedules.masks import interval_for_nfc
 from rfcache.stats import mean_interval, paired_ratio
 
-__all__ = ["DEFAULT_METHODS", "BenchConfig", "BenchRecord", "BenchResult", "pair_with_reference", "run_bench"]
+__all__ = [
+    "DEFAULT_METHODS",
+    "BenchConfig",
+    "BenchRecord",
+    "BenchResult",
+    "pair_with_reference",
+    "run_bench",
+    "swept_methods",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -150,6 +158,12 @@ def _resolve(names: tuple[str, ...]) -> list[MethodSpec]:
             known = ", ".join(["full", *DEFAULT_METHODS, "profile:NAME"])
             raise RfcacheError(f"--methods: unknown method {name!r}; expected some of {known}")
     return specs
+
+
+def swept_methods(names: tuple[str, ...]) -> list[str]:
+    """The methods among ``names`` with a continuous knob the benchmark sweeps on ``tune_samples`` inputs
+    to match each target's cost (the others take the target's NFC, or run at their profile's cost)."""
+    return [spec.name for spec in _resolve(names) if spec.knob is not None]
 
 
 def _check_profiles(specs: list[MethodSpec], work: Workload) -> None:

@@ -21,8 +21,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.export.manifest import encode_config
 from rfcache.runtime.runspec import captured_call, conditioning, pipeline_call, run_from_setup, run_setup
-from rfcache.schedules import Profile
-from rfcache.schedules.profile import _to_plain
+from rfcache.schedules import Profile, to_plain
 
 __all__ = ["batch_axis", "captured_inputs", "only_expert", "probe_inputs", "sampling_record", "setup_record"]
 
@@ -92,7 +91,7 @@ def setup_record(pipe: Any, profile: Profile, inputs: dict[str, torch.Tensor]) -
     """What the bundle was exported for: the pipeline, the run's setup and the transformer's input shapes."""
     return {
         "pipeline": type(pipe).__name__,
-        **_to_plain(profile.sampling),
+        **to_plain(profile.sampling),
         "transformer_inputs": {n: list(t.shape) for n, t in inputs.items()},
     }
 

@@ -32,6 +32,7 @@ from rfcache.models import get_adapter
 from rfcache.runtime.conditioning import predicted_timesteps
 from rfcache.runtime.experts import check_profile_experts
 from rfcache.runtime.identity import config_hash
+from rfcache.runtime.parallel import SINGLE_DEVICE_BUNDLES, refuse_context_parallel
 from rfcache.runtime.session import call_kind
 
 __all__ = ["Bundle", "EngineTransformer", "ExpertBundle", "load_bundle", "put_bundle"]
@@ -191,6 +192,9 @@ def put_bundle(
     original = getattr(pipe, component, None)
     if not isinstance(original, torch.nn.Module) or isinstance(original, EngineTransformer):
         raise BundleError(f"{type(pipe).__name__} has no transformer of its own to replace")
+    refuse_context_parallel(
+        original, "putting a bundle into a pipeline", f"{SINGLE_DEVICE_BUNDLES}; run it in one process"
+    )
     model = bundle.manifest["model"]
     found = (type(original).__name__, config_hash(original.config))
     if found != (model["class_name"], model["config_hash"]):

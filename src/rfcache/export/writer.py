@@ -60,6 +60,7 @@ from rfcache.runtime.api import profile_config
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.experts import check_profile_experts, expert_models
 from rfcache.runtime.identity import config_hash, input_resolution
+from rfcache.runtime.parallel import SINGLE_DEVICE_BUNDLES, refuse_context_parallel
 from rfcache.schedules import PER_UNIT_EAGER_ONLY, Profile, load_profile
 from rfcache.schedules.masks import effective_pattern
 
@@ -133,7 +134,9 @@ def _plan(pipe: Any, profile: Profile, options: _Options) -> _Plan:
     model = get_transformer(pipe)
     adapter = get_adapter(model)
     config = profile_config(model, adapter, profile, getattr(pipe, "scheduler", None))
-    options.backend.check_export(fp16=options.fp16, device=next(model.parameters()).device)
+    refuse_context_parallel(model, "exporting a bundle", f"{SINGLE_DEVICE_BUNDLES}; export in one process")
+    weights = next(model.parameters())  # an fp16 model gives an fp16 bundle as --fp16 does
+    options.backend.check_export(fp16=options.fp16 or weights.dtype == torch.float16, device=weights.device)
     spec = PredictorSpec(config.predictor, config.order, config.ratios, config.ratio_slopes)
     pattern = effective_pattern(profile.schedule, config.min_full_steps)
     sampling = sampling_record(pipe, profile, options.guidance_scale)

@@ -32,6 +32,7 @@ __all__ = [
     "TINY_BOUNDARY_RATIO",
     "TINY_TRANSFORMER_CONFIGS",
     "build_tiny_pipeline",
+    "clip_text_encoder",
     "tiny_pipeline_call_kwargs",
     "tiny_transformer",
 ]
@@ -177,8 +178,16 @@ def _t5_encoder(tokenizer: Any, *, umt5: bool = False) -> torch.nn.Module:
     return T5EncoderModel(T5Config(**kwargs))
 
 
-def _clip_encoder(tokenizer: Any, *, hidden: int, projection: int | None) -> torch.nn.Module:
-    """A CLIP text encoder; with a projection head (SD3) when ``projection`` is given."""
+def clip_text_encoder(
+    tokenizer: Any,
+    *,
+    hidden: int,
+    projection: int | None = None,
+    heads: int = 2,
+    max_length: int = _CLIP_MAX_LENGTH,
+) -> torch.nn.Module:
+    """A two-layer CLIP text encoder of width ``hidden`` (the tiny pipelines', and toy-flux's with 4
+    heads over 16 tokens); with a projection head (SD3) when ``projection`` is given."""
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection
 
     config = CLIPTextConfig(
@@ -186,8 +195,8 @@ def _clip_encoder(tokenizer: Any, *, hidden: int, projection: int | None) -> tor
         hidden_size=hidden,
         intermediate_size=2 * hidden,
         num_hidden_layers=2,
-        num_attention_heads=2,
-        max_position_embeddings=_CLIP_MAX_LENGTH,
+        num_attention_heads=heads,
+        max_position_embeddings=max_length,
         projection_dim=projection or hidden,
         bos_token_id=tokenizer.bos_token_id,
         eos_token_id=tokenizer.eos_token_id,
@@ -290,9 +299,9 @@ def _tiny_sd3(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
         transformer=transformer,
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0),
         vae=_vae(shift_factor=0.0609, scaling_factor=1.5035, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=_clip_encoder(clip, hidden=16, projection=16),
+        text_encoder=clip_text_encoder(clip, hidden=16, projection=16),
         tokenizer=clip,
-        text_encoder_2=_clip_encoder(clip, hidden=16, projection=16),
+        text_encoder_2=clip_text_encoder(clip, hidden=16, projection=16),
         tokenizer_2=clip,
         text_encoder_3=_t5_encoder(t5),
         tokenizer_3=t5,
@@ -306,7 +315,7 @@ def _tiny_flux(transformer: torch.nn.Module, seed: int, experts: int) -> Any:
     return diffusers.FluxPipeline(
         scheduler=diffusers.FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
         vae=_vae(shift_factor=0.1159, scaling_factor=0.3611, use_quant_conv=False, use_post_quant_conv=False),
-        text_encoder=_clip_encoder(
+        text_encoder=clip_text_encoder(
             clip, hidden=TINY_TRANSFORMER_CONFIGS["flux"]["pooled_projection_dim"], projection=None
         ),
         tokenizer=clip,

@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from diffusers import AutoencoderKL, FluxPipeline
 
+from rfcache.models.tiny import clip_text_encoder
+
 __all__ = [
     "CALIBRATION_TEMPLATES",
     "DEFAULT_GUIDANCE",
@@ -171,25 +173,6 @@ def _t5_encoder(tokenizer: Any) -> torch.nn.Module:
     return T5EncoderModel(config)
 
 
-def _clip_encoder(tokenizer: Any) -> torch.nn.Module:
-    from transformers import CLIPTextConfig, CLIPTextModel
-
-    config = CLIPTextConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=_TEXT_WIDTH,
-        intermediate_size=2 * _TEXT_WIDTH,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        max_position_embeddings=TEXT_TOKENS,
-        projection_dim=_TEXT_WIDTH,
-        bos_token_id=tokenizer.bos_token_id,
-        eos_token_id=tokenizer.eos_token_id,
-        pad_token_id=tokenizer.pad_token_id,
-        hidden_act="gelu",
-    )
-    return CLIPTextModel(config)
-
-
 # -- the identity VAE ---------------------------------------------------------------------------
 
 
@@ -252,7 +235,7 @@ def build_toy_flux_pipeline(*, seed: int = 0, shift_factor: float = 0.0, scaling
         pipe = FluxPipeline(
             scheduler=FlowMatchEulerDiscreteScheduler(shift=1.0, use_dynamic_shifting=False),
             vae=identity_vae(shift_factor, scaling_factor),
-            text_encoder=_clip_encoder(clip),
+            text_encoder=clip_text_encoder(clip, hidden=_TEXT_WIDTH, heads=4, max_length=TEXT_TOKENS),
             tokenizer=clip,
             text_encoder_2=_t5_encoder(t5),
             tokenizer_2=t5,

@@ -36,6 +36,7 @@ import torch
 from rfcache.errors import RfcacheError
 
 __all__ = [
+    "SINGLE_DEVICE_BUNDLES",
     "ContextGroup",
     "Reduce",
     "check_units_unsplit",
@@ -43,6 +44,10 @@ __all__ = [
     "is_context_parallel",
     "refuse_context_parallel",
 ]
+
+# why a bundle is refused under context parallelism (export, Bundle.into, rfc-export and rfc-run under torchrun):
+# its step graphs are traced whole, without diffusers' split and gather hooks
+SINGLE_DEVICE_BUNDLES = "bundles are single-device"
 
 # sums a tensor of per-sample partial sums over the group; None: one device, nothing to reduce
 Reduce = Callable[[torch.Tensor], torch.Tensor]

@@ -17,6 +17,7 @@ from rfcache.schedules.profile import (
     SamplingSetup,
     load_profile,
     ratio_position,
+    to_plain,
 )
 
 __all__ = [
@@ -34,4 +35,5 @@ __all__ = [
     "SamplingSetup",
     "load_profile",
     "ratio_position",
+    "to_plain",
 ]

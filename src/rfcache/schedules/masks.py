@@ -19,7 +19,7 @@ One home for every mask generator, used alike by the runtime (``IntervalPolicy``
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 import numpy as np
 
@@ -95,11 +95,17 @@ def unit_flops_fraction(rows: Sequence[str], costs: Sequence[float]) -> float:
     return sum(c * r.count("C") for r, c in zip(rows, costs, strict=True)) / total if total else 1.0
 
 
-def effective_pattern(mask: str, min_full_steps: int) -> str:
+def effective_pattern(mask: str, min_full_steps: int, starts: Collection[int] = ()) -> str:
     """The pattern a ``C``/``P`` mask executes under :func:`runs_full` (the runtime's session does the
-    same step by step)."""
+    same step by step). ``starts``: where a two-expert pipeline's later experts start; each one's
+    session starts with no history there, so the warm-up applies again.
+
+    A profile's schedule is always its own effective pattern (loading refuses one that is not,
+    :func:`warmup_violation`); the rewrite applies to the masks the calibration search builds and to
+    ``enable(method="static", mask=...)``, whose summary reports the executed pattern."""
     out, full = [], 0
-    for letter in mask:
+    for step, letter in enumerate(mask):
+        full = 0 if step in starts else full
         letter = "C" if runs_full(letter == "C", full, min_full_steps) else "P"
         full += letter == "C"
         out.append(letter)

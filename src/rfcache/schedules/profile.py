@@ -42,6 +42,7 @@ __all__ = [
     "SamplingSetup",
     "load_profile",
     "ratio_position",
+    "to_plain",
 ]
 
 SCHEMA_VERSION = 1
@@ -262,7 +263,7 @@ class Profile:
 
     def to_dict(self) -> dict[str, Any]:
         """Plain data in field order, ``schema_version`` first and the per-unit rows right after ``schedule``."""
-        data = _to_plain(self)
+        data = to_plain(self)
         units = {k: data.pop(k) for k in _UNIT_FIELDS if k in data}
         out: dict[str, Any] = {"schema_version": data.pop("schema_version")}
         for key, value in data.items():
@@ -416,6 +417,7 @@ def _validate(p: Profile) -> None:
         _validate_units(p)
     if p.experts is not None or p.sampling.boundary_step is not None:
         _validate_experts(p)
+    _refuse_warmup("schedule", p.schedule, p)  # what the runtime executes is the schedule as written
     if p.ratios and len(p.ratios) != p.model.num_units:
         raise ProfileError(f"ratios has {len(p.ratios)} entries, model.num_units is {_show(p.model.num_units)}")
     if any(r < 0 for r in p.ratios):
@@ -469,28 +471,36 @@ def _validate_experts(p: Profile) -> None:
             raise ProfileError(f"experts[{i}]: {exc}") from None
 
 
+def _refuse_warmup(where: str, row: str, p: Profile) -> None:
+    """Refuse a row whose transformer's first step is not C, or that has a P before the predictor's
+    full steps (RFE needs two) from each transformer's first step: the runtime would compute it
+    instead (:func:`~rfcache.schedules.masks.runs_full`), so the file would not say what runs."""
+    # each transformer's first step (the experts' steps may be checked after this: only in-range ones count)
+    starts = sorted({0} | {e.steps[0] for e in p.experts or () if e.steps and 0 <= e.steps[0] < p.sampling.num_steps})
+    min_full = min_full_steps(p.method.predictor)
+    for start in starts:
+        if row[start] != "C":
+            raise ProfileError(f"{where}: step {start}, the first step of its transformer, must be C (full)")
+        bad = warmup_violation(row, min_full, start)
+        if bad is not None:
+            raise ProfileError(
+                f"{where}: step {bad} is P before the {p.method.predictor} predictor's {min_full} full steps; "
+                "it would be computed: make it C"
+            )
+
+
 def _validate_units(p: Profile) -> None:
     """Per-unit rows: each unit named once, full length, computed first, the warm-up kept (per expert)."""
     if not p.unit_schedules:
         raise ProfileError("unit_groups and unit_costs need unit_schedules (one C/P row per unit or group)")
     groups = p.unit_groups or {}
-    # each transformer's first step (the experts' steps are checked after this, so only in-range ones count)
-    starts = sorted({0} | {e.steps[0] for e in p.experts or () if e.steps and 0 <= e.steps[0] < p.sampling.num_steps})
-    min_full = min_full_steps(p.method.predictor)
     for key, row in p.unit_schedules.items():
         where = f"unit_schedules.{key}"
         if not row or set(row) - {"C", "P"}:
             raise ProfileError(f"{where} must be a string of C and P, got {_show(row)}")
         if len(row) != p.sampling.num_steps:
             raise ProfileError(f"{where} has {len(row)} steps, sampling.num_steps is {_show(p.sampling.num_steps)}")
-        for start in starts:
-            if row[start] != "C":
-                raise ProfileError(f"{where}: step {start}, the first step of its transformer, must be C (full)")
-            bad = warmup_violation(row, min_full, start)
-            if bad is not None:
-                raise ProfileError(
-                    f"{where}: step {bad} is P before the {p.method.predictor} predictor's {min_full} full steps"
-                )
+        _refuse_warmup(where, row, p)
     named: dict[str, str] = {}
     for key in p.unit_schedules:
         for unit in groups.get(key, (key,)):
@@ -538,14 +548,16 @@ def _validate_ratio_form(p: Profile) -> None:
             raise ProfileError(f"ratio_slopes[{negative[0]}]: the step-linear ratio turns negative (|slope| > 2 ratio)")
 
 
-def _to_plain(obj: Any) -> Any:
+def to_plain(obj: Any) -> Any:
+    """A profile's dataclasses (or any part of one) as the plain dicts, lists and scalars its YAML holds:
+    tuples become lists, optional fields left at None are left out, numpy scalars become Python's."""
     if dataclasses.is_dataclass(obj):  # optional fields left at None are not written
         fields = [f for f in dataclasses.fields(obj) if not (f.default is None and getattr(obj, f.name) is None)]
-        return {f.name: _to_plain(getattr(obj, f.name)) for f in fields}
+        return {f.name: to_plain(getattr(obj, f.name)) for f in fields}
     if isinstance(obj, tuple):
-        return [_to_plain(v) for v in obj]
+        return [to_plain(v) for v in obj]
     if isinstance(obj, dict):
-        return {str(k): _to_plain(v) for k, v in obj.items()}
+        return {str(k): to_plain(v) for k, v in obj.items()}
     for plain in (bool, int, float, str):  # subclasses (numpy scalars, torch's version string) as plain
         if isinstance(obj, plain):
             return plain(obj)

@@ -31,7 +31,8 @@ class Backend:
         """Refuse, before any work, where what the backend needs is missing (an optional extra)."""
 
     def check_export(self, *, fp16: bool, device: torch.device) -> None:
-        """Refuse an export this backend cannot make from a model on ``device``."""
+        """Refuse an export this backend cannot make from a model on ``device``; ``fp16``: the bundle is half
+        precision (``fp16=True``, or a float16 model)."""
 
     def save_graph(
         self,

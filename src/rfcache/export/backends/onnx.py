@@ -41,7 +41,10 @@ class OnnxBackend(Backend):
 
     def check_export(self, *, fp16: bool, device: torch.device) -> None:
         if fp16 and device.type != "cuda":
-            raise RfcacheError("fp16 ONNX graphs run on CUDA only; put the pipeline on cuda or use --backend tensorrt")
+            raise RfcacheError(
+                f"an fp16 ONNX bundle runs on cuda only (rfc-run would refuse it on {device.type}); "
+                "export on cuda, in float32, or with the tensorrt backend"
+            )
 
     def save_graph(self, module: torch.nn.Module, args: tuple, dynamic_shapes: Any, path: Path, **names: Any) -> None:
         save_onnx(module, args, dynamic_shapes, path, **names)
