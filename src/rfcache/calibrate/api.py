@@ -56,6 +56,9 @@ class CalibrationResult:
 
     ``test`` and ``taylorseer``: mean per-sample rel-L2 on the test inputs with 95 % bootstrap
     intervals; ``ratio``: the paired per-sample ratio profile / TaylorSeer with its interval.
+    ``alternative``: the other family's best profile on the selection inputs (the step mask's where
+    a per-unit profile won, and the reverse; None without per-unit candidates), not tested: what a
+    calibration restricted to that family would have written.
     """
 
     profile: Profile
@@ -70,6 +73,7 @@ class CalibrationResult:
     inputs: InputSets
     step_fit: RatioStepFit | None = None
     unit_confirmed: tuple[Candidate, ...] = ()
+    alternative: Profile | None = None
 
     @property
     def test_rel_l2(self) -> float:
@@ -185,7 +189,7 @@ def calibrate(
         _freeze(job, fitted, cand, budget, name=name, trials=completed_trials(study), resolution=resolution)
         for cand in [*confirmed[:3], *units[:2]]  # the best few of each family, chosen on the selection inputs
     ]
-    profile = _select(job, frozen, diagnostics, budget)
+    profile, alternative = _select(job, frozen, diagnostics, budget)
     profile, (test_err, ts_err, ratio) = _report_on_test(job, profile)
     assert fitted.scorer.model is not None
     return CalibrationResult(
@@ -201,6 +205,7 @@ def calibrate(
         job.sets,
         fitted.fits[0][1],
         tuple(units),
+        alternative,
     )
 
 
@@ -456,26 +461,35 @@ def _unit_fields(cand: Candidate, layout: Any, trace: Trace) -> dict[str, Any]:
     return {"unit_schedules": schedules, "unit_groups": groups, "unit_costs": costs}
 
 
-def _select(job: _Job, frozen: list[Profile], diagnostics: dict[str, float], budget: float) -> Profile:
+def _select(
+    job: _Job, frozen: list[Profile], diagnostics: dict[str, float], budget: float
+) -> tuple[Profile, Profile | None]:
     """Stage 5, the selection among the confirmed candidates of both families: the frozen profile with
     the lowest error on the selection inputs (a tie keeps the step mask, frozen first), its achieved
-    budget measured there; each family's best selection error is recorded in the diagnostics."""
+    budget measured there; each family's best selection error is recorded in the diagnostics. Also
+    the other family's best, the same way (None where only one family was frozen)."""
     selection_reference = job.images(job.sets.selection)
     scored: list[tuple[float, Profile, float]] = []
     for profile in frozen:
         out, s = job.cached(job.sets.selection, profile)
         scored.append((_rel_l2(out, selection_reference), profile, s.flops_fraction))
-    err, best, achieved = min(scored, key=lambda t: t[0])
     compare = {"selection_rel_l2_step_mask": min(e for e, p, _ in scored if not p.per_unit)}
     if any(p.per_unit for _, p, _ in scored):
         compare["selection_rel_l2_per_unit"] = min(e for e, p, _ in scored if p.per_unit)
-        compare["per_unit_won"] = float(best.per_unit)
-    return replace(
-        best,
-        budget=Budget(budget, achieved),
-        quality={**best.quality, "selection_rel_l2": err},
-        diagnostics={**best.diagnostics, **diagnostics, **compare},
-    )
+    best = min(scored, key=lambda t: t[0])
+    if "selection_rel_l2_per_unit" in compare:
+        compare["per_unit_won"] = float(best[1].per_unit)
+    other = [t for t in scored if t[1].per_unit != best[1].per_unit]
+
+    def frozen_as(err: float, profile: Profile, achieved: float) -> Profile:
+        return replace(
+            profile,
+            budget=Budget(budget, achieved),
+            quality={**profile.quality, "selection_rel_l2": err},
+            diagnostics={**profile.diagnostics, **diagnostics, **compare},
+        )
+
+    return frozen_as(*best), (frozen_as(*min(other, key=lambda t: t[0])) if other else None)
 
 
 def _report_on_test(job: _Job, profile: Profile) -> tuple[Profile, tuple[Interval, Interval, Interval]]:
