@@ -165,10 +165,8 @@ def calibrate(
     saw. Every input has its own seed (``seed``, ``seed + 1``, ...); prompts never repeat across
     the sets unless ``allow_overlap``.
 
-    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`, one pipeline
-    transformer only): the ``confirm`` best by estimate are run for real, then local moves, and the
-    best two join the selection, so the profile is per-unit only where that wins on the selection
-    inputs. ``max_step_kinds`` bounds their distinct step kinds (columns; default unlimited, at least 2).
+    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`; the profile is
+    per-unit only where that wins on the selection inputs); ``max_step_kinds`` bounds their step kinds.
     """
     run = _run_description(run, run_keywords)
     check_budget(budget)
@@ -192,21 +190,11 @@ def calibrate(
     profile, alternative = _select(job, frozen, diagnostics, budget)
     profile, (test_err, ts_err, ratio) = _report_on_test(job, profile)
     assert fitted.scorer.model is not None
+    seconds, model, fit = time.perf_counter() - start, fitted.scorer.model, fitted.fits[0]
     return CalibrationResult(
-        profile,
-        test_err,
-        ts_err,
-        ratio,
-        time.perf_counter() - start,
-        tuple(candidates),
-        fitted.fits[0][0],
-        fitted.scorer.model,
-        tuple(confirmed),
-        job.sets,
-        fitted.fits[0][1],
-        tuple(units),
-        alternative,
-    )
+        profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit[0], model, tuple(confirmed), job.sets, fit[1],
+        tuple(units), alternative,
+    )  # fmt: skip
 
 
 def _run_description(run: RunSpec | None, keywords: dict[str, Any]) -> RunSpec:
