@@ -16,7 +16,12 @@ weighted by the error model's sensitivity), and one multiplier spends the budget
   ``head`` blocks computed at more steps, placed greedily where they cut those blocks' estimated error
   most, until the budget is spent. Every step then computes a prefix of the units in execution order,
   so every computed unit sees its true input and refreshes its history cleanly (the staggered rows
-  of the split refresh some units from inputs earlier predictions built).
+  of the split refresh some units from inputs earlier predictions built);
+- ``unit-tail``: the mirror: the error model's step mask with ``nfc`` full steps, more than the budget
+  pays for, for every unit, and the first ``head`` blocks (whose forecast errors are often the
+  smallest) predicted at some of those steps, removed where that adds least to their estimated
+  error, until the budget fits. The later units then refresh from inputs with only the head's
+  prediction error in them.
 
 Rows are kept within ``max_step_kinds`` distinct step columns by :func:`limit_step_kinds`. A candidate
 whose rows are all equal is the step mask (``rows`` None).
@@ -52,7 +57,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-UNIT_FAMILIES = ("unit-split", "unit-kind", "unit-ends", "unit-prefix")
+UNIT_FAMILIES = ("unit-split", "unit-kind", "unit-ends", "unit-prefix", "unit-tail")
 _EPS = 1e-12
 
 
@@ -308,6 +313,37 @@ def prefix_rows(
         current, mask[best[1]] = best[0], True
 
 
+def tail_rows(
+    scorer: Any, params: dict[str, Any], layout: UnitLayout, budget: float, *, head: int, nfc: int
+) -> tuple[str, ...] | None:
+    """The ``unit-tail`` rows: the error model's mask of ``nfc`` full steps for every unit, the units of
+    the first ``head`` blocks predicted at those of its steps (not the warm-up) whose loss adds least
+    to their estimated error, one at a time until the budget fits; None where it never fits."""
+    fe, trace = scorer.errors(params), scorer.trace
+    predictor, order = params["predictor"], int(params["order"])
+    base = fe.pattern(scorer.optimal({**params, "nfc": nfc}, most=nfc))
+    blocks = list(dict.fromkeys(layout.blocks))[:head]
+    group = [u for u, b in enumerate(layout.blocks) if b in blocks]
+    segment, sensitivity = _group_segment(fe, group), scorer.model.sensitivity
+    warm = fe.pattern((False,) * len(base))  # the predictor's forced first full steps
+
+    def rows_of(mask: Sequence[bool]) -> tuple[str, ...]:
+        head_row, rest = _letters(mask), _letters(base)
+        return tuple(head_row if u in group else rest for u in range(len(layout.paths)))
+
+    mask = list(base)
+    while unit_flops_fraction(trace, rows_of(mask), predictor, order) > budget:
+        options = [
+            (masks.mask_error([*mask[:step], False, *mask[step + 1 :]], segment, sensitivity, keep=fe.keep), step)
+            for step, full in enumerate(mask)
+            if full and not warm[step] and step > 0
+        ]
+        if not options:
+            return None
+        mask[min(options)[1]] = False
+    return rows_of(mask)
+
+
 def _letters(mask: Sequence[bool]) -> str:
     return "".join("C" if f else "P" for f in mask)
 
@@ -315,15 +351,17 @@ def _letters(mask: Sequence[bool]) -> str:
 def _prefix_candidates(
     scorer: Any, layout: UnitLayout, setting: dict[str, Any], budget: float, *, max_step_kinds: int | None
 ) -> list[Candidate]:
-    """``unit-prefix`` candidates: heads of 1, 2 and half the blocks, over base masks of 1-3 full steps
-    fewer than the budget's step mask affords."""
+    """``unit-prefix`` and ``unit-tail`` candidates: heads of 1, 2 and half the blocks, over base masks of
+    1-3 full steps fewer (prefix) and more (tail) than the budget's step mask affords."""
     count = len(dict.fromkeys(layout.blocks))
     most = scorer.max_nfc
     out = []
     for head in sorted({h for h in (1, 2, count // 2) if 0 < h < count}):
-        for nfc in range(most - 1, max(most - 4, 1), -1):
-            rows = prefix_rows(scorer, setting, layout, budget, head=head, nfc=nfc)
-            params = {**setting, "family": "unit-prefix", "head": head, "nfc": nfc}
+        shapes = [("unit-prefix", prefix_rows, n) for n in range(most - 1, max(most - 4, 1), -1)]
+        shapes += [("unit-tail", tail_rows, n) for n in range(most + 1, min(most + 4, scorer.num_steps) + 1)]
+        for family, rows_for, nfc in shapes:
+            rows = rows_for(scorer, setting, layout, budget, head=head, nfc=nfc)
+            params = {**setting, "family": family, "head": head, "nfc": nfc}
             cand = (
                 None
                 if rows is None
@@ -358,7 +396,8 @@ def unit_candidates(
     max_step_kinds: int | None = None,
 ) -> list[Candidate]:
     """The per-unit family's candidates for each predictor setting (``predictor``, ``order``, ratio
-    choice), best estimate first; those that turn out a step mask or exceed the budget are left out."""
+    choice): each variant's best by estimate first, then the rest, best first; those that turn out a
+    step mask or exceed the budget are left out."""
     if scorer.trace.expert_starts is not None and len(scorer.trace.expert_starts):
         raise RfcacheError("per-unit schedules are not searched on two-expert pipelines yet")
     out: list[Candidate] = []
@@ -387,6 +426,9 @@ def unit_candidates(
                 out.append(cand)
         out += _prefix_candidates(scorer, layout, setting, budget, max_step_kinds=max_step_kinds)
     out.sort(key=lambda c: c.error)
+    # each family's best first: the estimates rank candidates of one family better than across families
+    firsts = list({c.params["family"]: c for c in reversed(out)}.values())
+    out = sorted(firsts, key=lambda c: c.error) + [c for c in out if all(c is not f for f in firsts)]
     logger.info("per-unit family: %d candidates over %d predictor settings", len(out), len(predictors))
     return out
 

@@ -80,7 +80,7 @@ class Scorer:
         self.model: ErrorModel | None = None
         self.fit_patterns: list[tuple[bool, ...]] = []  # the patterns of the real runs the model was fitted on
         self._errors: dict[tuple[str, int, str], ForecastErrors] = {}
-        self._optimal: dict[tuple[str, int, str, int], dict[int, tuple[bool, ...]]] = {}
+        self._optimal: dict[tuple[str, int, str, int, int], dict[int, tuple[bool, ...]]] = {}
 
     def set_model(self, model: ErrorModel) -> None:
         """Use ``model`` for estimates (the error model's favourite masks are recomputed)."""
@@ -117,17 +117,17 @@ class Scorer:
             return self.optimal(params)
         raise ValueError(f"unknown schedule family {family!r}")
 
-    def optimal(self, params: dict[str, Any]) -> tuple[bool, ...]:
-        """The error model's best mask with ``nfc`` full steps (falls back to the nearest count it reaches)."""
+    def optimal(self, params: dict[str, Any], *, most: int | None = None) -> tuple[bool, ...]:
+        """The error model's best mask with ``nfc`` full steps (falls back to the nearest count it reaches);
+        ``most``: the largest count searched (default ``max_nfc``; the per-unit family looks beyond it)."""
         if self.model is None:
             raise RuntimeError("the 'optimal' family needs a fitted error model")
         fe = self.errors(params)
         warmup, nfc = int(params.get("warmup", 0)), int(params["nfc"])
-        key = (fe.predictor, fe.order, ratio_choice(params), warmup)
+        most = self.max_nfc if most is None else most
+        key = (fe.predictor, fe.order, ratio_choice(params), warmup, most)
         if key not in self._optimal:
-            self._optimal[key] = optimal_masks(
-                fe, self.model, warmup=warmup, max_nfc=self.max_nfc, max_gap=self.max_gap
-            )
+            self._optimal[key] = optimal_masks(fe, self.model, warmup=warmup, max_nfc=most, max_gap=self.max_gap)
         masks = self._optimal[key]
         return masks[min(masks, key=lambda k: abs(k - nfc))]
 
