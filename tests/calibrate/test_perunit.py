@@ -152,3 +152,17 @@ def test_per_unit_candidates_are_refused_on_two_expert_traces(scored):
     two.set_model(scorer.model)
     with pytest.raises(RfcacheError, match="two-expert"):
         unit_candidates(two, layout, SETTINGS, BUDGET)
+
+
+def test_a_kind_candidate_is_written_as_groups_with_every_unit_and_its_cost(scored):
+    from rfcache.calibrate.api import _unit_fields
+
+    _, scorer, layout = scored
+    cands = unit_candidates(scorer, layout, SETTINGS, BUDGET)
+    picked = [next(c for c in cands if c.params["family"] == f) for f in ("unit-kind", "unit-split")]
+    for cand in picked:
+        fields = _unit_fields(cand, layout, scorer.trace)
+        groups = fields.get("unit_groups") or {path: (path,) for path in fields["unit_schedules"]}
+        rows = {unit: fields["unit_schedules"][key] for key, units in groups.items() for unit in units}
+        assert rows == dict(zip(layout.paths, cand.rows, strict=True))
+        assert set(fields["unit_costs"]) == set(layout.paths) and min(fields["unit_costs"].values()) > 0
