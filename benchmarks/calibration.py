@@ -29,6 +29,17 @@ and the linear fit's relative change of ``s`` over the trajectory.
 step-linear, chosen by the error model's estimate and the real confirmation runs); then, on the
 ``--samples`` test inputs above, runs the picked schedule with each of the three ratios and prints
 each one's error with its interval and the paired per-sample ratios between them.
+
+``--per-unit NFC,...`` (issue 18's targets): at each NFC, the budget is the analytic FLOP fraction of
+RFE m=2's interval schedule with that NFC (what ``rfc-bench`` gives its calibrated profile); one
+calibration with both families (``--trials`` trials, ``--confirm`` confirmed, seeds 0-19 as
+``rfc-calibrate``) gives the best profile and the other family's best (``CalibrationResult.alternative``,
+what a step-mask-only calibration writes: its search, confirmation and selection are the same). On
+``--samples`` test inputs (classes ``i % 10``, seeds ``--seed`` + i, none used by the calibration,
+checked), guidance 2, one at a time: rel-L2 to full compute of the toy's output (its final latent,
+``x / 2 + 0.5``, clamped to [0, 1]) for the best profile, the step-mask and the per-unit profile and
+TaylorSeer m=2 at that NFC (``interval_for_nfc``); paired per-sample ratios with 95 % intervals.
+``--save DIR`` writes the profiles there.
 """
 
 from __future__ import annotations
@@ -277,6 +288,72 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
         )
 
 
+def compare_families(
+    pipe, samples: int, nfcs: list[int], *, trials: int, confirm: int, seed: int, save: str | None
+) -> None:
+    """Best (both families) and step-mask vs per-unit profiles against TaylorSeer m=2 at each NFC."""
+    from pathlib import Path
+
+    from rfcache.calibrate import calibrate
+    from rfcache.runtime.runspec import RunSpec
+
+    inputs = [(i % 10, seed + i) for i in range(samples)]
+    reference = [_generate(pipe, label, s) for label, s in inputs]
+    warmup = rfcache.get_adapter(pipe).taylorseer_warmup
+    print(f"\nToy DiT, 50 DDIM steps, guidance 2, {samples} test samples one at a time (seeds {seed}..)")
+    for nfc in nfcs:
+        interval, w, got = interval_for_nfc(50, nfc, warmup=warmup)
+        budget = _fraction(pipe, interval, w)
+        result = calibrate(
+            pipe, run=RunSpec(steps=50, guidance=2.0), budget=budget, trials=trials, confirm=confirm, progress=False
+        )
+        best, other = result.profile, result.alternative
+        used = {item.seed for items in best.provenance.inputs.values() for item in items}
+        assert not used & {s for _, s in inputs}, "test seeds were used in calibration"
+        step = best if not best.per_unit else other
+        unit = best if best.per_unit else other
+        if save:
+            for name, p in (("best", best), ("step", step), ("unit", unit)):
+                if p is not None:
+                    p.save(Path(save) / f"toy-nfc{got}-{name}.yaml")
+        rows = {"TaylorSeer m=2": _ours(pipe, method="taylorseer", order=2, interval=interval, warmup=w)}
+        rows |= {"step-mask profile": _ours(pipe, step)}
+        if unit is not None:
+            rows |= {"per-unit profile": _ours(pipe, unit)}
+        errors = {}
+        print(f"NFC {got} (TaylorSeer N={interval} w={w}), budget {budget:.4f}: best is {best.method.schedule_family}")
+        print(f"  selection rel-L2: {_selection_line(best)}")
+        for label, apply in rows.items():
+            outs, frac, _ = _run(pipe, inputs, apply)
+            errors[label] = [relative_l2(o, r) for o, r in zip(outs, reference, strict=True)]
+            print(f"  {label:<20} FLOP frac {frac:.3f}  rel-L2 {mean_interval(errors[label]).format('.4f')}")
+        errors["best profile"] = errors["per-unit profile" if best.per_unit else "step-mask profile"]
+        for a, b in (
+            ("best profile", "TaylorSeer m=2"),
+            ("step-mask profile", "TaylorSeer m=2"),
+            ("per-unit profile", "step-mask profile"),
+        ):
+            if a in errors:
+                r = paired_ratio(errors[a], errors[b])
+                print(f"  {a} / {b}: {r.format('.3f')} {r.verdict()}")
+
+
+def _fraction(pipe, interval: int, warmup: int) -> float:
+    """The analytic FLOP fraction of RFE m=2's interval schedule (one generation)."""
+    rfcache.enable(pipe, method="rfe", order=2, interval=interval, warmup=warmup)
+    try:
+        _generate(pipe, 0, 0)
+        return rfcache.summary(pipe).flops_fraction
+    finally:
+        rfcache.disable(pipe)
+
+
+def _selection_line(profile) -> str:
+    d = profile.diagnostics
+    unit = d.get("selection_rel_l2_per_unit")
+    return f"step mask {d['selection_rel_l2_step_mask']:.4f}" + (f", per-unit {unit:.4f}" if unit is not None else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--samples", type=int, default=12, help="test samples for the profile comparison (0: skip)")
@@ -284,12 +361,21 @@ def main() -> None:
     parser.add_argument("--profiles", nargs="+", default=PROFILES, help="profile names or files to compare")
     parser.add_argument("--ratio-steps", action="store_true", help="whether the relation ratio varies with the step")
     parser.add_argument("--ratio-forms", type=float, default=0.0, help="budget: which ratio form calibration picks")
-    parser.add_argument("--trials", type=int, default=200, help="Optuna trials for --ratio-forms")
+    parser.add_argument("--trials", type=int, default=200, help="Optuna trials for --ratio-forms and --per-unit")
+    parser.add_argument("--confirm", type=int, default=4, help="confirmed candidates for --per-unit")
+    parser.add_argument("--per-unit", default="", help="NFCs: best, step-mask and per-unit profiles vs TaylorSeer")
+    parser.add_argument("--seed", type=int, default=9000, help="first test seed for --per-unit")
+    parser.add_argument("--save", default=None, help="folder for --per-unit's profiles")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    if args.ratio_forms:
+    if args.per_unit:
+        nfcs = [int(n) for n in args.per_unit.split(",")]
+        compare_families(
+            pipe, args.samples, nfcs, trials=args.trials, confirm=args.confirm, seed=args.seed, save=args.save
+        )
+    elif args.ratio_forms:
         ratio_forms(pipe, args.samples, args.ratio_forms, args.trials)
     elif args.samples:
         compare_profiles(pipe, args.samples, args.profiles)

@@ -25,7 +25,8 @@ import torch
 from rfcache.calibrate.errormodel import ErrorModel
 from rfcache.calibrate.floor import check_budget_floor
 from rfcache.calibrate.inputs import InputSets, split_inputs
-from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer, ratio_choice
+from rfcache.calibrate.perunit import check_max_step_kinds, depth_moves, unit_candidates, unit_layout
+from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer, ratio_choice, run_candidates, run_key
 from rfcache.calibrate.search import (
     Candidate,
     check_budget,
@@ -64,6 +65,9 @@ class CalibrationResult:
 
     ``test`` and ``taylorseer``: mean per-sample rel-L2 on the test inputs with 95 % bootstrap
     intervals; ``ratio``: the paired per-sample ratio profile / TaylorSeer with its interval.
+    ``alternative``: the other family's best profile on the selection inputs (the step mask's where
+    a per-unit profile won, and the reverse; None without per-unit candidates), not tested: what a
+    calibration restricted to that family would have written.
     """
 
     profile: Profile
@@ -77,6 +81,8 @@ class CalibrationResult:
     confirmed: tuple[Candidate, ...]
     inputs: InputSets
     step_fit: RatioStepFit | None = None
+    unit_confirmed: tuple[Candidate, ...] = ()
+    alternative: Profile | None = None
 
     @property
     def test_rel_l2(self) -> float:
@@ -137,6 +143,8 @@ def calibrate(
     trace: Trace | None = None,
     record_batch: int | None = None,
     report: Callable[[str], None] | None = None,
+    per_unit: bool = True,
+    max_step_kinds: int | None = None,
     **run_keywords: Any,
 ) -> CalibrationResult:
     """Calibrate a static cache schedule for ``pipe`` that spends at most ``budget`` of the module FLOPs.
@@ -165,9 +173,13 @@ def calibrate(
     interval schedule nearest its NFC) are then measured on the ``test`` inputs, which no choice
     saw. Every input has its own seed (``seed``, ``seed + 1``, ...); prompts never repeat across
     the sets unless ``allow_overlap``.
+
+    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`; the profile is
+    per-unit only where that wins on the selection inputs); ``max_step_kinds`` bounds their step kinds.
     """
     run = _run_description(run, run_keywords)
     check_budget(budget)
+    check_max_step_kinds(max_step_kinds)
     if min(samples, selection, test, trials) < 1 or confirm < 0 or run.steps < 2:
         raise RfcacheError("samples, selection, test and trials must be >= 1, confirm >= 0 and steps >= 2")
     start = time.perf_counter()
@@ -179,26 +191,19 @@ def calibrate(
     )
     study, candidates = _search(job, fitted, budget, trials=trials, storage=storage, study_name=study_name)
     confirmed, diagnostics = confirm_candidates(fitted.scorer, candidates, measured, fitted.real_error, count=confirm)
+    units = _unit_search(fitted, confirmed, measured, budget, count=confirm, kinds=max_step_kinds) if per_unit else []
     frozen = [
         _freeze(job, fitted, cand, budget, name=name, trials=completed_trials(study), resolution=resolution)
-        for cand in confirmed[:3]  # the best few, chosen among on the selection inputs
+        for cand in [*confirmed[:3], *units[:2]]  # the best few of each family, chosen on the selection inputs
     ]
-    profile = _select(job, frozen, diagnostics, budget)
+    profile, alternative = _select(job, frozen, diagnostics, budget)
     profile, (test_err, ts_err, ratio) = _report_on_test(job, profile)
     assert fitted.scorer.model is not None
+    seconds, model, fit = time.perf_counter() - start, fitted.scorer.model, fitted.fits[0]
     return CalibrationResult(
-        profile,
-        test_err,
-        ts_err,
-        ratio,
-        time.perf_counter() - start,
-        tuple(candidates),
-        fitted.fits[0][0],
-        fitted.scorer.model,
-        tuple(confirmed),
-        job.sets,
-        fitted.fits[0][1],
-    )
+        profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit[0], model, tuple(confirmed), job.sets, fit[1],
+        tuple(units), alternative,
+    )  # fmt: skip
 
 
 def _run_description(run: RunSpec | None, keywords: dict[str, Any]) -> RunSpec:
@@ -323,8 +328,9 @@ class _Fitted:
         """Where each expert after the first starts."""
         return tuple(first for first, _ in self.spans[1:])
 
-    def real_error(self, params: dict[str, Any], pattern: str) -> float:
-        """A real run of the static ``pattern`` with the candidate's predictor on the calibration inputs."""
+    def real_error(self, params: dict[str, Any], pattern: str, rows: tuple[str, ...] | None = None) -> float:
+        """A real run of the static ``pattern`` (per-unit: its ``rows``, one per unit) with the candidate's
+        predictor on the calibration inputs."""
         cache: dict[str, Any] = {"predictor": params["predictor"], "order": int(params["order"])}
         per_expert = [_calibrated_ratios(params, f, sf) for f, sf in self.fits]
         if per_expert[0][0]:
@@ -338,6 +344,8 @@ class _Fitted:
                     ratio_slopes=dict(zip(self.components, slopes, strict=True)),
                 )
         mask = tuple(c == "C" for c in pattern)
+        if rows is not None:
+            cache["unit_masks"] = tuple(tuple(c == "C" for c in row) for row in rows)
         out, _ = self.job.cached(self.job.sets.calibration, method="static", mask=mask, **cache)
         return _rel_l2(out, self.reference)
 
@@ -398,6 +406,36 @@ def _search(
     return study, candidates
 
 
+def _unit_search(
+    fitted: _Fitted,
+    confirmed: list[Candidate],
+    measured: dict[tuple, float],
+    budget: float,
+    *,
+    count: int,
+    kinds: int | None,
+) -> list[Candidate]:
+    """Stage 4b, the per-unit family: its candidates for the predictor settings of the two best confirmed
+    step masks, the ``count`` best by estimate run for real on the calibration inputs, then local moves
+    from the best of those; all run, best measured first (none on a two-expert pipeline)."""
+    if len(fitted.spans) > 1:
+        logger.info("per-unit schedules are not searched on two-expert pipelines yet: step masks only")
+        return []
+    layout = unit_layout(fitted.job.model, fitted.trace)
+    settings: list[dict[str, Any]] = []
+    for cand in confirmed:
+        setting = {k: cand.params[k] for k in ("predictor", "order", "calibrated", "ratio_form") if k in cand.params}
+        if setting not in settings and len(settings) < 2:
+            settings.append(setting)
+    pool = unit_candidates(fitted.scorer, layout, settings, budget, max_step_kinds=kinds)
+    ran, _ = run_candidates(pool, measured, fitted.real_error, count=count)
+    if ran:
+        moves = depth_moves(fitted.scorer, layout, ran[0], budget, max_step_kinds=kinds)
+        ran += run_candidates(moves, measured, fitted.real_error, count=len(moves))[0]
+    unique = {run_key(c.params, c.pattern, c.rows): c for c in ran}
+    return sorted(unique.values(), key=lambda c: c.error)
+
+
 def _freeze(
     job: _Job, fitted: _Fitted, cand: Candidate, budget: float, *, name: str, trials: int, resolution: Any
 ) -> Profile:
@@ -407,25 +445,57 @@ def _freeze(
     one = replace(sampling, boundary_step=None)  # the first expert's profile, then each expert's entry
     identity = model_identity(job.model, get_adapter(job.model))
     profile = _profile(name, identity, one, cand, fitted.fits, budget, job.run.seed, trials, job.sets)
+    if cand.rows is not None:
+        profile = replace(profile, **_unit_fields(cand, unit_layout(job.model, fitted.trace), fitted.trace))
     profile = _with_experts(profile, job.pipe, sampling, fitted.spans, cand.params, fitted.fits)
     dtype = str(next(job.model.parameters()).dtype).removeprefix("torch.")  # what the user calibrated in (--dtype)
     return replace(profile, provenance=replace(profile.provenance, dtype=dtype))
 
 
-def _select(job: _Job, frozen: list[Profile], diagnostics: dict[str, float], budget: float) -> Profile:
-    """Stage 5, the selection among the confirmed candidates: the frozen profile with the lowest error
-    on the selection inputs, its achieved budget measured there."""
+def _unit_fields(cand: Candidate, layout: Any, trace: Trace) -> dict[str, Any]:
+    """A per-unit candidate's ``unit_schedules`` (one row per unit path; per kind group for ``unit-kind``),
+    ``unit_groups`` and ``unit_costs`` (each unit's analytic FLOPs per call, from the trace)."""
+    assert cand.rows is not None and trace.unit_costs is not None
+    costs = {path: float(trace.unit_costs[u, 0]) for u, path in enumerate(layout.paths)}
+    if cand.params.get("family") != "unit-kind":
+        return {"unit_schedules": dict(zip(layout.paths, cand.rows, strict=True)), "unit_costs": costs}
+    groups: dict[str, tuple[str, ...]] = {}
+    schedules: dict[str, str] = {}
+    for kind, path, row in zip(layout.kinds, layout.paths, cand.rows, strict=True):
+        groups[kind] = (*groups.get(kind, ()), path)
+        schedules[kind] = row
+    return {"unit_schedules": schedules, "unit_groups": groups, "unit_costs": costs}
+
+
+def _select(
+    job: _Job, frozen: list[Profile], diagnostics: dict[str, float], budget: float
+) -> tuple[Profile, Profile | None]:
+    """Stage 5, the selection among the confirmed candidates of both families: the frozen profile with
+    the lowest error on the selection inputs (a tie keeps the step mask, frozen first), its achieved
+    budget measured there; each family's best selection error is recorded in the diagnostics. Also
+    the other family's best, the same way (None where only one family was frozen)."""
     selection_reference = job.images(job.sets.selection)
-    best: tuple[float, Profile] | None = None
+    scored: list[tuple[float, Profile, float]] = []
     for profile in frozen:
-        profile = replace(profile, diagnostics={**profile.diagnostics, **diagnostics})
         out, s = job.cached(job.sets.selection, profile)
-        err = _rel_l2(out, selection_reference)
-        if best is None or err < best[0]:
-            quality = {**profile.quality, "selection_rel_l2": err}
-            best = (err, replace(profile, budget=Budget(budget, s.flops_fraction), quality=quality))
-    assert best is not None
-    return best[1]
+        scored.append((_rel_l2(out, selection_reference), profile, s.flops_fraction))
+    compare = {"selection_rel_l2_step_mask": min(e for e, p, _ in scored if not p.per_unit)}
+    if any(p.per_unit for _, p, _ in scored):
+        compare["selection_rel_l2_per_unit"] = min(e for e, p, _ in scored if p.per_unit)
+    best = min(scored, key=lambda t: t[0])
+    if "selection_rel_l2_per_unit" in compare:
+        compare["per_unit_won"] = float(best[1].per_unit)
+    other = [t for t in scored if t[1].per_unit != best[1].per_unit]
+
+    def frozen_as(err: float, profile: Profile, achieved: float) -> Profile:
+        return replace(
+            profile,
+            budget=Budget(budget, achieved),
+            quality={**profile.quality, "selection_rel_l2": err},
+            diagnostics={**profile.diagnostics, **diagnostics, **compare},
+        )
+
+    return frozen_as(*best), (frozen_as(*min(other, key=lambda t: t[0])) if other else None)
 
 
 def _report_on_test(job: _Job, profile: Profile) -> tuple[Profile, tuple[Interval, Interval, Interval]]:
@@ -435,7 +505,9 @@ def _report_on_test(job: _Job, profile: Profile) -> tuple[Profile, tuple[Interva
     out, _ = job.cached(job.sets.test, profile)
     test_errors = _rel_l2_per_sample(out, test_reference)
     adapter = get_adapter(job.model)
-    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(job.run.steps, profile.nfc, warmup=adapter.taylorseer_warmup)
+    # the interval schedule of the profile's full steps (per-unit: of its computed share of the FLOPs)
+    nfc = max(1, round(profile.computed_fraction() * job.run.steps))
+    ts_interval, ts_warmup, ts_nfc = interval_for_nfc(job.run.steps, nfc, warmup=adapter.taylorseer_warmup)
     out, _ = job.cached(job.sets.test, method="taylorseer", order=2, interval=ts_interval, warmup=ts_warmup)
     ts_errors = _rel_l2_per_sample(out, test_reference)
     test_err, ts_err, ratio = mean_interval(test_errors), mean_interval(ts_errors), paired_ratio(test_errors, ts_errors)

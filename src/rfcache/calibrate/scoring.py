@@ -31,7 +31,15 @@ from rfcache.calibrate.search import Candidate
 from rfcache.calibrate.trace import Trace
 from rfcache.schedules.masks import interval_mask, warped_mask
 
-__all__ = ["Scorer", "confirm_candidates", "fit_scorer", "pattern_text", "ratio_choice", "run_key"]
+__all__ = [
+    "Scorer",
+    "confirm_candidates",
+    "fit_scorer",
+    "pattern_text",
+    "ratio_choice",
+    "run_candidates",
+    "run_key",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +80,7 @@ class Scorer:
         self.model: ErrorModel | None = None
         self.fit_patterns: list[tuple[bool, ...]] = []  # the patterns of the real runs the model was fitted on
         self._errors: dict[tuple[str, int, str], ForecastErrors] = {}
-        self._optimal: dict[tuple[str, int, str, int], dict[int, tuple[bool, ...]]] = {}
+        self._optimal: dict[tuple[str, int, str, int, int], dict[int, tuple[bool, ...]]] = {}
 
     def set_model(self, model: ErrorModel) -> None:
         """Use ``model`` for estimates (the error model's favourite masks are recomputed)."""
@@ -109,17 +117,17 @@ class Scorer:
             return self.optimal(params)
         raise ValueError(f"unknown schedule family {family!r}")
 
-    def optimal(self, params: dict[str, Any]) -> tuple[bool, ...]:
-        """The error model's best mask with ``nfc`` full steps (falls back to the nearest count it reaches)."""
+    def optimal(self, params: dict[str, Any], *, most: int | None = None) -> tuple[bool, ...]:
+        """The error model's best mask with ``nfc`` full steps (falls back to the nearest count it reaches);
+        ``most``: the largest count searched (default ``max_nfc``; the per-unit family looks beyond it)."""
         if self.model is None:
             raise RuntimeError("the 'optimal' family needs a fitted error model")
         fe = self.errors(params)
         warmup, nfc = int(params.get("warmup", 0)), int(params["nfc"])
-        key = (fe.predictor, fe.order, ratio_choice(params), warmup)
+        most = self.max_nfc if most is None else most
+        key = (fe.predictor, fe.order, ratio_choice(params), warmup, most)
         if key not in self._optimal:
-            self._optimal[key] = optimal_masks(
-                fe, self.model, warmup=warmup, max_nfc=self.max_nfc, max_gap=self.max_gap
-            )
+            self._optimal[key] = optimal_masks(fe, self.model, warmup=warmup, max_nfc=most, max_gap=self.max_gap)
         masks = self._optimal[key]
         return masks[min(masks, key=lambda k: abs(k - nfc))]
 
@@ -159,16 +167,16 @@ def fit_scorer(
     return measured
 
 
-def run_key(params: dict[str, Any], pattern: str) -> tuple:
-    """What a real run of a candidate depends on: the pattern and the predictor's settings."""
-    return (pattern, params["predictor"], int(params["order"]), ratio_choice(params))
+def run_key(params: dict[str, Any], pattern: str, rows: tuple[str, ...] | None = None) -> tuple:
+    """What a real run of a candidate depends on: the pattern (per-unit: the rows) and the predictor's settings."""
+    return (pattern, rows, params["predictor"], int(params["order"]), ratio_choice(params))
 
 
 def confirm_candidates(
     scorer: Scorer,
     candidates: Sequence[Candidate],
     measured: dict[tuple, float],
-    real_error: Callable[[dict[str, Any], str], float],
+    real_error: Callable[..., float],
     *,
     count: int,
 ) -> tuple[list[Candidate], dict[str, float]]:
@@ -180,19 +188,7 @@ def confirm_candidates(
     R² and spread (labelled in-sample), and how well RCS's input-error signal tracks the module
     errors (:func:`fit_input_proxy`).
     """
-    confirmed: list[Candidate] = []
-    fresh: list[Candidate] = []
-    for cand in candidates:  # best estimate first
-        key = run_key(cand.params, cand.pattern)
-        if any(run_key(c.params, c.pattern) == key for c in confirmed):
-            continue
-        if key not in measured:
-            if len(fresh) >= count:
-                continue
-            measured[key] = real_error(cand.params, cand.pattern)
-            fresh.append(replace(cand, error=measured[key], estimate=cand.error))
-        confirmed.append(replace(cand, error=measured[key], estimate=cand.error))
-    confirmed.sort(key=lambda c: c.error)
+    confirmed, fresh = run_candidates(candidates, measured, real_error, count=count)
     model = scorer.model
     assert model is not None
     proxy = fit_input_proxy(scorer.trace, scorer.errors({"predictor": "relational", "order": 1}), scorer.fit_patterns)
@@ -215,6 +211,33 @@ def confirm_candidates(
         diagnostics["errmodel_spearman_out_of_sample"],
     )
     return confirmed, {k: float(v) for k, v in diagnostics.items() if np.isfinite(v)}  # a profile holds finite numbers
+
+
+def run_candidates(
+    candidates: Sequence[Candidate],
+    measured: dict[tuple, float],
+    real_error: Callable[..., float],
+    *,
+    count: int,
+) -> tuple[list[Candidate], list[Candidate]]:
+    """Real runs of the ``count`` best distinct candidates by estimate not yet in ``measured`` (which
+    gains them): all distinct candidates run, best measured first, and those run now. Per-unit
+    candidates (``rows``) run their rows, ``real_error(params, pattern, rows=rows)``."""
+    confirmed: list[Candidate] = []
+    fresh: list[Candidate] = []
+    for cand in candidates:  # best estimate first
+        key = run_key(cand.params, cand.pattern, cand.rows)
+        if any(run_key(c.params, c.pattern, c.rows) == key for c in confirmed):
+            continue
+        if key not in measured:
+            if len(fresh) >= count:
+                continue
+            rows = {"rows": cand.rows} if cand.rows is not None else {}
+            measured[key] = real_error(cand.params, cand.pattern, **rows)
+            fresh.append(replace(cand, error=measured[key], estimate=cand.error))
+        confirmed.append(replace(cand, error=measured[key], estimate=cand.error))
+    confirmed.sort(key=lambda c: c.error)
+    return confirmed, fresh
 
 
 def _log_r2(candidates: Sequence[Candidate]) -> float:

@@ -66,6 +66,10 @@ class Candidate:
 
     ``error`` is the search's objective (the error model's estimate) until a real run confirms
     the candidate; then it is the measured error and ``estimate`` keeps the objective.
+
+    ``rows`` (the per-unit family, :mod:`rfcache.calibrate.perunit`): one ``C``/``P`` row per unit in
+    the adapter's order, ``pattern`` then their intersection; None for a step mask (every unit
+    follows ``pattern``). ``trial`` is -1 for candidates made outside the Optuna study.
     """
 
     params: dict[str, Any]
@@ -74,6 +78,7 @@ class Candidate:
     error: float
     trial: int
     estimate: float | None = None
+    rows: tuple[str, ...] | None = None
 
 
 # (params) -> (pattern, flops_fraction, error) on the calibration inputs

@@ -62,6 +62,12 @@ class CalibrateConfig(RunFlags):
         "--shard, where each finished group is saved so a killed run resumes)",
         at_least=1,
     )
+    per_unit: bool = option(
+        True, "also search per-unit schedules (one C/P row per unit or group; one transformer only)"
+    )
+    max_step_kinds: int | None = option(
+        None, "per-unit schedules: at most this many distinct step kinds (default: unlimited)", at_least=2
+    )
     json: bool = option(False, "print one JSON object as the last line")
 
 
@@ -149,6 +155,8 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
             trace=trace,
             record_batch=cfg.record_batch,
             report=lambda line: print(line, file=sys.stderr, flush=True),
+            per_unit=cfg.per_unit,
+            max_step_kinds=cfg.max_step_kinds,
             **inputs,
         )
     except RfcacheError:
@@ -185,6 +193,9 @@ def _figures(cfg: CalibrateConfig, result: Any, path: Path, storage: str) -> dic
         "errmodel_out_of_sample_runs": int(p.diagnostics.get("errmodel_out_of_sample_runs", 0)),
         "errmodel_r2_in_sample": p.diagnostics.get("errmodel_r2_in_sample"),
         "confirmed": len(result.confirmed),
+        "per_unit": p.per_unit,
+        "selection_rel_l2_step_mask": p.diagnostics.get("selection_rel_l2_step_mask"),
+        "selection_rel_l2_per_unit": p.diagnostics.get("selection_rel_l2_per_unit"),
         "storage": storage,
         "json": cfg.json,
     }
@@ -211,6 +222,13 @@ def report(cfg: CalibrateConfig, r: dict[str, Any]) -> str:
         f" of log errors; in-sample R² {_num(r['errmodel_r2_in_sample'])}",
         f"time              {r['seconds']:.1f} s, {r['trials']} trials in {r['storage']}",
     ]
+    if r["selection_rel_l2_per_unit"] is not None:
+        won = "per-unit" if r["per_unit"] else "step mask"
+        lines.insert(
+            3,
+            f"family            {won} won on the selection inputs: rel-L2 {r['selection_rel_l2_step_mask']:.4f} "
+            f"step mask vs {r['selection_rel_l2_per_unit']:.4f} per-unit (best of each)",
+        )
     if r.pop("json"):
         lines.append(json.dumps(r))
     return "\n".join(lines)
@@ -282,7 +300,19 @@ def check_flags(cfg: CalibrateConfig, given: set[str]) -> None:
 
     if cfg.shard is None:
         return
-    unused = ("budget", "trials", "confirm", "storage", "study", "out", "selection", "test", "allow_overlap")
+    unused = (
+        "budget",
+        "trials",
+        "confirm",
+        "storage",
+        "study",
+        "out",
+        "selection",
+        "test",
+        "allow_overlap",
+        "per_unit",
+        "max_step_kinds",
+    )
     for name in unused:
         if name in given:
             flag = "--" + name.replace("_", "-")
