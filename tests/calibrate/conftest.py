@@ -38,7 +38,7 @@ def study_trials(storage: str, study: str) -> list[optuna.trial.FrozenTrial]:
         return []
 
 
-def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, *, timeout: float = 180) -> None:
+def wait_until(condition: Callable[[], bool], proc: subprocess.Popen, *, timeout: float = 600) -> None:
     """Poll ``condition`` until it holds; fail if ``proc`` ends first or time runs out."""
     deadline = time.monotonic() + timeout
     while not condition():

@@ -49,7 +49,7 @@ def test_workers_never_pop_the_same_enqueued_trial(kind, tmp_path, request):
         subprocess.Popen([sys.executable, "-c", _POP, storage], stdout=subprocess.PIPE, text=True, env=worker_env())
         for _ in range(2)
     ]
-    popped = [[int(t) for t in w.communicate(timeout=120)[0].split()] for w in workers]
+    popped = [[int(t) for t in w.communicate(timeout=600)[0].split()] for w in workers]
     assert all(w.returncode == 0 for w in workers)
     assert sorted(popped[0] + popped[1]) == sorted(t._trial_id for t in study.trials)
 
