@@ -195,9 +195,9 @@ def validate_engine(data: dict[str, Any], path: Path) -> None:
     for key, kind in _REQUIRED.items():
         if not isinstance(data.get(key), kind):
             raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    _validate_schedule(data, path)  # first: a per-unit schedule says which step graphs there are
     _validate_graphs(data, path)
     _validate_axes(data, path)
-    _validate_schedule(data, path)
     _validate_sampling(data, path)
 
 
@@ -226,7 +226,7 @@ def validate_experts(data: dict[str, Any], path: Path) -> None:
 def _validate_graphs(data: dict[str, Any], path: Path) -> None:
     graphs = data["graphs"]
     kinds = data["schedule"].get("kinds")
-    steps = [kind_graph(i) for i in range(len(kinds))] if isinstance(kinds, list) else ["full", "cached"]
+    steps = [kind_graph(i) for i in range(len(kinds))] if kinds is not None else ["full", "cached"]
     for name in steps:
         if name not in graphs:
             raise BundleError(f"{path}: graphs.{name} missing")
