@@ -25,7 +25,10 @@ def _per_unit(pipe, **kwargs):
 
 @pytest.fixture(
     scope="module",
-    params=[pytest.param(("relational", 2), id="rfe"), pytest.param(("taylor", 1), id="taylor", marks=pytest.mark.slow)],
+    params=[
+        pytest.param(("relational", 2), id="rfe"),
+        pytest.param(("taylor", 1), id="taylor", marks=pytest.mark.slow),
+    ],
 )
 def eager_and_compiled(request):
     """Eager output, then two compiled generations with dynamo's graph count after each."""
