@@ -13,20 +13,27 @@ PyTorch full compute, PyTorch with the profile (rfcache.enable), the ONNX Runtim
 graph (a bundle of the all-compute schedule) and the ONNX Runtime bundle of the profile. Also
 reports export time and bundle size, and the max abs difference between the bundle's images and
 the PyTorch runtime's with the same profile.
+
+The per-unit rows: the same interval with each block's full steps shifted by its index (_per_unit.py:
+every unit computes as often as under the step mask, equal FLOPs, almost every step a different
+mix), run by PyTorch and as a per-unit bundle (one graph per step kind), side by side with the rest.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import torch
 
 import rfcache
+from _per_unit import kinds_of, staggered_profile  # benchmarks/ is the script's folder
 from rfcache.export import OrtRunner, export, load_bundle
 from rfcache.models.toy import random_dit_pipeline
 from rfcache.runtime.identity import model_identity
@@ -55,8 +62,9 @@ def _torch(pipe, seed: int = 0) -> np.ndarray:
     return pipe(class_labels=LABELS, num_inference_steps=STEPS, generator=torch.Generator().manual_seed(seed)).images
 
 
-def profile_within(pipe, budget: float) -> Profile:
-    """The uniform RFE m=1 schedule with the most full steps whose measured FLOP fraction fits."""
+def profile_within(pipe, budget: float) -> tuple[Profile, Profile]:
+    """The uniform RFE m=1 schedule with the most full steps whose measured FLOP fraction fits, and
+    its per-unit counterpart at the same FLOPs (each block's full steps shifted)."""
     for nfc in range(int(budget * STEPS), 2, -1):
         interval, warmup, _ = interval_for_nfc(STEPS, nfc)
         schedule = "".join("C" if c else "P" for c in interval_mask(STEPS, interval, warmup))
@@ -66,7 +74,13 @@ def profile_within(pipe, budget: float) -> Profile:
         fraction = rfcache.summary(pipe).flops_fraction
         rfcache.disable(pipe)
         if fraction <= budget:
-            return _profile(pipe, schedule, fraction, budget)
+            profile = _profile(pipe, schedule, fraction, budget)
+            per_unit = staggered_profile(pipe, profile, interval=interval, warmup=warmup)
+            rfcache.enable(pipe, per_unit)
+            _torch(pipe)
+            measured = rfcache.summary(pipe).flops_fraction
+            rfcache.disable(pipe)
+            return profile, replace(per_unit, budget=Budget(budget, measured))
     raise SystemExit(f"no uniform schedule fits budget {budget}")
 
 
@@ -78,9 +92,10 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=16, help="latent size: 16 (64 tokens) or 32 (DiT-S/2, 256 px)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    _load = os.getloadavg()
 
     pipe = random_dit_pipeline(args.size)
-    profile = profile_within(pipe, args.budget)
+    profile, per_unit = profile_within(pipe, args.budget)
     full_profile = _profile(pipe, "C" * STEPS, 1.0, 1.0)
     # the same pattern with no predictor arithmetic: what a cached step costs beyond the skeleton
     reuse_profile = _profile(pipe, profile.schedule, profile.budget.achieved, args.budget, predictor="reuse")
@@ -93,12 +108,17 @@ def main() -> None:
         ort_cached = OrtRunner(load_bundle(path), threads=args.threads)
         ort_full = OrtRunner(load_bundle(export(pipe, full_profile, Path(tmp) / "full")), threads=args.threads)
         ort_reuse = OrtRunner(load_bundle(export(pipe, reuse_profile, Path(tmp) / "reuse")), threads=args.threads)
+        started = time.perf_counter()
+        unit_path = export(pipe, per_unit, Path(tmp) / "per-unit")
+        unit_export_seconds = time.perf_counter() - started
+        unit_size = sum(f.stat().st_size for f in unit_path.rglob("*") if f.is_file())
+        ort_unit = OrtRunner(load_bundle(unit_path), threads=args.threads)
 
         def torch_full() -> np.ndarray:
             return _torch(pipe)
 
-        def torch_cached() -> np.ndarray:
-            rfcache.enable(pipe, profile)
+        def torch_cached(which: Profile = profile) -> np.ndarray:
+            rfcache.enable(pipe, which)
             try:
                 return _torch(pipe)
             finally:
@@ -110,6 +130,8 @@ def main() -> None:
             "ort full graph": lambda: ort_full.generate(LABELS, seed=0).images,
             "ort bundle": lambda: ort_cached.generate(LABELS, seed=0).images,
             "ort bundle, reuse": lambda: ort_reuse.generate(LABELS, seed=0).images,
+            "pytorch per-unit": lambda: torch_cached(per_unit),
+            "ort per-unit bundle": lambda: ort_unit.generate(LABELS, seed=0).images,
         }
         outputs = {name: run() for name, run in runs.items()}  # warm-up, and the outputs compared below
         times: dict[str, list[float]] = {name: [] for name in runs}
@@ -129,9 +151,14 @@ def main() -> None:
     print(f"CPU, {args.threads} threads; median of {args.repeats}, runs interleaved after a warm-up")
     print(f"profile: RFE m=1 uniform, NFC {profile.nfc}, FLOP fraction {fraction:.3f} (budget {args.budget})")
     print(f"pattern: {profile.schedule}\n")
-    print(f"{'run':<16} {'seconds':>8} {'vs pytorch full':>16}")
+    print(
+        f"per-unit profile: the same interval, each block's full steps shifted by its index, NFC {profile.nfc} per "
+        f"unit, FLOP fraction {per_unit.budget.achieved:.3f}, {kinds_of(per_unit)} step kinds"
+    )
+    print(f"loadavg before: {' '.join(f'{v:.1f}' for v in _load)}; after: {_loadavg()}\n")
+    print(f"{'run':<20} {'seconds':>8} {'vs pytorch full':>16}")
     for name, seconds in median.items():
-        print(f"{name:<16} {seconds:>8.3f} {median['pytorch full'] / seconds:>15.2f}x")
+        print(f"{name:<20} {seconds:>8.3f} {median['pytorch full'] / seconds:>15.2f}x")
     print()
     print(f"ort bundle vs pytorch full      {median['pytorch full'] / median['ort bundle']:.2f}x  (goal >= 4)")
     ideal = 1 / fraction
@@ -145,9 +172,26 @@ def main() -> None:
         print(f"{name + ':':<19} a cached step costs {per_cached / full_step:.2f} of a full step (estimated)")
     diff = float(np.abs(outputs["ort bundle"] - outputs["pytorch cached"]).max())
     print(f"bundle vs pytorch cached        max abs difference {diff:.2e} (images in [0, 1])")
+    unit_diff = float(np.abs(outputs["ort per-unit bundle"] - outputs["pytorch per-unit"]).max())
+    print(f"per-unit bundle vs pytorch      max abs difference {unit_diff:.2e} (images in [0, 1])")
+    mask_speedup, unit_speedup = got, median["ort full graph"] / median["ort per-unit bundle"]
+    print(
+        f"per-unit vs step mask, bundle   {unit_speedup:.2f}x vs {mask_speedup:.2f}x against the ort full graph "
+        f"({unit_speedup / mask_speedup:.3f} of it; target >= 0.90)"
+    )
+    torch_mask, torch_unit = (median["pytorch full"] / median[n] for n in ("pytorch cached", "pytorch per-unit"))
+    print(
+        f"per-unit vs step mask, pytorch  {torch_unit:.2f}x vs {torch_mask:.2f}x against pytorch full "
+        f"({torch_unit / torch_mask:.3f} of it; target >= 0.90)"
+    )
     print(f"export                          {export_seconds:.1f} s, bundle {size / 1e6:.1f} MB")
     for name, nbytes in sorted(files.items()):
         print(f"  {name:<22} {nbytes / 1e6:>7.2f} MB")
+    print(f"per-unit export                 {unit_export_seconds:.1f} s, bundle {unit_size / 1e6:.1f} MB")
+
+
+def _loadavg() -> str:
+    return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
 if __name__ == "__main__":

@@ -55,6 +55,10 @@ SPEED_METHODS: dict[str, dict[str, Any]] = {
     "taylorseer-m2": {"method": "taylorseer", "interval": 4, "order": 2},
     "rfe-m1": {"method": "rfe", "interval": 4, "order": 1},
     "rfe-m2": {"method": "rfe", "interval": 4, "order": 2},
+    # RFE m=2 as profiles: the same interval as a step mask, and per unit with each block's full
+    # steps shifted by its index (_per_unit.py: equal FLOPs, almost every step a different mix)
+    "rfe-m2-mask": {"profile": "step-mask"},
+    "rfe-m2-per-unit": {"profile": "per-unit"},
 }
 
 
@@ -186,7 +190,7 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str], c
     parts = StepParts(pipe, steps=steps)
     runs = [Run("unmodified", pipe), Run("shared conditioning", pipe, {"method": "none", "share_conditioning": True})]
     runs.append(Run(ATTAINABLE, pipe, skeleton=SkeletonOnly(pipe, pattern)))
-    runs += [Run(m, pipe, {**SPEED_METHODS[m], "share_conditioning": True}) for m in methods]
+    runs += [Run(m, pipe, {**_params(m, pipe, steps), "share_conditioning": True}) for m in methods]
     if compile:  # each on a pipeline of its own (the same seeded weights), compiled in the warm-up round
         torch._dynamo.reset()
         # the pipelines share the transformer's forward code: two variants each must all stay cached
@@ -195,7 +199,7 @@ def speed_report(tokens: int, *, steps: int, repeats: int, methods: list[str], c
         plain.transformer.forward = torch.compile(plain.transformer.forward, fullgraph=True, dynamic=False)
         runs.append(Run(f"unmodified{COMPILED}", plain))
         for m in methods:
-            params = {**SPEED_METHODS[m], "share_conditioning": True, "compile": True}
+            params = {**_params(m, pipe, steps), "share_conditioning": True, "compile": True}
             runs.append(Run(m + COMPILED, random_dit_pipeline(sample_size=sample_size), params, kept=True))
     seconds: dict[str, list[float]] = {run.name: [] for run in runs}
     warmup: dict[str, float] = {}
@@ -430,6 +434,31 @@ def _timed(fn: Callable[[], Any], rounds: int) -> float:
         fn()
         values.append(time.perf_counter() - start)
     return statistics.median(values)
+
+
+def _params(method: str, pipe: Any, steps: int) -> dict[str, Any]:
+    """``enable()`` arguments of ``method``: its SPEED_METHODS entry, a profile made for ``pipe``."""
+    params = SPEED_METHODS[method]
+    if "profile" not in params:
+        return params
+    import rfcache
+    from _per_unit import staggered_profile  # benchmarks/ is the script's folder
+    from rfcache.runtime.identity import model_identity
+    from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+
+    size = pipe.transformer.config.sample_size
+    profile = Profile(
+        name="rfe-m2-interval-4",
+        model=model_identity(pipe.transformer, rfcache.get_adapter(pipe.transformer)),
+        sampling=SamplingSetup("DDIMScheduler", steps, "cfg", (4, size, size)),
+        method=MethodSpec("relational", 2, "interval"),
+        schedule=_interval_pattern(steps),
+        budget=Budget(1.0, 1.0),
+        provenance=Provenance("benchmark: uniform interval, not calibrated", 0, 0, "now"),
+    )
+    if params["profile"] == "per-unit":
+        profile = staggered_profile(pipe, profile, interval=4, warmup=2)
+    return {"profile": profile}
 
 
 def _interval_pattern(steps: int, interval: int = 4, warmup: int = 2) -> str:

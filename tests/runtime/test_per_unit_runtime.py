@@ -10,7 +10,7 @@ import rfcache
 import rfcache.runtime.session as session_module
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime.api import get_session
-from rfcache.schedules import PER_UNIT_EAGER_ONLY, Profile, ProfileError
+from rfcache.schedules import Profile, ProfileError
 from rfcache.schedules.masks import rows_intersection, unit_flops_fraction
 from tests.conftest import generate, make_profile
 
@@ -132,19 +132,6 @@ def test_unit_names_are_checked_against_the_model(tiny_pipe):
     rows = {**dict.fromkeys(paths[1:], SCHEDULE), "transformer_blocks.99.attn1": SCHEDULE}
     with pytest.raises(ProfileError, match="names 'transformer_blocks.99.attn1', not a unit of this model"):
         rfcache.enable(tiny_pipe, _per_unit(tiny_pipe, rows))
-
-
-def test_compile_and_export_refuse_a_per_unit_profile(tiny_pipe, tmp_path):
-    profile = _per_unit(tiny_pipe, _varied_rows(_paths(tiny_pipe)))
-    with pytest.raises(rfcache.RfcacheError, match="per-unit profiles run eager for now") as caught:
-        rfcache.enable(tiny_pipe, profile, compile=True)
-    assert str(caught.value) == PER_UNIT_EAGER_ONLY
-    with pytest.raises(rfcache.RfcacheError, match="per-unit profiles run eager for now"):
-        rfcache.export(tiny_pipe, profile, tmp_path / "bundle")
-    assert not (tmp_path / "bundle").exists()
-    rfcache.enable(tiny_pipe, profile)  # eager runs it
-    generate(tiny_pipe, steps=STEPS)
-    assert rfcache.summary(tiny_pipe).unit_patterns == tuple(profile.unit_rows().values())
 
 
 def test_sequential_and_batched_cfg_agree_under_per_unit_rows(tiny_pipe):

@@ -7,6 +7,8 @@ A single-engine bundle is a folder::
     profile.yaml             the profile the bundle was made from
     full.onnx(.data)         the full-step graph (+ external weights); ``full.pt2`` for aoti
     cached.onnx(.data)       the cached-step graph (+ the skeleton's weights); ``cached.pt2``
+    kind{i}.onnx(.data)      a per-unit profile's bundle instead: one step graph per step kind
+                             (which units it computes), ``kind0`` every unit (format version 4)
     conditioning.onnx(.data) every step's timestep embedding and modulation, where the model has them
     decoder.onnx(.data)      the VAE decoder, for class-conditional pipelines with a VAE
     *.plan                   TensorRT engines, when built
@@ -43,10 +45,11 @@ from rfcache.export.manifest import (
     content_hash,
     graph_spec,
     is_expert_manifest,
+    kind_graph,
     parse_manifest,
 )
 from rfcache.outputs import check_folder_output, replace_folder
-from rfcache.schedules import PER_UNIT_EAGER_ONLY, Profile, ProfileError
+from rfcache.schedules import Profile, ProfileError
 
 __all__ = ["BundleFolder", "EngineFolder", "ExpertFolder", "read_folder", "sha256", "write_bundle"]
 
@@ -109,6 +112,22 @@ class EngineFolder(BundleFolder):
         return sorted(self.graphs)
 
     @property
+    def kinds(self) -> list[str] | None:
+        """A per-unit bundle's step kinds (``C``/``P`` per unit, in the graphs' unit order); None for a
+        step-mask bundle (graphs ``full`` and ``cached``)."""
+        return self.manifest["schedule"].get("kinds")
+
+    @property
+    def step_kinds(self) -> list[int] | None:
+        """A per-unit bundle's kind at each step (an index into :attr:`kinds`); None for a step-mask bundle."""
+        return self.manifest["schedule"].get("step_kinds")
+
+    @property
+    def full_graph(self) -> str:
+        """The step graph that computes every unit: ``full``, or a per-unit bundle's ``kind0``."""
+        return "full" if self.kinds is None else kind_graph(0)
+
+    @property
     def sampling(self) -> dict[str, Any]:
         return self.manifest["sampling"]
 
@@ -162,11 +181,29 @@ def _verified(path: str | os.PathLike[str]) -> tuple[Path, dict[str, Any], Profi
         profile = Profile.from_yaml((root / PROFILE).read_text(encoding="utf-8"), source=str(root / PROFILE))
     except ProfileError as exc:
         raise BundleError(str(exc)) from None
-    if profile.per_unit:
-        raise BundleError(f"{root / PROFILE}: {PER_UNIT_EAGER_ONLY}")
     if profile.schedule != manifest["schedule"]["mask"]:
         raise BundleError(f"{root / MANIFEST}: schedule.mask does not match {PROFILE}'s schedule")
+    if not is_expert_manifest(manifest):
+        _check_unit_rows(root, manifest["schedule"], profile)
     return root, manifest, profile
+
+
+def _check_unit_rows(root: Path, schedule: dict[str, Any], profile: Profile) -> None:
+    """A per-unit bundle's step kinds are its profile's rows; a step-mask bundle's profile has none."""
+    kinds, steps = schedule.get("kinds"), schedule.get("step_kinds")
+    if kinds is None or not profile.per_unit:
+        if kinds is not None or profile.per_unit:
+            which = "has no" if kinds is None else "has"
+            raise BundleError(f"{root / MANIFEST}: {which} step kinds, but {PROFILE} says otherwise (per-unit or not)")
+        return
+    try:
+        masks = profile.unit_masks(schedule["units"])
+    except ProfileError as exc:
+        raise BundleError(f"{root / PROFILE}: {exc}") from None
+    for unit, (path, mask) in enumerate(zip(schedule["units"], masks, strict=True)):
+        row = "".join(kinds[k][unit] for k in steps)
+        if row != "".join("C" if m else "P" for m in mask):
+            raise BundleError(f"{root / MANIFEST}: the step kinds give {path} the row {row}, {PROFILE} another")
 
 
 def write_bundle(out: str | os.PathLike[str], fill: Callable[[Path], dict[str, Any]], *, force: bool = False) -> Path:

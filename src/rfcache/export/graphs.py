@@ -16,6 +16,13 @@ mechanism), so the graphs hold exactly what the PyTorch runtime computes:
   step-linear one (a profile's ``ratio_form``) as its per-unit intercept and slope, with the step's
   position (``rfcache.schedules.ratio_position``) as one more, last, entry of ``coeffs``, so the
   graph computes ``s = a + b * position`` as the PyTorch runtime does.
+- **step kind** (a per-unit profile's bundle; ``computed`` says which units run): a computed unit
+  runs and refreshes its state as at a full step, a predicted one is predicted as at a cached step,
+  each with its own history: the input ``unit_coeffs`` has one row per unit, a computed unit's
+  distance to its previous computation in column 0, a predicted unit's ``coeffs``. Inputs: the
+  transformer's inputs, ``unit_coeffs``, the computed units' previous state (``prev.``) and the
+  predicted units' state. Outputs: the model output, then the computed units' new state. The
+  kind with every unit computed is the full step with per-unit distances.
 - **conditioning**: what the adapter's ``conditioning_paths`` compute from the timestep and the
   per-sample condition (timestep MLPs, adaLN linears), for many steps in one batched pass (its
   ``shared_conditioning``). Inputs: the timestep argument of every step ``(steps, batch)`` and the
@@ -36,7 +43,7 @@ from typing import Any
 
 import torch
 
-from rfcache.export.manifest import CONDITIONING_PREFIX
+from rfcache.export.manifest import CONDITIONING_PREFIX, PREVIOUS
 from rfcache.models import BlockAdapter, CacheUnit, Granularity
 from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
 from rfcache.runtime.outputs import flatten_output, unflatten_output
@@ -177,6 +184,25 @@ class StepGraphs:
     def cached_module(self) -> torch.nn.Module:
         return _StepModule(self, full=False)
 
+    def kind_module(self, computed: tuple[bool, ...]) -> torch.nn.Module:
+        """A per-unit step kind's module: the units ``computed`` names run, the others are predicted."""
+        return _StepModule(self, full=False, computed=computed)
+
+    def kind_reads(self, computed: tuple[bool, ...]) -> list[tuple[str, StateTensor]]:
+        """A step kind's state inputs, in state order, with their input names: a computed unit's
+        previous state (``prev.``, what a full step reads), a predicted unit's whole state."""
+        reads = []
+        for s in self._state_specs.values():
+            if not computed[_unit_of(s.name)]:
+                reads.append((s.name, s))
+            elif self._is_full_input(s.name):
+                reads.append((f"{PREVIOUS}{s.name}", s))
+        return reads
+
+    def kind_writes(self, computed: tuple[bool, ...]) -> list[StateTensor]:
+        """A step kind's state outputs: the computed units' new state, in state order."""
+        return [s for s in self._state_specs.values() if computed[_unit_of(s.name)]]
+
     def conditioning_module(self, example: dict[str, torch.Tensor]) -> torch.nn.Module:
         """``forward(timesteps (steps, batch), *condition_inputs)`` -> every ``c.*`` tensor, ``(steps, batch, ...)``.
 
@@ -228,7 +254,7 @@ class StepGraphs:
         u, spec = unit.index, self.spec
         for j, o in enumerate(tensors):
             prev = [ctx.state_in.get(f"u{u}.o{j}.d{i}", torch.zeros_like(o)) for i in range(spec.keep)]
-            differences = update_differences(prev, o, ctx.distance, spec.keep)
+            differences = update_differences(prev, o, ctx.distance_of(u), spec.keep)
             for i, d in enumerate(differences):
                 ctx.out(f"u{u}.o{j}.d{i}", d)
             if spec.predictor == "relational":
@@ -251,14 +277,13 @@ class StepGraphs:
             if spec.predictor == "reuse":
                 preds.append(diffs[0])
             elif spec.predictor == "taylor":
-                preds.append(weighted_sum(diffs, ctx.weights()))
+                preds.append(weighted_sum(diffs, ctx.weights(u)))
             else:
                 x = self.adapter.unit_input(self.model, unit, args, kwargs)
                 if spec.ratios is not None:
                     ratio = torch.full((x.shape[0],), spec.ratios[u], dtype=torch.float32, device=x.device)
                     if spec.ratio_slopes is not None:
-                        assert ctx.coeffs is not None
-                        ratio = ratio + spec.ratio_slopes[u] * ctx.coeffs[spec.keep + 1].float()
+                        ratio = ratio + spec.ratio_slopes[u] * ctx.coeffs_of(u)[spec.keep + 1].float()
                 else:
                     ratio = ctx.state_in[f"u{u}.o{j}.s"]
                 gram = {
@@ -266,7 +291,8 @@ class StepGraphs:
                     for a in range(1, spec.keep + 1)
                     for b in range(a, spec.keep + 1)
                 }
-                preds.append(gram_relational_forecast(diffs, ctx.weights(), gram, ratio, x, ctx.state_in[f"u{u}.in"]))
+                weights = ctx.weights(u)
+                preds.append(gram_relational_forecast(diffs, weights, gram, ratio, x, ctx.state_in[f"u{u}.in"]))
         return _unflatten(preds, layout)
 
 
@@ -279,11 +305,26 @@ class _StepContext:
     graphs: StepGraphs | None = None
     probing: bool = False
     conditioning: dict[str, torch.Tensor] | None = None
+    unit_coeffs: torch.Tensor | None = None  # a step kind's: one row per unit
 
-    def weights(self) -> list[Any]:
-        """The step's ``coeffs`` with ``D_0``'s weight as the constant 1 it always is (no pass to scale it)."""
-        assert self.coeffs is not None and self.graphs is not None
-        return [1.0, *self.coeffs.unbind()[1 : self.graphs.spec.keep + 1]]
+    def distance_of(self, unit: int) -> torch.Tensor:
+        """Steps since the unit's previous computation: the full step's, or the unit's own (a step kind)."""
+        if self.unit_coeffs is not None:
+            return self.unit_coeffs[unit, 0]
+        assert self.distance is not None
+        return self.distance
+
+    def coeffs_of(self, unit: int) -> torch.Tensor:
+        """The unit's ``coeffs`` at a cached step: the step's, or the unit's own row (a step kind)."""
+        if self.unit_coeffs is not None:
+            return self.unit_coeffs[unit]
+        assert self.coeffs is not None
+        return self.coeffs
+
+    def weights(self, unit: int) -> list[Any]:
+        """The unit's ``coeffs`` with ``D_0``'s weight as the constant 1 it always is (no pass to scale it)."""
+        assert self.graphs is not None
+        return [1.0, *self.coeffs_of(unit).unbind()[1 : self.graphs.spec.keep + 1]]
 
     def out(self, name: str, tensor: torch.Tensor) -> None:
         assert self.state_out is not None and self.graphs is not None
@@ -293,11 +334,12 @@ class _StepContext:
 
 
 class _StepModule(torch.nn.Module):
-    """``forward(*transformer_inputs, distance|coeffs, *state)``; see the module docstring."""
+    """``forward(*transformer_inputs, distance|coeffs|unit_coeffs, *conditioning, *state)``; see the
+    module docstring."""
 
-    def __init__(self, graphs: StepGraphs, *, full: bool) -> None:
+    def __init__(self, graphs: StepGraphs, *, full: bool, computed: tuple[bool, ...] | None = None) -> None:
         super().__init__()
-        self.graphs, self.full = graphs, full
+        self.graphs, self.full, self.computed = graphs, full, computed
         self.transformer = graphs.model
 
     def forward(self, *tensors: torch.Tensor, _probe: bool = False) -> tuple[torch.Tensor, ...]:
@@ -307,6 +349,8 @@ class _StepModule(torch.nn.Module):
         constant = tensors[n]
         c = len(g.conditioning)
         conditioning = dict(zip([s.name for s in g.conditioning], tensors[n + 1 : n + 1 + c], strict=True))
+        if self.computed is not None:
+            return self._kind(model_inputs, constant, conditioning, tensors[n + 1 + c :])
         names = [s.name for s in (g.full_inputs if self.full else g.state)]
         state_in = dict(zip(names, tensors[n + 1 + c :], strict=True))
         if self.full:
@@ -325,6 +369,31 @@ class _StepModule(torch.nn.Module):
             return (out,)
         assert ctx.state_out is not None
         return (out, *(ctx.state_out[s.name] for s in g.state))
+
+    def _kind(
+        self,
+        model_inputs: dict[str, torch.Tensor],
+        unit_coeffs: torch.Tensor,
+        conditioning: dict[str, torch.Tensor],
+        state: tuple[torch.Tensor, ...],
+    ) -> tuple[torch.Tensor, ...]:
+        """A step kind: the computed units as at a full step, the others as at a cached step."""
+        g, computed = self.graphs, self.computed
+        assert computed is not None
+        state_in = {s.name: t for (_, s), t in zip(g.kind_reads(computed), state, strict=True)}
+        ctx = _StepContext(state_in, state_out={}, graphs=g, conditioning=conditioning, unit_coeffs=unit_coeffs)
+
+        def hook(unit: CacheUnit, original: Callable[..., Any], args: tuple, kwargs: dict) -> Any:
+            run = g._full_unit if computed[unit.index] else g._cached_unit
+            return run(unit, original, args, kwargs, ctx)
+
+        g._attach(hook, ctx)
+        try:
+            out = self.transformer(**model_inputs, **g.constants, return_dict=False)[0]
+        finally:
+            g._detach()
+        assert ctx.state_out is not None
+        return (out, *(ctx.state_out[s.name] for s in g.kind_writes(computed)))
 
 
 class _ConditioningModule(torch.nn.Module):
@@ -351,6 +420,11 @@ class _ConditioningModule(torch.nn.Module):
             flat, _ = _flatten(out[path])
             tensors.extend(t.unflatten(0, (steps, batch)) for t in flat)
         return tuple(tensors)
+
+
+def _unit_of(name: str) -> int:
+    """The unit index of a state tensor's name (``u{unit}.…``)."""
+    return int(name[1:].split(".", 1)[0])
 
 
 def _conditioning_names(path: str, layout: _Layout) -> list[str]:

@@ -26,7 +26,7 @@ import torch
 
 from rfcache.export.backends import open_runner
 from rfcache.export.bundle import EngineFolder, ExpertFolder, read_folder
-from rfcache.export.manifest import CONDITIONING_PREFIX, DISTANCE, PREVIOUS, BundleError
+from rfcache.export.manifest import CONDITIONING_PREFIX, DISTANCE, PREVIOUS, UNIT_COEFFS, BundleError
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.models import get_adapter
 from rfcache.runtime.conditioning import predicted_timesteps
@@ -92,9 +92,10 @@ class EngineTransformer(torch.nn.Module):
         param = next(original.parameters())
         self.register_buffer("_anchor", torch.zeros((), dtype=param.dtype, device=param.device), persistent=False)
         self._names = [n for n in inspect.signature(original.forward).parameters if n != "self"]
-        full = bundle.graphs["full"].inputs
+        full = bundle.graphs[bundle.full_graph].inputs
+        skip = {DISTANCE, UNIT_COEFFS}
         self._inputs = [
-            t.name for t in full if t.name != DISTANCE and not t.name.startswith((PREVIOUS, CONDITIONING_PREFIX))
+            t.name for t in full if t.name not in skip and not t.name.startswith((PREVIOUS, CONDITIONING_PREFIX))
         ]
         self._timestep: float | None = None
         self._run: Any = None  # the scheduler's timesteps of the current generation

@@ -31,8 +31,11 @@ __all__ = [
     "DISTANCE",
     "MANIFEST",
     "MODEL_OUTPUT",
+    "PER_UNIT_VERSION",
     "PREVIOUS",
     "PROFILE",
+    "READ_VERSIONS",
+    "UNIT_COEFFS",
     "BundleError",
     "GraphSpec",
     "TensorSpec",
@@ -43,6 +46,7 @@ __all__ = [
     "first_line",
     "graph_spec",
     "is_expert_manifest",
+    "kind_graph",
     "parse_manifest",
     "resolve_shape",
     "validate_engine",
@@ -51,6 +55,8 @@ __all__ = [
 
 BUNDLE_FORMAT = "rfcache-bundle"
 BUNDLE_VERSION = 3  # 3: the text token axis (``axes.text``; ``"text"`` / ``"text+K"`` in shapes)
+PER_UNIT_VERSION = 4  # 4: a per-unit profile's bundle, one step graph per step kind (``schedule.kinds``)
+READ_VERSIONS = (BUNDLE_VERSION, PER_UNIT_VERSION)
 MANIFEST = "manifest.json"
 PROFILE = "profile.yaml"
 MAX_MANIFEST_BYTES = 16 << 20
@@ -59,6 +65,9 @@ MAX_MANIFEST_BYTES = 16 << 20
 MODEL_OUTPUT = "sample"  # the transformer's output, first output of both step graphs
 DISTANCE = "distance"  # the full graph's input: steps since the previous full step
 COEFFS = "coeffs"  # the cached graph's input at the same place: k^i / i! (and a step-linear ratio's position)
+# a step-kind graph's input at the same place, one row per unit: a computed unit's distance (column 0),
+# a predicted unit's coeffs
+UNIT_COEFFS = "unit_coeffs"
 PREVIOUS = "prev."  # prefix of the full graph's inputs that are the previous full step's state
 CONDITIONING_PREFIX = "c."  # prefix of the conditioning graph's outputs, the step graphs' c.* inputs
 DECODER_INPUT = "latents"
@@ -157,8 +166,11 @@ def parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
         raise BundleError(f"{path}: expected a JSON object, got {type(data).__name__}")
     if data.get("format") != BUNDLE_FORMAT:
         raise BundleError(f"{path}: format is {data.get('format')!r}, expected {BUNDLE_FORMAT!r}")
-    if data.get("format_version") != BUNDLE_VERSION:
-        raise BundleError(f"{path}: format_version {data.get('format_version')!r}; this rfcache reads {BUNDLE_VERSION}")
+    if data.get("format_version") not in READ_VERSIONS:
+        raise BundleError(
+            f"{path}: format_version {data.get('format_version')!r}; this rfcache reads "
+            f"{' and '.join(map(str, READ_VERSIONS))}"
+        )
     if data.get("content_sha256") != content_hash(data):
         raise BundleError(f"{path}: content_sha256 does not match its content; the manifest was altered")
     if is_expert_manifest(data):
@@ -166,6 +178,11 @@ def parse_manifest(raw: bytes, path: Path) -> dict[str, Any]:
     else:
         validate_engine(data, path)
     return data
+
+
+def kind_graph(kind: int) -> str:
+    """The graph name of step kind ``kind`` in a per-unit bundle (``kind0`` is every unit computed)."""
+    return f"kind{kind}"
 
 
 def is_expert_manifest(data: dict[str, Any]) -> bool:
@@ -178,9 +195,9 @@ def validate_engine(data: dict[str, Any], path: Path) -> None:
     for key, kind in _REQUIRED.items():
         if not isinstance(data.get(key), kind):
             raise BundleError(f"{path}: field {key!r} missing or not a {kind.__name__}")
+    _validate_schedule(data, path)  # first: a per-unit schedule says which step graphs there are
     _validate_graphs(data, path)
     _validate_axes(data, path)
-    _validate_schedule(data, path)
     _validate_sampling(data, path)
 
 
@@ -208,9 +225,14 @@ def validate_experts(data: dict[str, Any], path: Path) -> None:
 
 def _validate_graphs(data: dict[str, Any], path: Path) -> None:
     graphs = data["graphs"]
-    for name in ("full", "cached"):
+    kinds = data["schedule"].get("kinds")
+    steps = [kind_graph(i) for i in range(len(kinds))] if kinds is not None else ["full", "cached"]
+    for name in steps:
         if name not in graphs:
             raise BundleError(f"{path}: graphs.{name} missing")
+    others = {"full", "cached", *(n for n in graphs if n.startswith("kind"))} - set(steps)
+    if others & set(graphs):
+        raise BundleError(f"{path}: graphs.{sorted(others & set(graphs))[0]} is not a step graph of this schedule")
     for name, graph in graphs.items():
         graph_spec(graph, name)
     for i, state in enumerate(data["state"]):
@@ -252,6 +274,45 @@ def _validate_schedule(data: dict[str, Any], path: Path) -> None:
     fraction = schedule.get("flops_fraction")
     if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
         raise BundleError(f"{path}: schedule.flops_fraction must be a number in (0, 1]")
+    per_unit = data["format_version"] == PER_UNIT_VERSION
+    fields = {"units", "kinds", "step_kinds"}
+    if not per_unit and fields & set(schedule):
+        first = sorted(fields & set(schedule))[0]
+        raise BundleError(f"{path}: schedule.{first} needs format_version {PER_UNIT_VERSION}")
+    if per_unit:
+        _validate_kinds(schedule, data.get("model"), path)
+
+
+def _validate_kinds(schedule: dict[str, Any], model: Any, path: Path) -> None:
+    """A per-unit bundle's schedule: its units, its step kinds (C/P per unit) and each step's kind."""
+    units, kinds, steps = schedule.get("units"), schedule.get("kinds"), schedule.get("step_kinds")
+    pattern = schedule["pattern"]
+    count = model.get("num_units") if isinstance(model, dict) else None
+    if not (isinstance(units, list) and units and all(isinstance(u, str) and u for u in units)) or len(
+        set(units)
+    ) != len(units):
+        raise BundleError(f"{path}: schedule.units must be a list of distinct unit paths")
+    if count != len(units):
+        raise BundleError(f"{path}: schedule.units names {len(units)} units, model.num_units is {count!r}")
+    if not (
+        isinstance(kinds, list)
+        and kinds
+        and all(isinstance(k, str) and len(k) == len(units) and not set(k) - {"C", "P"} for k in kinds)
+        and len(set(kinds)) == len(kinds)
+    ):
+        raise BundleError(f"{path}: schedule.kinds must be distinct strings of C/P, one letter per unit")
+    if not (
+        isinstance(steps, list)
+        and len(steps) == len(pattern)
+        and all(type(k) is int and 0 <= k < len(kinds) for k in steps)
+    ):
+        raise BundleError(f"{path}: schedule.step_kinds must give each of the {len(pattern)} steps a kind's index")
+    first_use = list(dict.fromkeys(steps))
+    if first_use != list(range(len(kinds))) or set(kinds[0]) != {"C"}:
+        raise BundleError(f"{path}: schedule.kinds must be in order of first use, the first one every unit computed")
+    for step, (kind, letter) in enumerate(zip(steps, pattern, strict=True)):
+        if (letter == "C") != (set(kinds[kind]) == {"C"}):
+            raise BundleError(f"{path}: schedule.pattern step {step} is {letter}, its kind is {kinds[kind]}")
 
 
 def _validate_sampling(data: dict[str, Any], path: Path) -> None:

@@ -4,8 +4,12 @@ A runner (:class:`BundleRunner`, one subclass per backend in ``backends/``) hold
 graphs; ``runner.steps(batch)`` gives a :class:`StepRunner` that executes one denoising step per
 call, in order: the full graph at ``C`` steps (reading the previous state, writing the new one) and
 the cached graph at ``P`` steps (reading the state, fed the step's coefficients). A cached step
-whose output is not finite is run again as a full step and counted. Backends implement the graph
-calls and keep the cache state on their device.
+whose output is not finite is run again as a full step and counted. A per-unit bundle runs each
+step's kind graph instead, fed each unit's own distance or coefficients (``unit_coeffs``, from the
+unit's own computed steps); its fallback is the kind with every unit computed. Backends implement
+the graph call (:meth:`StepRunner.run_graph`: the state it reads, what it writes kept pending) and
+:meth:`StepRunner.commit` (a finite step's state becomes the current one), and keep the cache state
+on their device.
 
 Where the bundle has a conditioning graph (every step's timestep embedding and adaLN modulation from
 the timestep and the per-sample condition), the step graphs read its rows (``c.*`` inputs) instead
@@ -32,11 +36,30 @@ import torch
 
 from rfcache.errors import RfcacheError
 from rfcache.export.bundle import EngineFolder
-from rfcache.export.manifest import CONDITIONING_PREFIX, BundleError, decode_config, resolve_shape
+from rfcache.export.manifest import (
+    COEFFS,
+    CONDITIONING_PREFIX,
+    DISTANCE,
+    PREVIOUS,
+    UNIT_COEFFS,
+    BundleError,
+    GraphSpec,
+    decode_config,
+    kind_graph,
+    resolve_shape,
+)
 from rfcache.runtime.predictors import kept_differences, padded_taylor_coefficients
 from rfcache.schedules import ratio_position
 
-__all__ = ["BundleRunner", "GenerationResult", "StepRunner", "host_array", "pattern_coefficients"]
+__all__ = [
+    "BundleRunner",
+    "GenerationResult",
+    "StepRunner",
+    "host_array",
+    "pattern_coefficients",
+    "state_io",
+    "unit_coefficients",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +85,34 @@ def pattern_coefficients(
         coeffs = padded_taylor_coefficients(step - last, min(keep, full - 1), keep)
         out.append([*coeffs, ratio_position(step, len(pattern))] if step_position else coeffs)
     return out
+
+
+def unit_coefficients(
+    kind: str, step: int, last: Sequence[int], full: Sequence[int], keep: int, position: float | None = None
+) -> list[list[float]]:
+    """A per-unit step kind's ``unit_coeffs`` at ``step``: per unit, computed (``C`` in ``kind``): its
+    distance to its previous computation ``last[u]`` (1 at its first) in column 0; predicted: ``k^i / i!``
+    for its own ``k`` and the order its ``full[u]`` computations allow (then ``position``, a step-linear
+    ratio's), as the PyTorch runtime predicts each unit from its own history."""
+    width = keep + 1 + (position is not None)
+    rows = []
+    for letter, u_last, u_full in zip(kind, last, full, strict=True):
+        if letter == "C":
+            rows.append([float(step - u_last if u_last >= 0 else 1)] + [0.0] * (width - 1))
+            continue
+        coeffs = padded_taylor_coefficients(step - u_last, min(keep, u_full - 1), keep)
+        rows.append([*coeffs, position] if position is not None else coeffs)
+    return rows
+
+
+def state_io(spec: GraphSpec, state: Sequence[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """A step graph's state inputs as (input name, state tensor) and the state tensors it writes: the
+    previous state (``prev.*``) and the state read as it is, in the graph's order."""
+    names = set(state)
+    reads = [
+        (t.name, t.name.removeprefix(PREVIOUS)) for t in spec.inputs if t.name.startswith(PREVIOUS) or t.name in names
+    ]
+    return reads, [t.name for t in spec.outputs[1:]]
 
 
 @dataclass(frozen=True)
@@ -182,8 +233,9 @@ class StepRunner:
     Inputs are numpy arrays or torch tensors; the output is a numpy array (ONNX Runtime) or a torch
     tensor on the runner's device (aoti, TensorRT), which stays there.
 
-    Runs the full graph at ``C`` steps and the cached graph at ``P`` steps; a cached step whose
-    output is not finite is run again in full and counted. Backends implement the two graph calls.
+    Runs the full graph at ``C`` steps and the cached graph at ``P`` steps (a per-unit bundle: the
+    step's kind graph); a cached step whose output is not finite is run again in full and counted.
+    Backends implement :meth:`run_graph` and :meth:`commit`.
     """
 
     def __init__(
@@ -202,10 +254,16 @@ class StepRunner:
             tokens = text.tokens if text_tokens is None else text_tokens
             text.check(tokens, bundle.path, bundle.setup.get("text_tokens") or None)
             self.sizes["text"] = tokens
-        full = bundle.graphs["full"]
+        graphs = bundle.graphs
+        full = graphs[bundle.full_graph]
         self._shapes = {t.name: t.shape for t in full.inputs if not t.name.startswith(CONDITIONING_PREFIX)}
+        state = [s["name"] for s in bundle.manifest["state"]]
+        steps = ["full", "cached"] if bundle.kinds is None else [kind_graph(i) for i in range(len(bundle.kinds))]
+        self.graph_io = {name: state_io(graphs[name], state) for name in steps}  # reads, writes per step graph
         self.step = self.first_step = runner.first_step  # a two-expert pipeline's second engine starts later
         self.last_full = -1
+        units = len(bundle.kinds[0]) if bundle.kinds is not None else 0
+        self._unit_last, self._unit_full = [-1] * units, [0] * units  # a per-unit bundle's own histories
         self.executed = ""
         self.fallbacks = 0
         self.conditioning_runs = 0  # how many times the conditioning graph ran (1 when shared)
@@ -230,19 +288,44 @@ class StepRunner:
                 raise BundleError(f"input {name!r} has shape {tuple(value.shape)}; this bundle runs {wanted}")
         if self._condition_names:
             inputs = {**inputs, **self._conditioning(inputs)}
-        coeffs = self.runner.coefficients[self.step]
-        if coeffs is None:
-            out = self._full_step(inputs)
-        else:
-            out = self.run_cached(inputs, coeffs)
-            self.executed += "P"
-            if not _all_finite(out):
-                logger.warning("non-finite output at cached step %d; running it in full", self.step)
-                self.fallbacks += 1
-                self.executed = self.executed[:-1]
-                out = self._full_step(inputs)
+        graph, constant, value = self._step_call(full=False)
+        out = self.run_graph(graph, inputs, constant, value)
+        if graph != self.runner.bundle.full_graph and not _all_finite(out):
+            logger.warning("non-finite output at cached step %d; running it in full", self.step)
+            self.fallbacks += 1
+            graph, constant, value = self._step_call(full=True)
+            out = self.run_graph(graph, inputs, constant, value)
+        self.commit(graph)
+        self._advance(graph)
         self.step += 1
         return out
+
+    def _step_call(self, *, full: bool) -> tuple[str, str, Any]:
+        """The graph this step runs (``full``: the one computing every unit), its constant input and value."""
+        bundle, step = self.runner.bundle, self.step
+        kinds, steps = bundle.kinds, bundle.step_kinds
+        if kinds is None or steps is None:
+            coeffs = self.runner.coefficients[step]
+            if full or coeffs is None:
+                return "full", DISTANCE, step - self.last_full if self.last_full >= 0 else 1
+            return "cached", COEFFS, coeffs
+        kind = 0 if full else steps[step]
+        step_linear = bundle.manifest["predictor"].get("ratio_form") == "step-linear"
+        position = ratio_position(step, len(bundle.pattern)) if step_linear else None
+        value = unit_coefficients(kinds[kind], step, self._unit_last, self._unit_full, self.runner.keep, position)
+        return kind_graph(kind), UNIT_COEFFS, value
+
+    def _advance(self, graph: str) -> None:
+        """The histories after ``graph`` ran: the step's letter, the computed units' latest computation."""
+        bundle = self.runner.bundle
+        full = graph == bundle.full_graph
+        self.executed += "C" if full else "P"
+        self.last_full = self.step if full else self.last_full
+        if bundle.kinds is not None:
+            kind = bundle.kinds[int(graph.removeprefix("kind"))]
+            for u, letter in enumerate(kind):
+                if letter == "C":
+                    self._unit_last[u], self._unit_full[u] = self.step, self._unit_full[u] + 1
 
     def _conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
         """This step's ``c.*`` rows: from the generation's shared pass where it predicted this call."""
@@ -276,19 +359,14 @@ class StepRunner:
         output, ``(steps, batch, ...)``, indexable by step."""
         raise NotImplementedError
 
-    def _full_step(self, inputs: dict[str, np.ndarray]) -> np.ndarray:
-        distance = self.step - self.last_full if self.last_full >= 0 else 1
-        out = self.run_full(inputs, distance)
-        self.last_full = self.step
-        self.executed += "C"
-        return out
-
-    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
-        """The full graph: reads the previous state, writes the new one; returns the model output."""
+    def run_graph(self, graph: str, inputs: dict[str, Any], constant: str, value: Any) -> Any:
+        """Step graph ``graph`` on the step's inputs and its ``constant`` (``distance``, ``coeffs`` or
+        ``unit_coeffs``) ``value``: reads the current state (:attr:`graph_io`), keeps what it writes
+        pending until :meth:`commit`; returns the model output."""
         raise NotImplementedError
 
-    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
-        """The cached graph: reads the state and the step's coefficients; returns the model output."""
+    def commit(self, graph: str) -> None:
+        """The state ``graph`` wrote in its last run becomes the current state (a no-op for none)."""
         raise NotImplementedError
 
 

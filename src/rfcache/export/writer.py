@@ -11,6 +11,11 @@ of the pipeline (capture.py). For class-conditional pipelines (the embedded mode
 graph, so ``rfc-run`` generates images from the bundle alone; other families' bundles hold the
 transformer's step graphs, run inside their pipeline (``load_bundle(path).into(pipe)``).
 
+A per-unit profile (each unit its own row) exports one step graph per distinct step kind (the set
+of units computed at a step, :func:`rfcache.schedules.masks.step_kinds`) instead of the full and
+cached graphs; the manifest's ``schedule.kinds`` and ``schedule.step_kinds`` say which kind each
+step runs (bundle format version 4).
+
 A two-expert pipeline (Wan 2.2) exports each expert with its part of the profile into a sub-folder
 of one bundle (bundle.py), its pattern over the whole trajectory (its own steps are the ones it runs).
 """
@@ -50,10 +55,13 @@ from rfcache.export.manifest import (
     DECODER_OUTPUT,
     DISTANCE,
     MODEL_OUTPUT,
+    PER_UNIT_VERSION,
     PREVIOUS,
     PROFILE,
+    UNIT_COEFFS,
     TextAxis,
     first_line,
+    kind_graph,
 )
 from rfcache.models import get_adapter, get_transformer
 from rfcache.runtime.api import profile_config
@@ -61,8 +69,8 @@ from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.experts import check_profile_experts, expert_models
 from rfcache.runtime.identity import config_hash, input_resolution
 from rfcache.runtime.parallel import SINGLE_DEVICE_BUNDLES, refuse_context_parallel
-from rfcache.schedules import PER_UNIT_EAGER_ONLY, Profile, load_profile
-from rfcache.schedules.masks import effective_pattern
+from rfcache.schedules import Profile, load_profile
+from rfcache.schedules.masks import effective_pattern, step_kinds
 
 __all__ = ["export"]
 
@@ -88,6 +96,20 @@ class _Plan:
     sampling: dict[str, Any] | None
     inputs: dict[str, torch.Tensor]
     axes: dict[str, bool]  # which inputs' first axis is the batch
+    rows: list[str] | None = None  # a per-unit profile's rows, in the graphs' unit order
+
+    @property
+    def kinds(self) -> list[str] | None:
+        """A per-unit profile's step kinds (C/P per unit), in order of first use; None for a step mask."""
+        return None if self.rows is None else step_kinds(self.rows)
+
+    @property
+    def step_kinds(self) -> list[int] | None:
+        """Each step's kind, an index into :attr:`kinds`."""
+        if self.rows is None or self.kinds is None:
+            return None
+        index = {k: i for i, k in enumerate(self.kinds)}
+        return [index["".join(r[step] for r in self.rows)] for step in range(len(self.pattern))]
 
 
 def export(
@@ -122,9 +144,12 @@ def export(
     options = _Options(get_backend(backend), fp16, guidance_scale)
     options.backend.require()
     profile = profile if isinstance(profile, Profile) else load_profile(profile)
-    if profile.per_unit:  # the bundle replays one mask for every unit: refused, not run with the wrong schedule
-        raise RfcacheError(PER_UNIT_EAGER_ONLY)
     if profile.experts is not None or len(expert_models(pipe)) > 1:  # a two-expert pipeline (Wan 2.2)
+        if profile.per_unit:
+            raise RfcacheError(
+                f"profile {profile.name!r}: per-unit profiles of two-expert pipelines run eager and compiled; "
+                "their export is not supported yet"
+            )
         return _export_experts(pipe, profile, out, options, force=force)
     return _export_engine(pipe, profile, out, options, force=force)
 
@@ -148,7 +173,10 @@ def _plan(pipe: Any, profile: Profile, options: _Options) -> _Plan:
     batch = int(inputs["hidden_states"].shape[0])
     axes = {n: batch_axis(n, t, batch, adapter) for n, t in inputs.items()}
     graphs = StepGraphs(model, adapter, spec, tuple(inputs), granularity=config.granularity, constants=constants)
-    return _Plan(graphs, spec, pattern, sampling, inputs, axes)
+    rows = None
+    if config.unit_masks is not None:  # in the graphs' unit order, as profile_config gives them
+        rows = ["".join("C" if c else "P" for c in row) for row in config.unit_masks]
+    return _Plan(graphs, spec, pattern, sampling, inputs, axes, rows)
 
 
 def _export_engine(pipe: Any, profile: Profile, out: str | Path, options: _Options, *, force: bool) -> Path:
@@ -188,6 +216,10 @@ def _fill(
     profile.save(folder / PROFILE)
     args = (profile, plan.spec, plan.pattern, graphs, specs, plan.sampling, options.backend.name, options.fp16)
     manifest = _manifest(model, graphs.adapter, *args)
+    if plan.rows is not None:  # which graph each step runs
+        manifest["format_version"] = PER_UNIT_VERSION
+        units = [u.path for u in graphs.units]
+        manifest["schedule"].update(units=units, kinds=plan.kinds, step_kinds=plan.step_kinds)
     manifest["state"] = [
         {"name": s.name, "shape": _symbolic(s.shape, True, text_dims.get(s.name)), "dtype": s.dtype}
         for s in graphs.state
@@ -210,8 +242,12 @@ def _write_graphs(
     """The full, cached (conditioning, decoder) graphs' manifest entries, and the text axis they have."""
     graphs, inputs, axes, ext = plan.graphs, plan.inputs, plan.axes, backend.extension
     axis, text_dims = text
+    steps: list[tuple[str, bool | tuple[bool, ...]]] = [("full", True), ("cached", False)]
+    if plan.kinds is not None:  # a per-unit profile: one graph per step kind, the first every unit computed
+        steps = [(kind_graph(i), tuple(c == "C" for c in k)) for i, k in enumerate(plan.kinds)]
+    (first, step), *rest = steps
     try:
-        full = _export_graph(graphs, inputs, axes, text_dims, folder / f"full{ext}", full=True, backend=backend)
+        specs = {first: _export_graph(graphs, inputs, axes, text_dims, folder / f"{first}{ext}", step, backend)}
     except Exception as exc:  # torch raises many types from export; the text axis then stays fixed
         if not text_dims:
             raise
@@ -219,11 +255,9 @@ def _write_graphs(
         axis = replace(axis, dynamic=False, reason=f"no graph with a dynamic text axis: {first_line(exc)}")
         text_dims = {}
         logger.warning("the text axis stays fixed at %d tokens (%s)", axis.tokens, axis.reason)
-        full = _export_graph(graphs, inputs, axes, {}, folder / f"full{ext}", full=True, backend=backend)
-    specs = {
-        "full": full,
-        "cached": _export_graph(graphs, inputs, axes, text_dims, folder / f"cached{ext}", full=False, backend=backend),
-    }
+        specs = {first: _export_graph(graphs, inputs, axes, {}, folder / f"{first}{ext}", step, backend)}
+    for name, step in rest:
+        specs[name] = _export_graph(graphs, inputs, axes, text_dims, folder / f"{name}{ext}", step, backend)
     if graphs.conditioning:
         specs["conditioning"] = _export_conditioning(graphs, inputs, axes, folder / f"conditioning{ext}", backend)
     vae = getattr(pipe, "vae", None)
@@ -287,30 +321,41 @@ def _experts_manifest(
     }
 
 
+def _step_io(
+    graphs: StepGraphs, step: bool | tuple[bool, ...], like: torch.Tensor
+) -> tuple[torch.nn.Module, tuple[str, torch.Tensor], list[tuple[str, Any]], list[str]]:
+    """A step graph's module, its constant input (name, example), state inputs (input name, spec) and
+    output names: the full step (``step`` True), the cached step (False) or a step kind (which units
+    compute)."""
+    dtype, device = next(graphs.model.parameters()).dtype, like.device
+    if step is True:
+        constant = (DISTANCE, torch.ones((), dtype=dtype, device=device))
+        reads = [(f"{PREVIOUS}{s.name}", s) for s in graphs.full_inputs]
+        return graphs.full_module(), constant, reads, [MODEL_OUTPUT, *(s.name for s in graphs.state)]
+    if step is False:
+        constant = (COEFFS, torch.ones(graphs.spec.num_coeffs, dtype=dtype, device=device))
+        return graphs.cached_module(), constant, [(s.name, s) for s in graphs.state], [MODEL_OUTPUT]
+    constant = (UNIT_COEFFS, torch.ones(len(graphs.units), graphs.spec.num_coeffs, dtype=dtype, device=device))
+    outputs = [MODEL_OUTPUT, *(s.name for s in graphs.kind_writes(step))]
+    return graphs.kind_module(step), constant, graphs.kind_reads(step), outputs
+
+
 def _export_graph(
     graphs: StepGraphs,
     inputs: dict[str, torch.Tensor],
     axes: dict[str, bool],
     text_dims: dict[str, tuple[int, int]],
     path: Path,
-    *,
-    full: bool,
+    step: bool | tuple[bool, ...],
     backend: Backend,
 ) -> dict[str, Any]:
+    """One step graph (``step``: full, cached, or a step kind) written by ``backend``; its manifest entry."""
     names = list(graphs.input_names)
     model_args = [inputs[n] for n in names]
-    dtype = next(graphs.model.parameters()).dtype
+    module, constant, reads, outputs = _step_io(graphs, step, model_args[0])
     device = model_args[0].device
-    if full:
-        module, state = graphs.full_module(), graphs.full_inputs
-        constant = (DISTANCE, torch.ones((), dtype=dtype, device=device))
-        in_names = [*names, DISTANCE, *(c.name for c in graphs.conditioning), *(f"{PREVIOUS}{s.name}" for s in state)]
-        outputs = [MODEL_OUTPUT, *(s.name for s in graphs.state)]
-    else:
-        module, state = graphs.cached_module(), graphs.state
-        constant = (COEFFS, torch.ones(graphs.spec.num_coeffs, dtype=dtype, device=device))
-        in_names = [*names, COEFFS, *(c.name for c in graphs.conditioning), *(s.name for s in state)]
-        outputs = [MODEL_OUTPUT]
+    state = [s for _, s in reads]
+    in_names = [*names, constant[0], *(c.name for c in graphs.conditioning), *(n for n, _ in reads)]
     state_args = [
         torch.randn(s.shape, dtype=getattr(torch, s.dtype), device=device) for s in (*graphs.conditioning, *state)
     ]

@@ -21,6 +21,7 @@ from rfcache.runtime.experts import (
 )
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.parallel import context_group
+from rfcache.runtime.regional import RegionalSchedule
 from rfcache.runtime.runspec import RunSpec, run_setup
 from rfcache.runtime.session import CacheSession, CacheSummary
 from rfcache.schedules import Profile, load_profile
@@ -66,7 +67,9 @@ def enable(
     ``compile=True`` runs a fixed schedule (a profile, or an interval method) under
     ``torch.compile`` in two compiled variants, full step and cached step, with no recompilation
     on later generations of the same shape (compile.py); ``cuda_graphs=True`` (CUDA only) also
-    captures each variant as a CUDA graph and replays it.
+    captures each variant as a CUDA graph and replays it. A per-unit profile is compiled
+    regionally: each unit class's forward and the predictor's forecast once, reused by every block
+    and step (regional.py).
 
     Example:
         >>> pipe = rfcache.load_pipeline("toy")
@@ -141,7 +144,8 @@ def _enable_model(
     )
     if cuda_graphs and not compile:
         raise RfcacheError("cuda_graphs=True needs compile=True (the CUDA graphs capture the compiled variants)")
-    compiled = CompiledSchedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first
+    schedule = RegionalSchedule if config.unit_masks is not None else CompiledSchedule  # per-unit: regional
+    compiled = schedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first
     session.attach()
     if compiled is not None:
         compiled.attach()

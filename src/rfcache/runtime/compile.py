@@ -1,5 +1,7 @@
 """``enable(..., compile=True)``: a fixed schedule under ``torch.compile`` in two compiled variants.
 
+(A per-unit profile's schedule is compiled regionally instead: regional.py.)
+
 A fixed schedule (a profile's mask, or an interval) decides every step before the transformer
 runs, so the decision stays in eager Python (the session's forward pre-hook, step bookkeeping and
 FLOP counts included) and the transformer's forward is compiled with ``fullgraph=True`` (no graph
@@ -50,7 +52,7 @@ from rfcache.runtime.predictors import (
     weighted_sum,
 )
 from rfcache.runtime.session import HOOK_NAME, CacheSession
-from rfcache.schedules import PER_UNIT_EAGER_ONLY, ratio_position
+from rfcache.schedules import ratio_position
 
 __all__ = ["CompiledSchedule"]
 
@@ -88,8 +90,8 @@ class CompiledSchedule:
                 f"compile=True needs a fixed schedule (a profile or an interval method); {config.method!r} decides "
                 "at run time from the first unit's input"
             )
-        if config.unit_masks is not None:
-            raise RfcacheError(PER_UNIT_EAGER_ONLY)
+        if config.unit_masks is not None:  # per-unit schedules compile regionally (regional.py)
+            raise RfcacheError("CompiledSchedule runs one-mask schedules; a per-unit one runs as a RegionalSchedule")
         param = next(session.model.parameters())
         if cuda_graphs and param.device.type != "cuda":
             raise RfcacheError("cuda_graphs=True needs the model on a CUDA device")

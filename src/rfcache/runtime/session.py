@@ -44,6 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -211,7 +212,10 @@ class CacheSession:
         self.units: list[CacheUnit] = []
         self._pre_hook: Any = None
         self._post_hook: Any = None
-        self.compiled: Any = None  # a compile.CompiledSchedule when enabled with compile=True
+        self.compiled: Any = None  # a compile.CompiledSchedule (regional.RegionalSchedule) with compile=True
+        # a cached step's forecasts; compiled ones under a per-unit schedule's regional compile
+        self.weighted_sum: Callable[..., torch.Tensor] = weighted_sum
+        self.relational_forecast: Callable[..., torch.Tensor] = stacked_relational_forecast
         self._retrying = False  # re-running a cached step in full
         self._coefficients: dict[tuple, _Coefficients] = {}  # (k, count, device, dtype) -> k^i / i!
         self._calibrated: dict[tuple, torch.Tensor] = {}  # (unit, batch, device, step or -1) -> s, (B,)
@@ -500,11 +504,11 @@ class CacheSession:
             else:
                 coeffs, values, pairs = self._step_coefficients(k, len(diffs), diffs[0])
                 if kind == "taylor":
-                    pred = weighted_sum(diffs, coeffs)
+                    pred = self.weighted_sum(diffs, coeffs)
                 else:
                     ratio = self._ratio(unit, state, i)
                     grams = state.grams[i]
-                    pred = stacked_relational_forecast(
+                    pred = self.relational_forecast(
                         diffs, values, pairs, grams, ratio, x, state.input_at_full, reduce=self._reduce
                     )
             outs.append(pred)

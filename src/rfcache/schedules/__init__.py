@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from rfcache.schedules.profile import (
-    PER_UNIT_EAGER_ONLY,
     RATIO_FORMS,
     SCHEMA_VERSION,
     Budget,
@@ -21,7 +20,6 @@ from rfcache.schedules.profile import (
 )
 
 __all__ = [
-    "PER_UNIT_EAGER_ONLY",
     "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",

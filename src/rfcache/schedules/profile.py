@@ -28,7 +28,6 @@ from rfcache.outputs import write_file
 from rfcache.schedules.masks import min_full_steps, rows_intersection, unit_flops_fraction, warmup_violation
 
 __all__ = [
-    "PER_UNIT_EAGER_ONLY",
     "RATIO_FORMS",
     "SCHEMA_VERSION",
     "Budget",
@@ -50,8 +49,6 @@ MAX_PROFILE_BYTES = 16 * 2**20  # far above any real profile; /dev/zero and the 
 logger = logging.getLogger(__name__)
 SHIPPED_DIR = Path(__file__).parent
 RATIO_FORMS = ("constant", "step-linear")  # how a calibrated relation ratio depends on the step
-# what compile=True, export and bundles say to a per-unit profile (they replay one mask for every unit)
-PER_UNIT_EAGER_ONLY = "per-unit profiles run eager for now; compile/export follow (this profile has unit_schedules)"
 
 
 class ProfileError(RfcacheError, ValueError):

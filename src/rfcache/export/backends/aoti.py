@@ -25,7 +25,7 @@ from rfcache.devices import check_device
 from rfcache.errors import RfcacheError
 from rfcache.export.backends.base import Backend
 from rfcache.export.bundle import EngineFolder
-from rfcache.export.manifest import COEFFS, DECODER_INPUT, DISTANCE, PREVIOUS, BundleError, first_line, resolve_shape
+from rfcache.export.manifest import DECODER_INPUT, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner
 from rfcache.runtime.cudagraphs import GraphedCall
 
@@ -95,36 +95,42 @@ class AotiRunner(BundleRunner):
 
 
 class _AotiSteps(StepRunner):
-    """The state is the full graph's outputs, kept as device tensors until the next full step."""
+    """The state is the step graphs' outputs, kept as device tensors by name until a step rewrites them."""
 
     def __init__(self, runner: AotiRunner, *args: Any, **kwargs: Any) -> None:
         super().__init__(runner, *args, **kwargs)
         self.aoti = runner
         graphs = runner.bundle.graphs
-        self._dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["full"].inputs}
+        # each step graph's inputs in order: (name, dtype, the state tensor it reads or None)
+        self._args = {
+            g: [(t.name, getattr(torch, t.dtype), dict(self.graph_io[g][0]).get(t.name)) for t in graphs[g].inputs]
+            for g in self.graph_io
+        }
         if "conditioning" in graphs:
             self._condition_dtypes = {t.name: getattr(torch, t.dtype) for t in graphs["conditioning"].inputs}
             self._condition_outputs = [t.name for t in graphs["conditioning"].outputs]
-        self._state_names = [s["name"] for s in runner.bundle.manifest["state"]]
         dev = runner.torch_device
-        self._state = [
-            torch.zeros(resolve_shape(s["shape"], self.sizes), dtype=getattr(torch, s["dtype"]), device=dev)
+        self._state = {
+            s["name"]: torch.zeros(resolve_shape(s["shape"], self.sizes), dtype=getattr(torch, s["dtype"]), device=dev)
             for s in runner.bundle.manifest["state"]
-        ]
-        reads = {t.name.removeprefix(PREVIOUS) for t in graphs["full"].inputs if t.name.startswith(PREVIOUS)}
-        self._full_reads = [i for i, n in enumerate(self._state_names) if n in reads]
+        }
+        self._pending: dict[str, torch.Tensor] = {}
         self._graphed: dict[str, GraphedCall] = {}
 
-    def _tensors(self, inputs: dict[str, Any], constant: str, value: Any) -> list[torch.Tensor]:
-        """The graph's inputs before the state, in its order: the transformer's, the constant, ``c.*``."""
+    def _tensors(self, graph: str, inputs: dict[str, Any], constant: str, value: Any) -> list[torch.Tensor]:
+        """The graph's inputs in its order: the transformer's, the constant, ``c.*``, the state it reads."""
         dev = self.aoti.torch_device
         out = []
-        for n, dtype in self._dtypes.items():
-            if n == DISTANCE:  # the full graph's constant; the cached graph's coeffs stand at its place
+        for name, dtype, state in self._args[graph]:
+            if state is not None:
+                out.append(self._state[state])
+            elif name == constant:
                 out.append(torch.as_tensor(value, dtype=dtype, device=dev))
-            elif n in inputs:
+            elif name in inputs:
                 # packages assume the dense strides they were compiled with (an expanded timestep has stride 0)
-                out.append(torch.as_tensor(inputs[n]).to(dev, dtype).contiguous())
+                out.append(torch.as_tensor(inputs[name]).to(dev, dtype).contiguous())
+            else:
+                raise BundleError(f"{self.aoti.bundle.path}: the step was not given {name!r}, an input of {graph}")
         return out
 
     def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
@@ -144,16 +150,16 @@ class _AotiSteps(StepRunner):
                 self._graphed[graph] = GraphedCall(lambda *a: tuple(package(*a)), args)
             return list(self._graphed[graph](*args))
 
-    def run_full(self, inputs: dict[str, Any], distance: int) -> torch.Tensor:
-        args = self._tensors(inputs, DISTANCE, float(distance))
-        outs = self._call("full", [*args, *(self._state[i] for i in self._full_reads)])
-        self._state = [o.clone() if self.aoti.cuda_graphs else o for o in outs[1:]]  # graph outputs are reused
-        return outs[0].clone() if self.aoti.cuda_graphs else outs[0]
+    def run_graph(self, graph: str, inputs: dict[str, Any], constant: str, value: Any) -> torch.Tensor:
+        outs = self._call(graph, self._tensors(graph, inputs, constant, value))
+        if self.aoti.cuda_graphs:  # a replayed graph's outputs are reused by its next replay
+            outs = [o.clone() for o in outs]
+        self._pending = dict(zip(self.graph_io[graph][1], outs[1:], strict=True))
+        return outs[0]
 
-    def run_cached(self, inputs: dict[str, Any], coeffs: list[float]) -> torch.Tensor:
-        args = self._tensors(inputs, COEFFS, coeffs)
-        out = self._call("cached", [*args, *self._state])[0]
-        return out.clone() if self.aoti.cuda_graphs else out
+    def commit(self, graph: str) -> None:
+        self._state.update(self._pending)
+        self._pending = {}
 
 
 AotiRunner.step_runner = _AotiSteps

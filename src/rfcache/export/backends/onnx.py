@@ -23,7 +23,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.export.backends.base import Backend
 from rfcache.export.bundle import EngineFolder
-from rfcache.export.manifest import COEFFS, DECODER_INPUT, DISTANCE, PREVIOUS, BundleError, first_line, resolve_shape
+from rfcache.export.manifest import DECODER_INPUT, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner, host_array
 
 __all__ = ["OPSET", "OnnxBackend", "OrtRunner", "save_onnx"]
@@ -170,15 +170,15 @@ class OrtRunner(BundleRunner):
 
 
 class _OrtSteps(StepRunner):
-    """State in two preallocated sets of OrtValues on the device, swapped after each full step."""
+    """State in two preallocated sets of OrtValues on the device; the tensors a step wrote are swapped in."""
 
     def __init__(self, runner: OrtRunner, *args: Any, **kwargs: Any) -> None:
         super().__init__(runner, *args, **kwargs)
         self.sessions = runner.sessions
         device = runner.device
         graphs = runner.bundle.graphs
-        self._dtypes = {t.name: np.dtype(t.dtype) for t in graphs["full"].inputs}
-        sample = graphs["full"].outputs[0]
+        self._dtypes = {t.name: np.dtype(t.dtype) for g in self.graph_io for t in graphs[g].inputs}
+        sample = graphs[runner.bundle.full_graph].outputs[0]
 
         def alloc(shape: Sequence[int | str], dtype: str) -> Any:
             dims = resolve_shape(shape, self.sizes)
@@ -189,7 +189,6 @@ class _OrtSteps(StepRunner):
         self._next = {s["name"]: alloc(s["shape"], s["dtype"]) for s in state}
         self._sample_name = sample.name
         self._sample = alloc(sample.shape, sample.dtype)
-        self._full_reads = [t.name.removeprefix(PREVIOUS) for t in graphs["full"].inputs if t.name.startswith(PREVIOUS)]
         if "conditioning" in graphs:
             self._dtypes.update({t.name: np.dtype(t.dtype) for t in graphs["conditioning"].inputs})
             self._condition_outputs = [t.name for t in graphs["conditioning"].outputs]
@@ -199,30 +198,23 @@ class _OrtSteps(StepRunner):
         feeds = {n: np.ascontiguousarray(host_array(a), dtype=self._dtypes[n]) for n, a in inputs.items()}
         return dict(zip(self._condition_outputs, self.sessions["conditioning"].run(None, feeds), strict=True))
 
-    def _binding(self, graph: str, inputs: dict[str, np.ndarray], constant: str, value: Any) -> Any:
+    def run_graph(self, graph: str, inputs: dict[str, Any], constant: str, value: Any) -> np.ndarray:
+        reads, writes = self.graph_io[graph]
         binding = self.sessions[graph].io_binding()
         for name, array in inputs.items():
             binding.bind_cpu_input(name, np.ascontiguousarray(array, dtype=self._dtypes[name]))
-        binding.bind_cpu_input(constant, np.asarray(value, dtype=self._dtypes[DISTANCE]))
+        binding.bind_cpu_input(constant, np.asarray(value, dtype=self._dtypes[constant]))
         binding.bind_ortvalue_output(self._sample_name, self._sample)
-        return binding
-
-    def run_full(self, inputs: dict[str, np.ndarray], distance: int) -> np.ndarray:
-        binding = self._binding("full", inputs, DISTANCE, distance)
-        for name in self._full_reads:
-            binding.bind_ortvalue_input(f"{PREVIOUS}{name}", self._current[name])
-        for name, value in self._next.items():
-            binding.bind_ortvalue_output(name, value)
-        self.sessions["full"].run_with_iobinding(binding)
-        self._current, self._next = self._next, self._current
+        for name, state in reads:
+            binding.bind_ortvalue_input(name, self._current[state])
+        for state in writes:  # into the spare set: the current one stays until the step is committed
+            binding.bind_ortvalue_output(state, self._next[state])
+        self.sessions[graph].run_with_iobinding(binding)
         return self._sample.numpy()
 
-    def run_cached(self, inputs: dict[str, np.ndarray], coeffs: list[float]) -> np.ndarray:
-        binding = self._binding("cached", inputs, COEFFS, coeffs)
-        for name, value in self._current.items():
-            binding.bind_ortvalue_input(name, value)
-        self.sessions["cached"].run_with_iobinding(binding)
-        return self._sample.numpy()
+    def commit(self, graph: str) -> None:
+        for state in self.graph_io[graph][1]:
+            self._current[state], self._next[state] = self._next[state], self._current[state]
 
 
 OrtRunner.step_runner = _OrtSteps

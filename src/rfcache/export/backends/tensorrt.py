@@ -24,7 +24,7 @@ import numpy as np
 from rfcache.errors import RfcacheError
 from rfcache.export.backends.onnx import OnnxBackend
 from rfcache.export.bundle import EngineFolder
-from rfcache.export.manifest import COEFFS, DECODER_INPUT, DISTANCE, PREVIOUS, BundleError, first_line, resolve_shape
+from rfcache.export.manifest import DECODER_INPUT, BundleError, first_line, resolve_shape
 from rfcache.export.runner import BundleRunner, StepRunner
 
 __all__ = ["TensorRTBackend", "TrtRunner", "build_engines", "require_tensorrt"]
@@ -158,17 +158,19 @@ class TrtRunner(BundleRunner):
 
 
 class _TrtSteps(StepRunner):
+    """State in two sets of CUDA tensors; the tensors a step wrote are swapped in when it is committed."""
+
     def __init__(self, runner: TrtRunner, *args: Any, **kwargs: Any) -> None:
         super().__init__(runner, *args, **kwargs)
         self.trt = runner
         state = runner.bundle.manifest["state"]
         self._current = {s["name"]: runner.zeros(s["shape"], s["dtype"], self.sizes) for s in state}
         self._next = {s["name"]: runner.zeros(s["shape"], s["dtype"], self.sizes) for s in state}
-        full = runner.bundle.graphs["full"]
+        graphs = runner.bundle.graphs
+        full = graphs[runner.bundle.full_graph]
         self._sample_name = full.outputs[0].name
         self._sample = runner.zeros(full.outputs[0].shape, full.outputs[0].dtype, self.sizes)
-        self._dtypes = {t.name: t.dtype for t in full.inputs}
-        self._full_reads = [t.name.removeprefix(PREVIOUS) for t in full.inputs if t.name.startswith(PREVIOUS)]
+        self._dtypes = {t.name: t.dtype for g in self.graph_io for t in graphs[g].inputs}
 
     def run_conditioning(self, inputs: dict[str, Any]) -> dict[str, Any]:
         graph = self.trt.bundle.graphs["conditioning"]
@@ -178,26 +180,20 @@ class _TrtSteps(StepRunner):
         self.trt.execute("conditioning", {**tensors, **outputs})
         return outputs
 
-    def _inputs(self, inputs: dict[str, Any], constant: str, value: Any) -> dict[str, Any]:
+    def run_graph(self, graph: str, inputs: dict[str, Any], constant: str, value: Any) -> Any:
         to_device = self.trt.to_device
-        out = {n: to_device(a, self._dtypes[n]) for n, a in inputs.items()}
-        out[constant] = to_device(value, self._dtypes[DISTANCE])  # a few floats: the step's only upload
-        out[self._sample_name] = self._sample
-        return out
-
-    def run_full(self, inputs: dict[str, Any], distance: int) -> Any:
-        tensors = self._inputs(inputs, DISTANCE, float(distance))
-        tensors.update({f"{PREVIOUS}{n}": self._current[n] for n in self._full_reads})
-        tensors.update(self._next)
-        self.trt.execute("full", tensors)
-        self._current, self._next = self._next, self._current
+        reads, writes = self.graph_io[graph]
+        tensors = {n: to_device(a, self._dtypes[n]) for n, a in inputs.items()}
+        tensors[constant] = to_device(value, self._dtypes[constant])  # a few floats: the step's only upload
+        tensors[self._sample_name] = self._sample
+        tensors.update({name: self._current[state] for name, state in reads})
+        tensors.update({state: self._next[state] for state in writes})
+        self.trt.execute(graph, tensors)
         return self._sample.clone()  # stays on the GPU; the buffer is reused by the next step
 
-    def run_cached(self, inputs: dict[str, Any], coeffs: list[float]) -> Any:
-        tensors = self._inputs(inputs, COEFFS, coeffs)
-        tensors.update(self._current)
-        self.trt.execute("cached", tensors)
-        return self._sample.clone()
+    def commit(self, graph: str) -> None:
+        for state in self.graph_io[graph][1]:
+            self._current[state], self._next[state] = self._next[state], self._current[state]
 
 
 TrtRunner.step_runner = _TrtSteps
