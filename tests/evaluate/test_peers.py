@@ -42,3 +42,33 @@ def test_peers_skip_work_and_leave_the_model_exact(model: str) -> None:
         assert record.rel_l2 > 0, record.method  # a skipped step changes the output: the hook really acted
     with torch.no_grad():
         assert torch.equal(workload.generate(0), before)  # every peer removed itself completely
+
+
+@pytest.mark.skipif(PEERS["cache-dit-dbcache"].check() is not None, reason="cache-dit not installed")
+@pytest.mark.parametrize("true_cfg", [False, True])
+def test_cache_dit_keeps_true_cfg_calls_apart(true_cfg: bool) -> None:
+    """Under true CFG (cond, then uncond, per step) cache-dit must count steps, not calls: its two
+    warm-up steps are four full calls, and the uncond call never reuses the cond call's residual."""
+    from rfcache.evaluate.cost import measure_generation
+    from rfcache.evaluate.methods import BenchContext, Target
+
+    steps = 6
+    workload = load_workload("tiny:flux", steps=steps)
+    if true_cfg:
+        workload.base_kwargs.update(true_cfg_scale=2.0, negative_prompt="")
+    with torch.no_grad():
+        full = measure_generation(workload.transformer, lambda: workload.generate(0))
+    calls = 2 if true_cfg else 1
+    assert len(full.call_flops) == calls * steps
+    ctx = BenchContext(steps=steps, calls_per_step=lambda: len(full.call_flops) // steps)
+    applied = PEERS["cache-dit-dbcache"].apply(workload.pipe, Target("t", 2, 0.3, 0.3), 10.0, ctx)  # caches all it may
+    try:
+        with torch.no_grad():
+            cached = measure_generation(workload.transformer, lambda: workload.generate(0))
+    finally:
+        applied.remove()
+    assert applied.params["separate_cfg"] is true_cfg
+    per_call = cached.call_flops
+    warm = 2 * calls  # cache-dit's max_warmup_steps=2, in steps
+    assert per_call[:warm] == full.call_flops[:warm]
+    assert all(c < f for c, f in zip(per_call[warm:], full.call_flops[warm:], strict=True))

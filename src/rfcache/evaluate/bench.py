@@ -195,6 +195,7 @@ class _Bench:
             calibrate_trials=cfg.calibrate_trials,
             call=dict(workload.base_kwargs),
             prompts=list(workload.calibration_prompts or workload.prompts) or None,
+            calls_per_step=lambda: max(1, len(self.full_run(self.tune_idx[0]).call_flops) // cfg.steps),
         )
         self.eval_idx = list(range(cfg.samples))
         self.tune_idx = [TUNE_OFFSET + i for i in range(cfg.tune_samples)]

@@ -51,6 +51,8 @@ class BenchContext:
     memo: dict[str, Any] = field(default_factory=dict)
     call: dict[str, Any] = field(default_factory=dict)  # the workload's pipeline arguments (size, guidance, ...)
     prompts: list[str] | None = None  # the workload's prompts (text pipelines)
+    # transformer calls per denoising step in a full-compute run (2 under true CFG: cond, then uncond)
+    calls_per_step: Callable[[], int] = lambda: 1
 
 
 @dataclass

@@ -19,7 +19,8 @@ where the pipeline did not, and hook state is reset before every generation.
 **cache-dit** (optional ``bench`` extra): ``cache-dit-dbcache`` (``DBCacheConfig``: first block
 always computed, no tail blocks, 2 warm-up steps, ``residual_diff_threshold`` swept, no cap on
 consecutive cached steps: with the first block always computed a cap would keep it above the
-lower fractions) and ``cache-dit-dbcache-taylorseer`` (the same with its
+lower fractions; ``enable_separate_cfg`` where the full-compute run calls the transformer more than
+once per step, as a true-CFG Flux call or Wan does, so cond and uncond keep their own caches) and ``cache-dit-dbcache-taylorseer`` (the same with its
 ``TaylorSeerCalibratorConfig``, order 1).
 
 Not included: diffusers' ``PyramidAttentionBroadcastConfig`` (caches attention only, so it cannot
@@ -261,18 +262,22 @@ def _cache_dit(taylorseer: bool) -> Any:
         import cache_dit
 
         _quiet_cache_dit()
+        # cache-dit's Flux adapter assumes one call per step; under true CFG the pipeline calls the
+        # transformer for cond then uncond, which cache-dit must keep apart (its cfg_compute_first=False order)
+        separate = ctx.calls_per_step() > 1
         config = cache_dit.DBCacheConfig(
             Fn_compute_blocks=1,
             Bn_compute_blocks=0,
             residual_diff_threshold=float(threshold or 0.0),
             max_warmup_steps=2,
             num_inference_steps=ctx.steps,
+            enable_separate_cfg=separate,
         )
         calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
         adapter = _cache_dit_adapter(pipe)
         cache_dit.enable_cache(adapter, cache_config=config, calibrator_config=calibrator)
         _quiet_cache_dit()
-        params = {"Fn": 1, "Bn": 0, "residual_diff_threshold": config.residual_diff_threshold}
+        params = {"Fn": 1, "Bn": 0, "residual_diff_threshold": config.residual_diff_threshold, "separate_cfg": separate}
         if taylorseer:
             params["taylorseer_order"] = 1
         model = get_transformer(pipe)
