@@ -7,7 +7,9 @@ calibrated static profile and the other libraries' methods; each cell is ``rel-L
 TaylorSeer m=2 [95% CI]) @ measured FLOP fraction``, rel-L2 the mean per sample. The best error of
 each column is in bold. Then the verdicts: the static profile against TaylorSeer m=2, dynamic RFC
 and diffusers' TaylorSeer hook, each a paired per-sample ratio with its 95 % bootstrap interval
-("lower"/"higher" only where the interval excludes 1).
+("lower"/"higher" only where the interval excludes 1); RFE m=2 and dynamic RFC against TaylorSeer
+m=2; and the profile against SmoothCache and against the best other library's method at each
+setting (picked on the reported inputs: the hardest comparison for us, never a choice of ours).
 """
 
 from __future__ import annotations
@@ -69,7 +71,22 @@ def _x(ratio: Interval) -> str:
     return f"{ratio.value:.2f}x" + ("" if ratio.low != ratio.low else f" [{ratio.low:.2f}, {ratio.high:.2f}]")
 
 
-VERDICT_PAIRS = [("static", "taylorseer-m2"), ("static", "rfc"), ("static", "diffusers-taylorseer-m2")]
+BEST_PEER = "best peer"  # per setting, the other libraries' method with the lowest mean error there
+VERDICT_PAIRS = [
+    ("static", "taylorseer-m2"),
+    ("rfe-m2", "taylorseer-m2"),
+    ("rfc", "taylorseer-m2"),
+    ("static", "rfc"),
+    ("static", "diffusers-taylorseer-m2"),
+    ("static", "smoothcache"),
+    ("static", BEST_PEER),
+]
+
+
+def _best_peer(records: list[dict], setting: str) -> dict | None:
+    """The lowest-error record at ``setting`` from another library (the hardest comparison for us)."""
+    peers = [r for r in records if r["setting"] == setting and r["source"] not in ("rfcache", "-")]
+    return min(peers, key=lambda r: r["rel_l2"], default=None)
 
 
 def verdicts(records: list[dict]) -> str:
@@ -80,12 +97,16 @@ def verdicts(records: list[dict]) -> str:
     for a, b in VERDICT_PAIRS:
         cells = []
         for s in settings:
-            ratio = _ratio(by[a, s], by.get((b, s))) if (a, s) in by else None
+            other = _best_peer(records, s) if b == BEST_PEER else by.get((b, s))
+            ratio = _ratio(by[a, s], other) if (a, s) in by else None
             if ratio is None:
                 cells.append("-")
                 continue
             word = {"lower": "A lower", "higher": "A higher", "tie": "no clear difference"}[ratio.verdict()]
-            cells.append(f"{_x(ratio)}: {word}" if ratio.low == ratio.low else f"{_x(ratio)} (no per-sample errors)")
+            named = f" ({other['method']})" if b == BEST_PEER else ""
+            cells.append(
+                f"{_x(ratio)}: {word}{named}" if ratio.low == ratio.low else f"{_x(ratio)} (no per-sample errors)"
+            )
         lines.append(f"| {ROWS.get(a, a)} / {ROWS.get(b, b)} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -13,9 +13,9 @@ import rfcache
 from rfcache.cli.main import main
 from rfcache.export import OrtRunner, export, load_bundle
 from rfcache.models import get_adapter, get_transformer
-from rfcache.models.tiny import FAMILIES, tiny_transformer
+from rfcache.models.tiny import tiny_transformer
 from rfcache.schedules.masks import rows_intersection, step_kinds
-from tests.conftest import make_profile, make_tiny_digits_pipeline
+from tests.conftest import families_param, make_profile, make_tiny_digits_pipeline
 from tests.export.test_families import _profile, sampling_steps
 
 STEPS = 8
@@ -33,7 +33,7 @@ def per_unit(profile, rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize("family", families_param())
 def test_per_unit_bundle_replays_the_runtime_step_by_step(family, tmp_path):
     model = tiny_transformer(family).eval()
     example = get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
