@@ -20,8 +20,8 @@ where the pipeline did not, and hook state is reset before every generation.
 always computed, no tail blocks, 2 warm-up steps, ``residual_diff_threshold`` swept, no cap on
 consecutive cached steps: with the first block always computed a cap would keep it above the
 lower fractions; ``enable_separate_cfg`` where the full-compute run calls the transformer more than
-once per step, as a true-CFG Flux call or Wan does, so cond and uncond keep their own caches) and ``cache-dit-dbcache-taylorseer`` (the same with its
-``TaylorSeerCalibratorConfig``, order 1).
+once per step, as a true-CFG Flux call or Wan does, so cond and uncond keep their own caches) and
+``cache-dit-dbcache-taylorseer`` (the same with its ``TaylorSeerCalibratorConfig``, order 1).
 
 Not included: diffusers' ``PyramidAttentionBroadcastConfig`` (caches attention only, so it cannot
 reach the fractions compared here), ``FasterCacheConfig`` (needs a CFG-aware pipeline loop) and
