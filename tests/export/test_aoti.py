@@ -17,7 +17,7 @@ from rfcache.export import BundleError, export, load_bundle
 from rfcache.export.backends import open_runner
 from rfcache.export.backends.aoti import AotiRunner
 from rfcache.models.tiny import tiny_transformer
-from tests.conftest import make_profile, make_tiny_digits_pipeline
+from tests.conftest import full_only, make_profile, make_tiny_digits_pipeline
 
 SCHEDULE = "CCCPPCPPPCPC"
 LABELS = [1, 7]
@@ -106,6 +106,7 @@ def test_a_bundle_compiled_for_cpu_is_refused_on_another_device(aoti_bundle, tmp
         AotiRunner(bundle, device="cpu")
 
 
+@full_only("Flux's text axis on AOTI; test_text_to_image runs the ONNX Flux bundle at two text lengths")
 def test_a_transformer_only_bundle_replays_the_runtime_step_by_step(tmp_path):
     """A family with tuple-returning blocks (Flux: joint attention, rms_norm), run step by step, at
     the exported text length and at another one (the text axis is a ``Dim``, ``text + K`` in the

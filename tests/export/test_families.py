@@ -8,11 +8,11 @@ import torch
 
 import rfcache
 from rfcache.export import OrtRunner, export, load_bundle
-from rfcache.models.tiny import FAMILIES, build_tiny_pipeline, tiny_pipeline_call_kwargs, tiny_transformer
+from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs, tiny_transformer
 from rfcache.runtime.identity import input_resolution
 from rfcache.runtime.runspec import RunSpec, captured_call, pipeline_call, run_setup
 from rfcache.schedules import Profile
-from tests.conftest import make_profile
+from tests.conftest import families_param, make_profile
 
 SCHEDULE = "CCPPCPPC"
 
@@ -36,7 +36,9 @@ def sampling_steps(model, example, schedule=SCHEDULE):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(
+    "family", families_param(("dit", "flux", "wan"), "bundle vs runtime pixels in test_text_to_image")
+)
 def test_transformer_bundle_replays_the_runtime_step_by_step(family, tmp_path):
     model = tiny_transformer(family).eval()
     example = rfcache.get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))

@@ -15,7 +15,7 @@ from rfcache.export import OrtRunner, export, load_bundle
 from rfcache.models import get_adapter, get_transformer
 from rfcache.models.tiny import tiny_transformer
 from rfcache.schedules.masks import rows_intersection, step_kinds
-from tests.conftest import families_param, make_profile, make_tiny_digits_pipeline
+from tests.conftest import families_param, full_only, make_profile, make_tiny_digits_pipeline
 from tests.export.test_families import _profile, sampling_steps
 
 STEPS = 8
@@ -33,7 +33,9 @@ def per_unit(profile, rows):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("family", families_param())
+@pytest.mark.parametrize(
+    "family", families_param(("dit",), "the kind graphs are built alike for every family; the DiT case takes that path")
+)
 def test_per_unit_bundle_replays_the_runtime_step_by_step(family, tmp_path):
     model = tiny_transformer(family).eval()
     example = get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))
@@ -140,6 +142,7 @@ def test_a_bundle_whose_profile_rows_differ_from_its_kinds_is_refused(exported, 
 
 
 @pytest.mark.slow
+@full_only("kind graphs go through the backend as in test_aoti; the ONNX ones are tested here")
 def test_per_unit_aoti_bundle_matches_the_onnx_one(exported, tmp_path):
     pipe, profile, path, _ = exported
     aoti = load_bundle(export(pipe, profile, tmp_path / "aoti", backend="aoti"))
