@@ -67,6 +67,8 @@ def test_cache_dit_keeps_true_cfg_calls_apart(true_cfg: bool) -> None:
             cached = measure_generation(workload.transformer, lambda: workload.generate(0))
     finally:
         applied.remove()
+    # its patch functors are undone too: what runs next runs on the model's own forward methods
+    assert not any("forward" in vars(m) for m in workload.transformer.modules())
     assert applied.params["separate_cfg"] is true_cfg
     per_call = cached.call_flops
     warm = 2 * calls  # cache-dit's max_warmup_steps=2, in steps

@@ -274,20 +274,39 @@ def _cache_dit(taylorseer: bool) -> Any:
             enable_separate_cfg=separate,
         )
         calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
+        model = get_transformer(pipe)
+        forwards = {m: vars(m).get("forward") for m in model.modules()}
         adapter = _cache_dit_adapter(pipe)
         cache_dit.enable_cache(adapter, cache_config=config, calibrator_config=calibrator)
         _quiet_cache_dit()
         params = {"Fn": 1, "Bn": 0, "residual_diff_threshold": config.residual_diff_threshold, "separate_cfg": separate}
         if taylorseer:
             params["taylorseer_order"] = 1
-        model = get_transformer(pipe)
+
+        def remove() -> None:
+            cache_dit.disable_cache(pipe)
+            _restore_forwards(model, forwards)
+
         return Applied(
             params=params,
-            remove=lambda: cache_dit.disable_cache(pipe),
+            remove=remove,
             state_roots=lambda: _cache_dit_state(pipe, model),
         )
 
     return apply
+
+
+def _restore_forwards(model: torch.nn.Module, forwards: dict[torch.nn.Module, Any]) -> None:
+    """Undo cache-dit's patch functors, which replace the transformer's (and Flux's single blocks')
+    ``forward`` and which ``disable_cache`` leaves in place: the next method would run on them."""
+    for module in model.modules():
+        before = forwards.get(module)
+        if vars(module).get("forward") is not before:
+            if before is None:
+                del module.forward
+            else:
+                module.forward = before
+    vars(model).pop("_is_patched", None)
 
 
 def _cache_dit_state(pipe: Any, model: torch.nn.Module) -> Iterable[Any]:
