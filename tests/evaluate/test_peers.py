@@ -54,6 +54,7 @@ def test_cache_dit_keeps_true_cfg_calls_apart(true_cfg: bool) -> None:
 
     steps = 6
     workload = load_workload("tiny:flux", steps=steps)
+    order = [name for name, _ in workload.transformer.named_modules()]
     if true_cfg:
         workload.base_kwargs.update(true_cfg_scale=2.0, negative_prompt="")
     with torch.no_grad():
@@ -69,6 +70,7 @@ def test_cache_dit_keeps_true_cfg_calls_apart(true_cfg: bool) -> None:
         applied.remove()
     # its patch functors are undone too: what runs next runs on the model's own forward methods
     assert not any("forward" in vars(m) for m in workload.transformer.modules())
+    assert [name for name, _ in workload.transformer.named_modules()] == order  # block lists in their order
     assert applied.params["separate_cfg"] is true_cfg
     per_call = cached.call_flops
     warm = 2 * calls  # cache-dit's max_warmup_steps=2, in steps

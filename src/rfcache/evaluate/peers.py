@@ -276,6 +276,7 @@ def _cache_dit(taylorseer: bool) -> Any:
         calibrator = cache_dit.TaylorSeerCalibratorConfig(taylorseer_order=1) if taylorseer else None
         model = get_transformer(pipe)
         forwards = {m: vars(m).get("forward") for m in model.modules()}
+        children = {m: dict(m._modules) for m in model.modules()}
         adapter = _cache_dit_adapter(pipe)
         cache_dit.enable_cache(adapter, cache_config=config, calibrator_config=calibrator)
         _quiet_cache_dit()
@@ -285,7 +286,7 @@ def _cache_dit(taylorseer: bool) -> Any:
 
         def remove() -> None:
             cache_dit.disable_cache(pipe)
-            _restore_forwards(model, forwards)
+            _restore_forwards(model, forwards, children)
 
         return Applied(
             params=params,
@@ -296,9 +297,16 @@ def _cache_dit(taylorseer: bool) -> Any:
     return apply
 
 
-def _restore_forwards(model: torch.nn.Module, forwards: dict[torch.nn.Module, Any]) -> None:
-    """Undo cache-dit's patch functors, which replace the transformer's (and Flux's single blocks')
-    ``forward`` and which ``disable_cache`` leaves in place: the next method would run on them."""
+def _restore_forwards(
+    model: torch.nn.Module, forwards: dict[torch.nn.Module, Any], children: dict[torch.nn.Module, dict[str, Any]]
+) -> None:
+    """Undo what ``disable_cache`` leaves of cache-dit: its patch functors' ``forward`` methods (the
+    transformer's, Flux's single blocks') and its re-registered block lists, which come back in
+    another order (diffusers' First Block Cache and MagCache then take Flux's last single block for
+    the first block). The next method would run on either."""
+    for module, before in children.items():
+        if set(module._modules) == set(before):
+            module._modules = dict(before)
     for module in model.modules():
         before = forwards.get(module)
         if vars(module).get("forward") is not before:
