@@ -286,7 +286,7 @@ def _cache_dit(taylorseer: bool) -> Any:
 
         def remove() -> None:
             cache_dit.disable_cache(pipe)
-            _restore_forwards(model, forwards, children)
+            _undo_cache_dit(model, forwards, children)
 
         return Applied(
             params=params,
@@ -297,7 +297,7 @@ def _cache_dit(taylorseer: bool) -> Any:
     return apply
 
 
-def _restore_forwards(
+def _undo_cache_dit(
     model: torch.nn.Module, forwards: dict[torch.nn.Module, Any], children: dict[torch.nn.Module, dict[str, Any]]
 ) -> None:
     """Undo what ``disable_cache`` leaves of cache-dit: its patch functors' ``forward`` methods (the
