@@ -39,7 +39,9 @@ what a step-mask-only calibration writes: its search, confirmation and selection
 checked), guidance 2, one at a time: rel-L2 to full compute of the toy's output (its final latent,
 ``x / 2 + 0.5``, clamped to [0, 1]) for the best profile, the step-mask and the per-unit profile and
 TaylorSeer m=2 at that NFC (``interval_for_nfc``); paired per-sample ratios with 95 % intervals.
-``--save DIR`` writes the profiles there.
+``--save DIR`` writes the profiles there. ``--model toy-flux``: the same on the trained Flux model (50
+steps, its default guidance, test prompts from templates 5-9 as ``rfc-bench``; calibration on
+templates 0-4, seeds 0-19).
 """
 
 from __future__ import annotations
@@ -66,17 +68,19 @@ def _generate(pipe, label: int, seed: int) -> torch.Tensor:
     ).images
 
 
-def _run(pipe, inputs, apply, *, ours: bool = True) -> tuple[list[torch.Tensor], float, float]:
+def _run(pipe, inputs, apply, *, ours: bool = True, generate=None) -> tuple[list[torch.Tensor], float, float]:
     """Per-sample outputs, mean FLOP fraction and mean NFC (rfcache's counters: ``ours`` only) under ``apply()``.
 
     ``apply()`` returns ``(remove, reset)``; ``reset`` runs before every sample (a peer's hook state).
+    ``generate(item)`` makes one sample (default: ``inputs`` are ``(label, seed)`` pairs of the toy).
     """
+    generate = generate or (lambda item: _generate(pipe, *item))
     outs, fracs, nfcs = [], [], []
     remove, reset = apply()
     try:
-        for label, seed in inputs:
+        for item in inputs:
             reset()
-            outs.append(_generate(pipe, label, seed))
+            outs.append(generate(item))
             if ours:
                 s = rfcache.summary(pipe)
                 fracs.append(s.flops_fraction)
@@ -289,33 +293,40 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
 
 
 def compare_families(
-    pipe, samples: int, nfcs: list[int], *, trials: int, confirm: int, seed: int, save: str | None
+    pipe, samples: int, nfcs: list[int], *, trials: int, confirm: int, seed: int, save: str | None, model: str = "toy"
 ) -> None:
     """Best (both families) and step-mask vs per-unit profiles against TaylorSeer m=2 at each NFC."""
     from pathlib import Path
 
     from rfcache.calibrate import calibrate
+    from rfcache.evaluate.workload import TUNE_OFFSET, load_workload
     from rfcache.runtime.runspec import RunSpec
 
-    inputs = [(i % 10, seed + i) for i in range(samples)]
-    reference = [_generate(pipe, label, s) for label, s in inputs]
+    if model == "toy":
+        generate = lambda i: _generate(pipe, i % 10, seed + i)  # noqa: E731
+        run, what = RunSpec(steps=50, guidance=2.0), "Toy DiT, 50 DDIM steps, guidance 2"
+    else:  # toy-flux: test prompts from templates 5-9, calibration on templates 0-4 (as rfc-bench)
+        work = load_workload(model, steps=50)
+        work.seed, pipe = seed, work.pipe
+        generate = work.generate
+        run = RunSpec(steps=50, prompts=tuple(work.calibration_prompts))
+        what = f"{model}, 50 steps, its default guidance"
+    reference = [generate(i) for i in range(samples)]
     warmup = rfcache.get_adapter(pipe).taylorseer_warmup
-    print(f"\nToy DiT, 50 DDIM steps, guidance 2, {samples} test samples one at a time (seeds {seed}..)")
+    print(f"\n{what}, {samples} test samples one at a time (seeds {seed}..)")
     for nfc in nfcs:
         interval, w, got = interval_for_nfc(50, nfc, warmup=warmup)
-        budget = _fraction(pipe, interval, w)
-        result = calibrate(
-            pipe, run=RunSpec(steps=50, guidance=2.0), budget=budget, trials=trials, confirm=confirm, progress=False
-        )
+        budget = _fraction(pipe, lambda: generate(TUNE_OFFSET), interval, w)
+        result = calibrate(pipe, run=run, budget=budget, trials=trials, confirm=confirm, progress=False)
         best, other = result.profile, result.alternative
         used = {item.seed for items in best.provenance.inputs.values() for item in items}
-        assert not used & {s for _, s in inputs}, "test seeds were used in calibration"
+        assert not used & {seed + i for i in range(samples)}, "test seeds were used in calibration"
         step = best if not best.per_unit else other
         unit = best if best.per_unit else other
         if save:
             for name, p in (("best", best), ("step", step), ("unit", unit)):
                 if p is not None:
-                    p.save(Path(save) / f"toy-nfc{got}-{name}.yaml")
+                    p.save(Path(save) / f"{model}-nfc{got}-{name}.yaml")
         rows = {"TaylorSeer m=2": _ours(pipe, method="taylorseer", order=2, interval=interval, warmup=w)}
         rows |= {"step-mask profile": _ours(pipe, step)}
         if unit is not None:
@@ -324,7 +335,7 @@ def compare_families(
         print(f"NFC {got} (TaylorSeer N={interval} w={w}), budget {budget:.4f}: best is {best.method.schedule_family}")
         print(f"  selection rel-L2: {_selection_line(best)}")
         for label, apply in rows.items():
-            outs, frac, _ = _run(pipe, inputs, apply)
+            outs, frac, _ = _run(pipe, range(samples), apply, generate=generate)
             errors[label] = [relative_l2(o, r) for o, r in zip(outs, reference, strict=True)]
             print(f"  {label:<20} FLOP frac {frac:.3f}  rel-L2 {mean_interval(errors[label]).format('.4f')}")
         errors["best profile"] = errors["per-unit profile" if best.per_unit else "step-mask profile"]
@@ -338,11 +349,11 @@ def compare_families(
                 print(f"  {a} / {b}: {r.format('.3f')} {r.verdict()}")
 
 
-def _fraction(pipe, interval: int, warmup: int) -> float:
-    """The analytic FLOP fraction of RFE m=2's interval schedule (one generation)."""
+def _fraction(pipe, generate, interval: int, warmup: int) -> float:
+    """The analytic FLOP fraction of RFE m=2's interval schedule (one generation, ``generate()``)."""
     rfcache.enable(pipe, method="rfe", order=2, interval=interval, warmup=warmup)
     try:
-        _generate(pipe, 0, 0)
+        generate()
         return rfcache.summary(pipe).flops_fraction
     finally:
         rfcache.disable(pipe)
@@ -366,6 +377,7 @@ def main() -> None:
     parser.add_argument("--per-unit", default="", help="NFCs: best, step-mask and per-unit profiles vs TaylorSeer")
     parser.add_argument("--seed", type=int, default=9000, help="first test seed for --per-unit")
     parser.add_argument("--save", default=None, help="folder for --per-unit's profiles")
+    parser.add_argument("--model", default="toy", choices=["toy", "toy-flux"], help="trained model for --per-unit")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
@@ -373,7 +385,14 @@ def main() -> None:
     if args.per_unit:
         nfcs = [int(n) for n in args.per_unit.split(",")]
         compare_families(
-            pipe, args.samples, nfcs, trials=args.trials, confirm=args.confirm, seed=args.seed, save=args.save
+            pipe,
+            args.samples,
+            nfcs,
+            trials=args.trials,
+            confirm=args.confirm,
+            seed=args.seed,
+            save=args.save,
+            model=args.model,
         )
     elif args.ratio_forms:
         ratio_forms(pipe, args.samples, args.ratio_forms, args.trials)

@@ -44,6 +44,6 @@ def test_classifier_recognises_real_digits_after_the_round_trip():
 def test_toy_model_draws_recognisable_digits():
     pipe = rfcache.load_pipeline("toy")
     pipe.set_progress_bar_config(disable=True)
-    labels = [c for c in range(10) for _ in range(10)]  # 0.97 at seed 0
+    labels = [c for c in range(10) for _ in range(5)]  # 0.94 at seed 0
     images = pipe(class_labels=labels, generator=torch.Generator().manual_seed(0), output_type="np").images
     assert class_agreement(images, labels) >= 0.9

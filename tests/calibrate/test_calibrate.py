@@ -137,7 +137,8 @@ def test_cli_empty_prompt_file(tmp_path, capsys):
 @pytest.mark.slow
 def test_cli_calibrates_the_embedded_model(tmp_path, capsys):
     out = tmp_path / "toy.yaml"
-    assert main(["calibrate", "--budget", "0.4", "--trials", "6", "--out", str(out), "--json"]) == 0
+    # 20 steps, not the default 50 (CI's main job runs the zero-argument command)
+    assert main(["calibrate", "--budget", "0.4", "--steps", "20", "--trials", "6", "--out", str(out), "--json"]) == 0
     record = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert record["flops_fraction"] <= 0.4 and record["profile"] == str(out)
     assert {"nfc", "test_rel_l2", "taylorseer_rel_l2", "seconds", "budget_target"} <= set(record)

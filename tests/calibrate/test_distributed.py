@@ -13,6 +13,7 @@ import pytest
 import rfcache
 from rfcache.calibrate.storage import StorageError, open_storage
 from tests.calibrate.conftest import TINY_RUN, calibrate_command, study_trials, worker_env
+from tests.conftest import full_only
 
 TRIALS = 150  # error-model trials take ~0.1 s: enough that a worker starting seconds late still gets some
 
@@ -37,7 +38,9 @@ print(*popped)
 """
 
 
-@pytest.mark.parametrize("kind", ["postgresql", "sqlite"])
+@pytest.mark.parametrize(
+    "kind", [pytest.param("postgresql", marks=full_only("PostgreSQL locks rows itself (FOR UPDATE)")), "sqlite"]
+)
 def test_workers_never_pop_the_same_enqueued_trial(kind, tmp_path, request):
     """SQLite ignores Optuna's SELECT ... FOR UPDATE: without a write lock at the start of each
     transaction two workers took the same enqueued trial (16 of 300 here) and one then failed."""

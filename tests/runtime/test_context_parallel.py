@@ -1,10 +1,11 @@
 """Caching under diffusers' context parallelism: every rank computes what one device would.
 
-Two gloo processes on CPU (tests/runtime/_cp_harness.py holds the CPU workarounds), tiny Flux and
-Wan, Ulysses and Ring, for TaylorSeer, RFE, dynamic RFC and a static profile: the output equals the
-one-process cached output within 1e-5 relative, every rank's output and summary are the same. A
-negative control (norms per shard, no reduction) shows that this check does catch a missing
-reduction; a case whose shards' RCS errors straddle tau shows one decision on every rank.
+Two gloo processes on CPU (tests/runtime/_cp_harness.py holds the CPU workarounds), tiny Flux under
+Ulysses and Wan under Ring (all four pairs with RFCACHE_TEST_FULL=1), for TaylorSeer, RFE, dynamic
+RFC and a static profile: the output equals the one-process cached output within 1e-5 relative,
+every rank's output and summary are the same. A negative control (norms per shard, no reduction)
+shows that this check does catch a missing reduction; a case whose shards' RCS errors straddle tau
+shows one decision on every rank.
 
 All of it runs in one spawned pair of ranks (imports cost more than the runs), with a hard timeout.
 """
@@ -23,11 +24,13 @@ import torch
 import rfcache
 from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
 from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+from tests.conftest import FULL, full_only
 from tests.runtime._cp_harness import enable_context_parallel, start_ranks
 
 STEPS = 8
 FAMILIES = ("flux", "wan")
-MODES = ("ulysses", "ring")
+# each family under one mode, each mode for one family (the other two pairs with RFCACHE_TEST_FULL=1)
+COMBOS = (("flux", "ulysses"), ("wan", "ring")) + ((("flux", "ring"), ("wan", "ulysses")) if FULL else ())
 SCHEDULE = "CCCPPCPC"
 METHODS: dict[str, dict[str, Any]] = {
     "taylorseer": {"method": "taylorseer", "interval": 3, "warmup": 1, "order": 2},
@@ -203,44 +206,43 @@ def _refuse_bundles(pipe: Any, results: dict[Any, Any], folder: str, rank: int) 
 def _worker(rank: int, world: int, per_shard: bool, folder: str) -> dict[str, Any]:
     """On each rank: every (family, mode, method) under context parallelism, and the controls."""
     results: dict[str, Any] = {"straddle": _straddle(rank, world), "cli": _cli(rank, folder)}
-    for family in FAMILIES:
-        for mode in MODES:
-            pipe = build_tiny_pipeline(family)
-            # cache first, then parallelism (the other order for the remaining methods)
-            _enable(pipe, family, "rfe")
-            enable_context_parallel(pipe.transformer, mode, world)
-            try:
-                results[family, mode, "rfe", "cache-first"] = (_generate(pipe, family), None)
-            finally:
-                rfcache.disable(pipe)
-            for name in METHODS:
-                results[family, mode, name] = _cached(pipe, family, name)
-            if per_shard:  # the negative control: norms per shard, as without the reductions
-                from unittest import mock
+    for family, mode in COMBOS:
+        pipe = build_tiny_pipeline(family)
+        # cache first, then parallelism (the other order for the remaining methods)
+        _enable(pipe, family, "rfe")
+        enable_context_parallel(pipe.transformer, mode, world)
+        try:
+            results[family, mode, "rfe", "cache-first"] = (_generate(pipe, family), None)
+        finally:
+            rfcache.disable(pipe)
+        for name in METHODS:
+            results[family, mode, name] = _cached(pipe, family, name)
+        if per_shard:  # the negative control: norms per shard, as without the reductions
+            from unittest import mock
 
-                with mock.patch("rfcache.runtime.session.context_group", return_value=None):
-                    results[family, mode, "rfe", "per-shard"] = _cached(pipe, family, "rfe")
-            if (family, mode) == ("flux", "ulysses"):
-                results["compiled"] = _compiled(pipe)  # (the "full" run below checks disable after compile)
-            if (family, mode) == ("flux", "ulysses"):  # a non-finite output seen by one rank only
-                with _one_nonfinite_output() if rank == 1 else contextlib.nullcontext():
-                    results[family, mode, "taylorseer", "nonfinite"] = _cached(pipe, family, "taylorseer")
-            if (family, mode) == ("flux", "ulysses"):  # bundles are single-device: refused from Python too
-                _refuse_bundles(pipe, results, folder, rank)
-            if (family, mode) == ("wan", "ulysses"):  # refused, in one line, before any collective
-                for refused in ({"granularity": "block"}, {"max_cache_bytes": 1 << 30}):
-                    try:
-                        rfcache.enable(pipe, method="taylorseer", **refused)
-                    except rfcache.RfcacheError as exc:
-                        results[(family, mode, "refused", *refused)] = str(exc)
-                    assert rfcache.runtime.api._SESSION_ATTR not in vars(pipe.transformer)
-                from rfcache.calibrate.trace import record_trace
-
+            with mock.patch("rfcache.runtime.session.context_group", return_value=None):
+                results[family, mode, "rfe", "per-shard"] = _cached(pipe, family, "rfe")
+        if (family, mode) == ("flux", "ulysses") and FULL:
+            results["compiled"] = _compiled(pipe)  # (the "full" run below checks disable after compile)
+        if (family, mode) == ("flux", "ulysses"):  # a non-finite output seen by one rank only
+            with _one_nonfinite_output() if rank == 1 else contextlib.nullcontext():
+                results[family, mode, "taylorseer", "nonfinite"] = _cached(pipe, family, "taylorseer")
+        if (family, mode) == ("flux", "ulysses"):  # bundles are single-device: refused from Python too
+            _refuse_bundles(pipe, results, folder, rank)
+        if (family, mode) == ("wan", "ring"):  # refused, in one line, before any collective
+            for refused in ({"granularity": "block"}, {"max_cache_bytes": 1 << 30}):
                 try:
-                    record_trace(pipe, {**tiny_pipeline_call_kwargs(family), "num_inference_steps": 2})
+                    rfcache.enable(pipe, method="taylorseer", **refused)
                 except rfcache.RfcacheError as exc:
-                    results[family, mode, "refused", "calibration"] = str(exc)
-            results[family, mode, "full"] = (_generate(pipe, family), None)
+                    results[(family, mode, "refused", *refused)] = str(exc)
+                assert rfcache.runtime.api._SESSION_ATTR not in vars(pipe.transformer)
+            from rfcache.calibrate.trace import record_trace
+
+            try:
+                record_trace(pipe, {**tiny_pipeline_call_kwargs(family), "num_inference_steps": 2})
+            except rfcache.RfcacheError as exc:
+                results[family, mode, "refused", "calibration"] = str(exc)
+        results[family, mode, "full"] = (_generate(pipe, family), None)
     return results
 
 
@@ -285,8 +287,7 @@ def _relative(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.linalg.norm(a - b) / np.linalg.norm(b))
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "mode"), COMBOS)
 def test_every_method_matches_one_device_on_every_rank(ranks, references, family, mode):
     full = references[family, "full"][0]
     assert _relative(ranks[0][family, mode, "full"][0], full) < TOLERANCE  # the harness itself
@@ -300,16 +301,14 @@ def test_every_method_matches_one_device_on_every_rank(ranks, references, family
         np.testing.assert_array_equal(ranks[0][family, mode, name][0], ranks[1][family, mode, name][0])
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "mode"), COMBOS)
 def test_cache_enabled_before_parallelism(ranks, references, family, mode):
     expected = references[family, "rfe"][0]
     for rank in ranks:
         assert _relative(rank[family, mode, "rfe", "cache-first"][0], expected) < TOLERANCE
 
 
-@pytest.mark.parametrize("mode", MODES)
-@pytest.mark.parametrize("family", FAMILIES)
+@pytest.mark.parametrize(("family", "mode"), COMBOS)
 def test_norms_per_shard_fail_the_check(ranks, references, family, mode):
     """The negative control: without the reductions RFE's outputs are off by more than the tolerance."""
     expected = references[family, "rfe"][0]
@@ -340,7 +339,7 @@ def test_a_nonfinite_output_on_one_rank_is_rerun_on_every_rank(ranks, references
 )
 def test_what_context_parallelism_cannot_do_is_refused_in_one_line(ranks, option, words):
     for rank in ranks:
-        message = rank["wan", "ulysses", "refused", option]
+        message = rank["wan", "ring", "refused", option]
         assert "context parallelism" in message and words in message and "\n" not in message, message
 
 
@@ -354,6 +353,7 @@ def test_bundles_are_refused_on_a_split_model_in_one_line(ranks):
         assert rank["flux", "ulysses", "refused", "into", "unchanged"]
 
 
+@full_only("compile=True under context parallelism: the same variants as tests/runtime/test_compile.py")
 def test_compiled_profile_under_context_parallelism(ranks, references):
     expected, expected_summary = references["flux", "profile"]
     for rank in ranks:

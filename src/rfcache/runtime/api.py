@@ -10,7 +10,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.models import BlockAdapter, get_adapter, get_transformer
 from rfcache.models.hooks import has_unit_hooks
-from rfcache.runtime.compile import CompiledSchedule
+from rfcache.runtime.compile import CompiledSchedule, compiled_step_kinds, max_step_kinds
 from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.experts import (
     check_profile_experts,
@@ -144,8 +144,10 @@ def _enable_model(
     )
     if cuda_graphs and not compile:
         raise RfcacheError("cuda_graphs=True needs compile=True (the CUDA graphs capture the compiled variants)")
-    schedule = RegionalSchedule if config.unit_masks is not None else CompiledSchedule  # per-unit: regional
-    compiled = schedule(session, cuda_graphs=cuda_graphs) if compile else None  # refuses first
+    compiled: CompiledSchedule | RegionalSchedule | None = None
+    if compile:  # one whole-forward variant per step kind, unless a per-unit schedule has more than dynamo keeps
+        whole = compiled_step_kinds(config) <= max_step_kinds()
+        compiled = (CompiledSchedule if whole else RegionalSchedule)(session, cuda_graphs=cuda_graphs)  # refuses first
     session.attach()
     if compiled is not None:
         compiled.attach()

@@ -1,18 +1,21 @@
-"""``enable(..., compile=True)``: a fixed schedule under ``torch.compile`` in two compiled variants.
+"""``enable(..., compile=True)``: a fixed schedule under ``torch.compile``, one variant per step kind.
 
-(A per-unit profile's schedule is compiled regionally instead: regional.py.)
-
-A fixed schedule (a profile's mask, or an interval) decides every step before the transformer
-runs, so the decision stays in eager Python (the session's forward pre-hook, step bookkeeping and
-FLOP counts included) and the transformer's forward is compiled with ``fullgraph=True`` (no graph
-break anywhere, blocks included). Inside it the unit wrappers read one Python bool, ``full``, on
-which dynamo guards: exactly two variants, the full step and the cached step.
+A fixed schedule (a profile's mask or per-unit rows, or an interval) decides every step before the
+transformer runs, so the decision stays in eager Python (the session's forward pre-hook, step
+bookkeeping and FLOP counts included) and the transformer's forward is compiled with
+``fullgraph=True`` (no graph break anywhere, blocks included). Inside it the unit wrappers read one
+Python tuple, ``plan`` (per unit: computed at this step), on which dynamo guards: one variant per
+step kind, so exactly two for a one-mask schedule (the full step and the cached step) and the
+number of distinct columns for a per-unit one (what ``--max-step-kinds`` bounds). A per-unit
+schedule with more kinds than dynamo keeps variants (:func:`max_step_kinds`) is compiled
+regionally instead (regional.py): fewer graphs, more eager work per step.
 
 What would specialise per step is kept out of the graph as tensors:
 
 - the Taylor weights ``k^i / i!`` of a cached step (0 above the order the full steps so far
   allow, as the bundle runner does) and the distance ``N`` of a full step are 0-d/1-d device
-  tensors, prepared once per (k, order) and reused;
+  tensors per unit (each unit counts its own steps since it was computed), prepared once per
+  (unit, k, order) and reused;
 - the cache state has a fixed layout from the first step on: ``D_0..D_m`` per unit output (orders
   not yet available hold finite values whose weight is 0), the input at the last full step, the
   run-time ratio ``s`` and, for RFE, the Gram entries ``<D_i, D_j>`` from which a cached step
@@ -39,6 +42,7 @@ import torch
 from rfcache.errors import RfcacheError
 from rfcache.models import CacheUnit
 from rfcache.models.hooks import attach_module_hooks, attach_unit_hooks, detach_unit_hooks
+from rfcache.runtime.config import CacheConfig
 from rfcache.runtime.outputs import flatten_output, unflatten_output
 from rfcache.runtime.predictors import (
     difference_gram,
@@ -53,10 +57,34 @@ from rfcache.runtime.predictors import (
 )
 from rfcache.runtime.session import HOOK_NAME, CacheSession
 from rfcache.schedules import ratio_position
+from rfcache.schedules.masks import runs_full
 
-__all__ = ["CompiledSchedule"]
+__all__ = ["CompiledSchedule", "compiled_step_kinds", "max_step_kinds"]
 
 logger = logging.getLogger(__name__)
+
+
+def max_step_kinds() -> int:
+    """The most step kinds compiled as whole-forward variants: dynamo's recompile limit (8 by default),
+    one variant per kind and batch size; a per-unit schedule with more is compiled regionally."""
+    return int(torch._dynamo.config.recompile_limit)
+
+
+def compiled_step_kinds(config: CacheConfig) -> int:
+    """The distinct step kinds (the set of units computed) the schedule runs, the predictor's warm-up
+    included: 2 for a one-mask schedule (full, cached), the distinct columns for a per-unit one."""
+    if config.unit_masks is None:
+        return 2
+    minimum, branch_full = config.min_full_steps, 0
+    done = [0] * len(config.unit_masks)
+    kinds = set()
+    for step, planned in enumerate(config.mask or ()):
+        full = runs_full(planned, branch_full, minimum)
+        branch_full += full
+        kind = tuple(full or runs_full(row[step], n, minimum) for row, n in zip(config.unit_masks, done, strict=True))
+        done = [n + c for n, c in zip(done, kind, strict=True)]
+        kinds.add(kind)
+    return len(kinds)
 
 
 @dataclass
@@ -77,7 +105,9 @@ class _Slot:
 class _BranchSlots:
     shape_key: tuple
     slots: dict[int, _Slot] = field(default_factory=dict)
-    last_full: int = -1
+    last_full: list[int] = field(default_factory=list)  # per unit index: its latest computed step (-1: none)
+    num_full: list[int] = field(default_factory=list)  # per unit index: its computed steps this generation
+    before: tuple | None = None  # this step's bookkeeping before it ran (a step re-run in full restores it)
 
 
 class CompiledSchedule:
@@ -90,26 +120,33 @@ class CompiledSchedule:
                 f"compile=True needs a fixed schedule (a profile or an interval method); {config.method!r} decides "
                 "at run time from the first unit's input"
             )
-        if config.unit_masks is not None:  # per-unit schedules compile regionally (regional.py)
-            raise RfcacheError("CompiledSchedule runs one-mask schedules; a per-unit one runs as a RegionalSchedule")
+        kinds = compiled_step_kinds(config)
+        if kinds > max_step_kinds():  # more variants than dynamo keeps: regional.py compiles such schedules
+            raise RfcacheError(
+                f"this schedule has {kinds} step kinds; CompiledSchedule compiles at most {max_step_kinds()} "
+                "(a per-unit one with more runs as a RegionalSchedule)"
+            )
         param = next(session.model.parameters())
         if cuda_graphs and param.device.type != "cuda":
             raise RfcacheError("cuda_graphs=True needs the model on a CUDA device")
         self.session, self.model, self.adapter = session, session.model, session.adapter
         self.keep = kept_differences(config.predictor, config.order)
         self.cuda_graphs = cuda_graphs
-        self.full = True  # the one Python value the graphs are specialised on
-        self.distance = torch.ones((), dtype=torch.float32, device=param.device)
-        self.coeffs = torch.ones(self.keep + 1, dtype=torch.float32, device=param.device)
-        self.pair_weights = gram_pair_weights(self.coeffs)  # ||d(k)||^2 = grams @ pair_weights (RFE)
+        self.device = param.device
+        self._tensors: dict[tuple, torch.Tensor] = {}  # this step's forecast tensors, made once per value
+        count = len(session.adapter.units(session.model, config.granularity))  # (attached after this)
+        self.plan: tuple[bool, ...] = (True,) * count  # the Python values the graphs are specialised on
+        # per unit index, this step's forecast tensors: each unit has its own (its own distances under a
+        # per-unit schedule; never one tensor shared by two units, which dynamo would guard as aliased)
+        self.distances = [self._tensor(("distance", u, 1), lambda: 1.0) for u in range(count)]
+        self.coeffs = [self._tensor(("coeffs", u, 0, 0), lambda: [1.0] * (self.keep + 1)) for u in range(count)]
+        self.pair_weights = [gram_pair_weights(c) for c in self.coeffs]  # ||d(k)||^2 = grams @ pair_weights (RFE)
         # a step-linear calibrated ratio: s = ratios[u] + slopes[u] * position, position a per-step tensor
         slopes = config.ratio_slopes
         self.slopes = None if slopes is None else torch.tensor(slopes, dtype=torch.float32, device=param.device)
         self.position = torch.zeros((), dtype=torch.float32, device=param.device)
         self._position_cache: dict[int, torch.Tensor] = {}
-        self._coeff_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self._pair_cache: dict[tuple[int, int], torch.Tensor] = {}
-        self._distance_cache: dict[int, torch.Tensor] = {}
+        self._pair_cache: dict[tuple, torch.Tensor] = {}
         self._branches: list[_BranchSlots] = []
         self._active: dict[int, _Slot] = {}
         self._slots = _BranchSlots(shape_key=())
@@ -159,58 +196,79 @@ class CompiledSchedule:
         s = self.session
         if s._probe is not None:
             return
-        if s._retrying:  # the session's guard re-runs a non-finite cached step in full
-            self._set_step(True, s._branches[s._branch_index].num_full)
+        if s._retrying:  # the session's guard re-runs a cached step in full: as if it had been planned so
+            assert self._slots.before is not None
+            self._slots.last_full, self._slots.num_full = (list(v) for v in self._slots.before[:2])
+            for index, state in self._slots.before[2].items():
+                self._active[index].differences, self._active[index].ratios = state[:2]
+                self._active[index].grams, self._active[index].input_at_full = state[2:]
+            self._set_step((True,) * len(s.units))
             return
         while len(self._branches) <= s._branch_index:
             self._branches.append(_BranchSlots(shape_key=()))
         slots = self._branches[s._branch_index]
         if slots.shape_key != s._shape_key:  # a new batch size: allocate its state eagerly
             self._branches[s._branch_index] = slots = _BranchSlots(shape_key=s._shape_key)
-        if s._step == 0:
-            slots.last_full = -1
+        if s._step == 0 or not slots.last_full:
+            slots.last_full, slots.num_full = [-1] * len(s.units), [0] * len(s.units)
         self._active, self._slots = slots.slots, slots
         self._eager = not slots.slots
         branch = s._branches[s._branch_index]
         s._decide(branch, None)  # fixed policies need no input
-        self._set_step(branch.full, branch.num_full)
+        minimum = s.config.min_full_steps
+        plan = branch.plan or (False,) * len(s.units)  # per-unit masks: the units planned computed
+        computes = tuple(
+            branch.full or runs_full(planned, done, minimum) for planned, done in zip(plan, slots.num_full, strict=True)
+        )
+        if s.config.check_finite and not branch.full:  # what a re-run in full would restore (references only)
+            slots.before = (
+                list(slots.last_full),
+                list(slots.num_full),
+                {i: (o.differences, o.ratios, o.grams, o.input_at_full) for i, o in slots.slots.items()},
+            )
+        self._set_step(computes)
         store, row = branch.conditioning, branch.conditioning_row
         self._conditioning = {p: outs[row] for p, outs in store.outputs.items()} if row is not None else {}
 
-    def _set_step(self, full: bool, num_full: int) -> None:
+    def _set_step(self, computes: tuple[bool, ...]) -> None:
+        """Each unit's forecast tensors for this step (its own distance since its last computed step)."""
         s, slots = self.session, self._slots
-        self.full = full
-        if full:
-            distance = s._step - slots.last_full if slots.last_full >= 0 else 1
-            slots.last_full = s._step
-            self.distance = self._cached(self._distance_cache, distance, lambda: float(distance))
-        else:
-            k = s._step - slots.last_full
-            order = min(self.keep, num_full - 1)
-            if self.slopes is not None:
-                step, mask = s._step, s.config.mask or ()
-                self.position = self._cached(self._position_cache, step, lambda: ratio_position(step, len(mask)))
-            self.coeffs = self._cached(
-                self._coeff_cache,
-                (k, order),
-                lambda: padded_taylor_coefficients(k, order, self.keep),
+        self.plan = computes
+        step = s._step
+        for u, full in enumerate(computes):
+            last = slots.last_full[u]
+            if full:
+                distance = step - last if last >= 0 else 1
+                slots.last_full[u], slots.num_full[u] = step, slots.num_full[u] + 1
+                self.distances[u] = self._tensor(("distance", u, distance), lambda d=distance: float(d))
+                continue
+            k, order = step - last, min(self.keep, slots.num_full[u] - 1)
+            self.coeffs[u] = self._tensor(
+                ("coeffs", u, k, order), lambda k=k, order=order: padded_taylor_coefficients(k, order, self.keep)
             )
-            if (k, order) not in self._pair_cache:
-                self._pair_cache[(k, order)] = gram_pair_weights(self.coeffs)
-            self.pair_weights = self._pair_cache[(k, order)]
-        self._count(full)
+            if ("pairs", u, k, order) not in self._pair_cache:
+                self._pair_cache["pairs", u, k, order] = gram_pair_weights(self.coeffs[u])
+            self.pair_weights[u] = self._pair_cache["pairs", u, k, order]
+        if self.slopes is not None and not all(computes):
+            mask = s.config.mask or ()
+            self.position = self._tensor(("position", step), lambda: ratio_position(step, len(mask)))
+        self._count(computes)
 
-    def _cached(self, cache: dict, key: Any, value: Any) -> torch.Tensor:
-        if key not in cache:
-            cache[key] = torch.tensor(value(), dtype=torch.float32, device=self.distance.device)
-        return cache[key]
+    def _tensor(self, key: tuple, value: Any) -> torch.Tensor:
+        if key not in self._tensors:
+            self._tensors[key] = torch.tensor(value(), dtype=torch.float32, device=self.device)
+        return self._tensors[key]
 
-    def _count(self, full: bool) -> None:
+    def _count(self, computes: tuple[bool, ...]) -> None:
         s, c = self.session, self.session._counters
-        for unit in s.units:
+        per_unit = s.config.unit_masks is not None
+        branch = s._branches[s._branch_index]
+        for unit, full in zip(s.units, computes, strict=True):
             flops = s._cached_flops(("unit", unit.index, s._shape_key), unit)
             c.module += flops
             c.computed += flops if full else 0
+            if per_unit:  # the summary's per-unit patterns, as the eager unit wrapper records them
+                branch.unit_letters.setdefault(unit.index, {})[s._step] = "C" if full else "P"
             slot = self._active.get(unit.index)
             if slot is not None:
                 kind, order = s.config.predictor, s.config.order
@@ -247,7 +305,7 @@ class CompiledSchedule:
             return original(*args, **kwargs)
         x = self.adapter.unit_input(self.model, unit, args, kwargs)
         slot = self._active.get(unit.index)
-        if self.full or slot is None:
+        if self.plan[unit.index] or slot is None:
             out = original(*args, **kwargs)
             self._refresh(unit, slot, out, x)
             return out
@@ -283,7 +341,7 @@ class CompiledSchedule:
             prev = slot.differences[j]
             new = [o]
             for i in range(self.keep):
-                new.append((new[i] - prev[i]) / self.distance)
+                new.append((new[i] - prev[i]) / self.distances[unit.index])
             differences.append(new)
             if relational and config.ratios is None:
                 assert slot.input_at_full is not None
@@ -311,17 +369,17 @@ class CompiledSchedule:
             if kind == "reuse":
                 outs.append(diffs[0])
             elif kind == "taylor":
-                outs.append(weighted_sum(diffs, self.coeffs))
+                outs.append(weighted_sum(diffs, self.coeffs[unit.index]))
             else:
                 assert slot.input_at_full is not None
                 ratio = slot.ratios[j]
                 if self.slopes is not None:
                     ratio = ratio + self.slopes[unit.index] * self.position
-                grams, x_full = slot.grams[j], slot.input_at_full
+                grams, x_full, coeffs = slot.grams[j], slot.input_at_full, self.coeffs[unit.index]
                 reduce = self.session._reduce
                 outs.append(
                     stacked_relational_forecast(
-                        diffs, self.coeffs, self.pair_weights, grams, ratio, x, x_full, reduce=reduce
+                        diffs, coeffs, self.pair_weights[unit.index], grams, ratio, x, x_full, reduce=reduce
                     )
                 )
         return unflatten_output(outs, slot.layout, slot.single)

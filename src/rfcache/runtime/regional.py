@@ -1,7 +1,8 @@
-"""``enable(per_unit_profile, compile=True)``: a per-unit schedule under regional compilation.
+"""``enable(per_unit_profile, compile=True)``: a per-unit schedule with many step kinds, compiled regionally.
 
 A per-unit schedule decides each unit's compute or predict choice per step, so a whole-forward graph
-specialised on the choices would need one variant per step kind. Here the choice stays where the
+specialised on the choices needs one variant per step kind (compile.py does that up to dynamo's
+recompile limit, :func:`~rfcache.runtime.compile.max_step_kinds`). Beyond it the choice stays where the
 eager session makes it (its unit wrapper, with each unit's own history, counts and non-finite
 guard), and what runs after it is compiled once and reused by every block (regional compilation,
 as diffusers' ``compile_repeated_blocks``):
