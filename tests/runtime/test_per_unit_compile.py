@@ -1,9 +1,11 @@
 """``enable(per_unit_profile, compile=True)``: one whole-forward variant per step kind (or, past dynamo's
 recompile limit, regional compilation); no recompilation, eager's outputs."""
 
+import contextlib
 import dataclasses
 from unittest import mock
 
+import numpy as np
 import pytest
 import torch
 from torch._dynamo.utils import counters
@@ -11,7 +13,7 @@ from torch._dynamo.utils import counters
 import rfcache
 from rfcache.models import get_adapter, get_transformer
 from rfcache.schedules.masks import rows_intersection, step_kinds
-from tests.conftest import full_only, generate, make_profile, make_tiny_digits_pipeline
+from tests.conftest import families_param, full_only, generate, make_profile, make_tiny_digits_pipeline
 
 STEPS = 12
 ROWS = ("CCPPPCPPPCPP", "CCCCCCCCCCCC", "CCPCPCPCPCPC", "CCCPPCPPCPPC")  # 6 step kinds
@@ -27,6 +29,25 @@ def _per_unit(pipe, rows=ROWS, **kwargs):
     return dataclasses.replace(base, unit_schedules=rows)
 
 
+def _one_nonfinite_check():
+    """A patch under which the guard sees the first cached step's output as non-finite (once)."""
+    from rfcache.runtime import session
+
+    calls = []
+    original = session._first_tensor
+
+    def first_tensor(output):
+        calls.append(1)
+        return torch.tensor([float("nan")]) if len(calls) == 1 else original(output)
+
+    return mock.patch.object(session, "_first_tensor", first_tensor)
+
+
+def _generate_once(pipe, profile, *, nonfinite: bool = False):
+    with _one_nonfinite_check() if nonfinite else contextlib.nullcontext():
+        return generate(pipe, steps=STEPS), rfcache.summary(pipe)
+
+
 @pytest.fixture(
     scope="module",
     params=[
@@ -35,57 +56,71 @@ def _per_unit(pipe, rows=ROWS, **kwargs):
         pytest.param(("taylor", 1, "whole"), id="taylor-whole", marks=full_only("taylor: rfe-whole's path")),
     ],
 )
-def eager_and_compiled(request):
-    """Eager output, then two compiled generations with dynamo's graph count after each (``regional``:
-    as if the schedule had more step kinds than dynamo keeps variants)."""
+def runs(request) -> dict:
+    """Eager outputs, then compiled generations with dynamo's graph count after each (``regional``: as if
+    the schedule had more step kinds than dynamo keeps variants); ``nonfinite``: a generation whose first
+    cached step the guard re-runs in full."""
     predictor, order, mode = request.param
     pipe = make_tiny_digits_pipeline()
     profile = _per_unit(pipe, ROWS if mode == "regional" else FEW_KINDS, predictor=predictor, order=order)
+    r = {"pipe": pipe, "profile": profile, "mode": mode}
     rfcache.enable(pipe, profile)
-    eager, eager_summary = generate(pipe, steps=STEPS), rfcache.summary(pipe)
-    rfcache.disable(pipe)
+    try:
+        r["eager"], r["eager_nonfinite"] = _generate_once(pipe, profile), _generate_once(pipe, profile, nonfinite=True)
+    finally:
+        rfcache.disable(pipe)
     torch._dynamo.reset()
     counters.clear()
     limit = 1 if mode == "regional" else rfcache.runtime.compile.max_step_kinds()
     with mock.patch("rfcache.runtime.api.max_step_kinds", return_value=limit):
         rfcache.enable(pipe, profile, compile=True)
-    assert type(vars(pipe.transformer)["_rfcache_session"].compiled).__name__ == (
-        "RegionalSchedule" if mode == "regional" else "CompiledSchedule"
-    )
+    r["schedule"] = type(vars(pipe.transformer)["_rfcache_session"].compiled).__name__
     try:
-        first = generate(pipe, steps=STEPS)
-        graphs_first = counters["stats"]["unique_graphs"]
-        second = generate(pipe, steps=STEPS)
-        graphs_second = counters["stats"]["unique_graphs"]
-        summary = rfcache.summary(pipe)
+        r["first"] = _generate_once(pipe, profile)
+        r["graphs_first"] = counters["stats"]["unique_graphs"]
+        r["second"] = _generate_once(pipe, profile)
+        r["graphs_second"] = counters["stats"]["unique_graphs"]
+        r["nonfinite"] = _generate_once(pipe, profile, nonfinite=True)
     finally:
         rfcache.disable(pipe)
-    return pipe, profile, (eager, eager_summary), (first, second, summary), (graphs_first, graphs_second), mode
+    return r
 
 
-def test_compiled_per_unit_outputs_match_eager(eager_and_compiled):
-    _, _, (eager, eager_summary), (first, second, summary), *_ = eager_and_compiled
-    scale = eager.abs().max()
-    assert (first - eager).abs().max() / scale < 1e-4
-    assert (second - eager).abs().max() / scale < 1e-4
-    assert summary.unit_patterns == eager_summary.unit_patterns
-    assert summary.pattern == eager_summary.pattern
-    assert summary.total_flops == eager_summary.total_flops
+def _assert_close(run, reference):
+    (out, summary), (expected, expected_summary) = run, reference
+    assert (out - expected).abs().max() / expected.abs().max() < 1e-4
+    assert summary.unit_patterns == expected_summary.unit_patterns
+    assert summary.pattern == expected_summary.pattern
+    assert summary.total_flops == expected_summary.total_flops
+    assert summary.nonfinite_fallbacks == expected_summary.nonfinite_fallbacks
 
 
-def test_graphs_bounded_by_step_kinds_not_steps_and_no_recompilation(eager_and_compiled):
-    _, profile, *_, (graphs_first, graphs_second), mode = eager_and_compiled
-    kinds = len(step_kinds(list(profile.unit_rows().values())))
+def test_compiled_per_unit_outputs_match_eager(runs):
+    assert runs["schedule"] == ("RegionalSchedule" if runs["mode"] == "regional" else "CompiledSchedule")
+    _assert_close(runs["first"], runs["eager"])
+    _assert_close(runs["second"], runs["eager"])
+
+
+def test_a_step_rerun_in_full_restores_each_units_history_as_eager_does(runs):
+    """Some units were computed at the re-run step: their refresh is replaced, not applied twice."""
+    assert runs["eager_nonfinite"][1].nonfinite_fallbacks == 1
+    assert not torch.equal(runs["eager_nonfinite"][0], runs["eager"][0])
+    _assert_close(runs["nonfinite"], runs["eager_nonfinite"])
+
+
+def test_graphs_bounded_by_step_kinds_not_steps_and_no_recompilation(runs):
+    kinds = len(step_kinds(list(runs["profile"].unit_rows().values())))
+    graphs_first, graphs_second = runs["graphs_first"], runs["graphs_second"]
     assert kinds < STEPS
-    if mode == "regional":
+    if runs["mode"] == "regional":
         assert 0 < graphs_first < kinds  # fewer graphs than step kinds: per unit class and predictor order
     else:  # one whole forward per step kind; the first step per shape runs eagerly (it allocates the cache)
         assert 1 < graphs_first <= kinds
     assert graphs_second == graphs_first  # the second generation compiled nothing
 
 
-def test_disable_restores_the_eager_session_and_plain_forwards(eager_and_compiled):
-    pipe = eager_and_compiled[0]
+def test_disable_restores_the_eager_session_and_plain_forwards(runs):
+    pipe = runs["pipe"]
     assert not any(hasattr(m, "_rfcache_hook") for m in pipe.transformer.modules())
     assert all("forward" not in vars(m) for m in pipe.transformer.modules())
 
@@ -111,3 +146,58 @@ def test_step_kinds_counted_with_each_units_warm_up():
     taylor = CacheConfig(method="static", mask=(True, False, False, False), unit_masks=rows, predictor="taylor")
     assert compiled_step_kinds(taylor) == 4  # CC, PC, CP, PP
     assert compiled_step_kinds(CacheConfig(method="static", mask=(True, False, True, False))) == 2
+
+
+@pytest.mark.parametrize("family", families_param((), "dit: the tests above, on the tiny digits pipeline"))
+def test_every_family_compiles_a_per_unit_profile_as_eager(family):
+    from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
+    from rfcache.runtime.identity import model_identity
+    from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
+
+    pipe = build_tiny_pipeline(family)
+    model = get_transformer(pipe)
+    paths = [u.path for u in get_adapter(model).units(model)]
+    rows = {p: FEW_KINDS[i % len(FEW_KINDS)] for i, p in enumerate(paths)}
+    profile = Profile(
+        name=f"tiny-{family}",
+        model=model_identity(model, get_adapter(model)),
+        sampling=SamplingSetup(
+            scheduler=type(pipe.scheduler).__name__,
+            num_steps=STEPS,
+            guidance="embedded" if family == "flux" else "cfg",
+            resolution=(),
+        ),
+        method=MethodSpec("relational", 2, "interval", {}),
+        schedule=rows_intersection(list(rows.values())),
+        unit_schedules=rows,
+        budget=Budget(0.5, 0.5),
+        provenance=Provenance("test", 0, 1, "now"),
+    )
+
+    def run():
+        out = pipe(
+            **tiny_pipeline_call_kwargs(family),
+            num_inference_steps=STEPS,
+            output_type="latent",
+            generator=torch.Generator().manual_seed(0),
+        )
+        latents = out.frames if hasattr(out, "frames") else out.images
+        return torch.as_tensor(np.asarray(latents)).float(), rfcache.summary(pipe)
+
+    rfcache.enable(pipe, profile)
+    try:
+        eager = run()
+    finally:
+        rfcache.disable(pipe)
+    torch._dynamo.reset()
+    counters.clear()
+    rfcache.enable(pipe, profile, compile=True)
+    try:
+        first = run()
+        graphs = counters["stats"]["unique_graphs"]
+        second = run()
+        assert counters["stats"]["unique_graphs"] == graphs  # the second generation compiled nothing
+    finally:
+        rfcache.disable(pipe)
+    _assert_close(first, eager)
+    _assert_close(second, eager)

@@ -64,6 +64,12 @@ __all__ = ["CompiledSchedule", "compiled_step_kinds", "max_step_kinds"]
 logger = logging.getLogger(__name__)
 
 
+def _held_input(slot: _Slot, refreshed: bool) -> torch.Tensor | None:
+    """A slot's input at its last full step, copied where this step's refresh overwrites it in place."""
+    x = slot.input_at_full
+    return x.clone() if refreshed and x is not None else x
+
+
 def max_step_kinds() -> int:
     """The most step kinds compiled as whole-forward variants: dynamo's recompile limit (8 by default),
     one variant per kind and batch size; a per-unit schedule with more is compiled regionally."""
@@ -220,11 +226,13 @@ class CompiledSchedule:
         computes = tuple(
             branch.full or runs_full(planned, done, minimum) for planned, done in zip(plan, slots.num_full, strict=True)
         )
-        if s.config.check_finite and not branch.full:  # what a re-run in full would restore (references only)
+        if (
+            s.config.check_finite and not branch.full
+        ):  # what a re-run in full restores (the inputs refreshed in place copied)
             slots.before = (
                 list(slots.last_full),
                 list(slots.num_full),
-                {i: (o.differences, o.ratios, o.grams, o.input_at_full) for i, o in slots.slots.items()},
+                {i: (o.differences, o.ratios, o.grams, _held_input(o, computes[i])) for i, o in slots.slots.items()},
             )
         self._set_step(computes)
         store, row = branch.conditioning, branch.conditioning_row
@@ -350,7 +358,9 @@ class CompiledSchedule:
                 ratios.append(slot.ratios[j])
         slot.differences, slot.ratios = differences, ratios
         if relational:
-            slot.input_at_full = x.detach().clone()
+            # in place: two units fed one tensor (a Flux single block's attention and feed-forward) would
+            # otherwise get two equal clones the compiler may merge into one, and dynamo guards on aliasing
+            slot.input_at_full.copy_(x)
             # ||d(k)|| at a cached step from <D_i, D_j>, as the session does: no pass over d(k)
             reduce = self.session._reduce
             slot.grams = [stack_gram(difference_gram(d, reduce=reduce)) for d in differences] if self.keep else []
