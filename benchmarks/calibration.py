@@ -39,9 +39,11 @@ what a step-mask-only calibration writes: its search, confirmation and selection
 checked), guidance 2, one at a time: rel-L2 to full compute of the toy's output (its final latent,
 ``x / 2 + 0.5``, clamped to [0, 1]) for the best profile, the step-mask and the per-unit profile and
 TaylorSeer m=2 at that NFC (``interval_for_nfc``); paired per-sample ratios with 95 % intervals.
-``--save DIR`` writes the profiles there. ``--model toy-flux``: the same on the trained Flux model (50
-steps, its default guidance, test prompts from templates 5-9 as ``rfc-bench``; calibration on
-templates 0-4, seeds 0-19).
+``--save DIR`` writes the profiles there. ``--paired A B ...``: the profiles on the same
+``--samples`` test inputs (seeds ``--seed`` + i, of ``--model``), each one's error and its paired
+ratio to ``A``'s. ``--model toy-flux``: the same on the trained Flux model (50 steps, its default
+guidance, test prompts from templates 5-9 as ``rfc-bench``; calibration on templates 0-4, seeds
+0-19).
 """
 
 from __future__ import annotations
@@ -299,18 +301,9 @@ def compare_families(
     from pathlib import Path
 
     from rfcache.calibrate import calibrate
-    from rfcache.evaluate.workload import TUNE_OFFSET, load_workload
-    from rfcache.runtime.runspec import RunSpec
+    from rfcache.evaluate.workload import TUNE_OFFSET
 
-    if model == "toy":
-        generate = lambda i: _generate(pipe, i % 10, seed + i)  # noqa: E731
-        run, what = RunSpec(steps=50, guidance=2.0), "Toy DiT, 50 DDIM steps, guidance 2"
-    else:  # toy-flux: test prompts from templates 5-9, calibration on templates 0-4 (as rfc-bench)
-        work = load_workload(model, steps=50)
-        work.seed, pipe = seed, work.pipe
-        generate = work.generate
-        run = RunSpec(steps=50, prompts=tuple(work.calibration_prompts))
-        what = f"{model}, 50 steps, its default guidance"
+    pipe, generate, run, what = _test_inputs(pipe, model, seed)
     reference = [generate(i) for i in range(samples)]
     warmup = rfcache.get_adapter(pipe).taylorseer_warmup
     print(f"\n{what}, {samples} test samples one at a time (seeds {seed}..)")
@@ -349,6 +342,43 @@ def compare_families(
                 print(f"  {a} / {b}: {r.format('.3f')} {r.verdict()}")
 
 
+def _test_inputs(pipe, model: str, seed: int):
+    """``(pipe, generate(i), calibration RunSpec, description)`` of a trained model's test sample ``i``
+    (seed ``seed + i``): the toy's class ``i % 10`` at guidance 2; toy-flux's prompts from templates 5-9
+    (as ``rfc-bench``), its calibration on templates 0-4."""
+    from rfcache.evaluate.workload import load_workload
+    from rfcache.runtime.runspec import RunSpec
+
+    if model == "toy":
+        generate = lambda i: _generate(pipe, i % 10, seed + i)  # noqa: E731
+        return pipe, generate, RunSpec(steps=50, guidance=2.0), "Toy DiT, 50 DDIM steps, guidance 2"
+    work = load_workload(model, steps=50)
+    work.seed = seed
+    run = RunSpec(steps=50, prompts=tuple(work.calibration_prompts))
+    return work.pipe, work.generate, run, f"{model}, 50 steps, its default guidance"
+
+
+def compare_paired(pipe, samples: int, profiles: list[str], *, seed: int, model: str) -> None:
+    """Each profile's error on the same test inputs, and its paired ratio to the first profile's."""
+    pipe, generate, _, what = _test_inputs(pipe, model, seed)
+    loaded = [rfcache.load_profile(p) for p in profiles]
+    for profile in loaded:
+        used = {item.seed for items in profile.provenance.inputs.values() for item in items}
+        assert not used & {seed + i for i in range(samples)}, f"{profile.name}: test seeds were used in calibration"
+    reference = [generate(i) for i in range(samples)]
+    print(f"\n{what}, {samples} test samples one at a time (seeds {seed}..); ratios paired, to the first profile")
+    errors = []
+    for path, profile in zip(profiles, loaded, strict=True):
+        outs, frac, nfc = _run(pipe, range(samples), _ours(pipe, profile), generate=generate)
+        errors.append([relative_l2(o, r) for o, r in zip(outs, reference, strict=True)])
+        ratio = paired_ratio(errors[-1], errors[0])
+        family = profile.method.schedule_family
+        print(
+            f"  {path:<34} {family:<12} NFC {nfc:5.2f} FLOP frac {frac:.3f}  rel-L2 "
+            f"{mean_interval(errors[-1]).format('.4f'):<27} / first {ratio.format('.3f')} {ratio.verdict()}"
+        )
+
+
 def _fraction(pipe, generate, interval: int, warmup: int) -> float:
     """The analytic FLOP fraction of RFE m=2's interval schedule (one generation, ``generate()``)."""
     rfcache.enable(pipe, method="rfe", order=2, interval=interval, warmup=warmup)
@@ -375,9 +405,12 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=200, help="Optuna trials for --ratio-forms and --per-unit")
     parser.add_argument("--confirm", type=int, default=4, help="confirmed candidates for --per-unit")
     parser.add_argument("--per-unit", default="", help="NFCs: best, step-mask and per-unit profiles vs TaylorSeer")
-    parser.add_argument("--seed", type=int, default=9000, help="first test seed for --per-unit")
+    parser.add_argument("--seed", type=int, default=9000, help="first test seed for --per-unit, --paired")
     parser.add_argument("--save", default=None, help="folder for --per-unit's profiles")
-    parser.add_argument("--model", default="toy", choices=["toy", "toy-flux"], help="trained model for --per-unit")
+    parser.add_argument(
+        "--model", default="toy", choices=["toy", "toy-flux"], help="trained model: --per-unit, --paired"
+    )
+    parser.add_argument("--paired", nargs="+", default=None, help="profiles: errors and paired ratios to the first")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
     pipe = rfcache.load_pipeline("toy")
@@ -394,6 +427,8 @@ def main() -> None:
             save=args.save,
             model=args.model,
         )
+    elif args.paired:
+        compare_paired(pipe, args.samples, args.paired, seed=args.seed, model=args.model)
     elif args.ratio_forms:
         ratio_forms(pipe, args.samples, args.ratio_forms, args.trials)
     elif args.samples:

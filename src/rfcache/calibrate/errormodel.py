@@ -129,10 +129,10 @@ class ForecastErrors:
 
     def segment(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
         """``e(a + k)`` for ``k = 1..length`` after full steps ``fulls`` (latest first); shape (length,)."""
-        a, block = fulls[0], self._errors_after(fulls, length)
+        a, block = fulls[0], self.errors_after(fulls, length)
         return block.sum(axis=1) / np.maximum(self.output_size[a + 1 : a + 1 + len(block)], _EPS)
 
-    def _errors_after(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
+    def errors_after(self, fulls: tuple[int, ...], length: int) -> np.ndarray:
         """Per unit ``||O_pred - O||`` summed over samples at the (at most ``length``) steps after
         ``fulls[0]``, memoised on the full steps the predictor keeps; shape (ks, units)."""
         ks = min(length, self.num_steps - 1 - fulls[0])
@@ -150,7 +150,7 @@ class ForecastErrors:
         size = np.linalg.norm(self.outputs[:, unit], axis=-1).sum(axis=-1)  # (S,)
 
         def segment(fulls: tuple[int, ...], length: int) -> np.ndarray:
-            a, block = fulls[0], self._errors_after(fulls, length)
+            a, block = fulls[0], self.errors_after(fulls, length)
             return block[:, unit] / np.maximum(size[a + 1 : a + 1 + len(block)], _EPS)
 
         return segment

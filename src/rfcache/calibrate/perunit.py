@@ -142,15 +142,9 @@ def _group_tables(
     """Per group: its best mask for each number of full steps (dynamic programming on the group's share
     of the step error, ``weights`` per unit), and that mask's squared error estimate."""
     steps = fe.num_steps
-    size = np.maximum(fe.output_size, _EPS)
     options, tables = [], []
     for group in groups:
-        w = weights[list(group)]
-
-        def segment(fulls: tuple[int, ...], length: int, g: tuple[int, ...] = group, w: np.ndarray = w) -> np.ndarray:
-            a, block = fulls[0], fe._errors_after(fulls, length)
-            return (block[:, list(g)] @ w) / size[a + 1 : a + 1 + len(block)]
-
+        segment = _group_segment(fe, group, weights[list(group)])
         best = masks.optimal_masks(
             steps, segment, sensitivity, keep=fe.keep, warmup=fe.min_full, max_nfc=steps, max_gap=max_gap
         )
@@ -266,14 +260,16 @@ def unit_estimate(scorer: Any, params: dict[str, Any], rows: Sequence[str]) -> f
     return error if np.isfinite(error) else float("inf")
 
 
-def _group_segment(fe: ForecastErrors, group: Sequence[int]) -> masks.Segment:
-    """The share of the step error ``e(c)`` the units of ``group`` contribute, given their full steps."""
+def _group_segment(fe: ForecastErrors, group: Sequence[int], weights: np.ndarray | None = None) -> masks.Segment:
+    """The share of the step error ``e(c)`` the units of ``group`` contribute (each unit's error times its
+    weight, default 1), given their full steps."""
     size = np.maximum(fe.output_size, _EPS)
     units = list(group)
 
     def segment(fulls: tuple[int, ...], length: int) -> np.ndarray:
-        a, block = fulls[0], fe._errors_after(fulls, length)
-        return block[:, units].sum(axis=1) / size[a + 1 : a + 1 + len(block)]
+        a, block = fulls[0], fe.errors_after(fulls, length)
+        share = block[:, units].sum(axis=1) if weights is None else block[:, units] @ weights
+        return share / size[a + 1 : a + 1 + len(block)]
 
     return segment
 
