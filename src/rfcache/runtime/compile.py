@@ -151,7 +151,6 @@ class CompiledSchedule:
         slopes = config.ratio_slopes
         self.slopes = None if slopes is None else torch.tensor(slopes, dtype=torch.float32, device=param.device)
         self.position = torch.zeros((), dtype=torch.float32, device=param.device)
-        self._position_cache: dict[int, torch.Tensor] = {}
         self._pair_cache: dict[tuple, torch.Tensor] = {}
         self._branches: list[_BranchSlots] = []
         self._active: dict[int, _Slot] = {}
@@ -203,11 +202,7 @@ class CompiledSchedule:
         if s._probe is not None:
             return
         if s._retrying:  # the session's guard re-runs a cached step in full: as if it had been planned so
-            assert self._slots.before is not None
-            self._slots.last_full, self._slots.num_full = (list(v) for v in self._slots.before[:2])
-            for index, state in self._slots.before[2].items():
-                self._active[index].differences, self._active[index].ratios = state[:2]
-                self._active[index].grams, self._active[index].input_at_full = state[2:]
+            self._restore()
             self._set_step((True,) * len(s.units))
             return
         while len(self._branches) <= s._branch_index:
@@ -226,9 +221,7 @@ class CompiledSchedule:
         computes = tuple(
             branch.full or runs_full(planned, done, minimum) for planned, done in zip(plan, slots.num_full, strict=True)
         )
-        if (
-            s.config.check_finite and not branch.full
-        ):  # what a re-run in full restores (the inputs refreshed in place copied)
+        if s.config.check_finite and not branch.full:  # what a re-run in full restores
             slots.before = (
                 list(slots.last_full),
                 list(slots.num_full),
@@ -237,6 +230,16 @@ class CompiledSchedule:
         self._set_step(computes)
         store, row = branch.conditioning, branch.conditioning_row
         self._conditioning = {p: outs[row] for p, outs in store.outputs.items()} if row is not None else {}
+
+    def _restore(self) -> None:
+        """Every unit's history as it was before this step (units computed in it refreshed already)."""
+        slots = self._slots
+        assert slots.before is not None
+        last_full, num_full, states = slots.before
+        slots.last_full, slots.num_full = list(last_full), list(num_full)
+        for index, (differences, ratios, grams, held) in states.items():
+            slot = self._active[index]
+            slot.differences, slot.ratios, slot.grams, slot.input_at_full = differences, ratios, grams, held
 
     def _set_step(self, computes: tuple[bool, ...]) -> None:
         """Each unit's forecast tensors for this step (its own distance since its last computed step)."""
