@@ -36,9 +36,7 @@ def sampling_steps(model, example, schedule=SCHEDULE):
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize(
-    "family", families_param(("dit", "flux", "wan"), "bundle vs runtime pixels in test_text_to_image")
-)
+@pytest.mark.parametrize("family", families_param(("dit", "flux"), "bundle vs runtime pixels in test_text_to_image"))
 def test_transformer_bundle_replays_the_runtime_step_by_step(family, tmp_path):
     model = tiny_transformer(family).eval()
     example = rfcache.get_adapter(model).example_inputs(model, batch=2, generator=torch.Generator().manual_seed(0))

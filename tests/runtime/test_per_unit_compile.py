@@ -151,28 +151,10 @@ def test_step_kinds_counted_with_each_units_warm_up():
 @pytest.mark.parametrize("family", families_param((), "dit: the tests above, on the tiny digits pipeline"))
 def test_every_family_compiles_a_per_unit_profile_as_eager(family):
     from rfcache.models.tiny import build_tiny_pipeline, tiny_pipeline_call_kwargs
-    from rfcache.runtime.identity import model_identity
-    from rfcache.schedules import Budget, MethodSpec, Profile, Provenance, SamplingSetup
 
     pipe = build_tiny_pipeline(family)
-    model = get_transformer(pipe)
-    paths = [u.path for u in get_adapter(model).units(model)]
-    rows = {p: FEW_KINDS[i % len(FEW_KINDS)] for i, p in enumerate(paths)}
-    profile = Profile(
-        name=f"tiny-{family}",
-        model=model_identity(model, get_adapter(model)),
-        sampling=SamplingSetup(
-            scheduler=type(pipe.scheduler).__name__,
-            num_steps=STEPS,
-            guidance="embedded" if family == "flux" else "cfg",
-            resolution=(),
-        ),
-        method=MethodSpec("relational", 2, "interval", {}),
-        schedule=rows_intersection(list(rows.values())),
-        unit_schedules=rows,
-        budget=Budget(0.5, 0.5),
-        provenance=Provenance("test", 0, 1, "now"),
-    )
+    guidance = "embedded" if family == "flux" else "cfg"
+    profile = _per_unit(pipe, FEW_KINDS, scheduler=type(pipe.scheduler).__name__, guidance=guidance, resolution=())
 
     def run():
         out = pipe(
