@@ -50,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import time
 
 import torch
 
@@ -295,7 +296,16 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
 
 
 def compare_families(
-    pipe, samples: int, nfcs: list[int], *, trials: int, confirm: int, seed: int, save: str | None, model: str = "toy"
+    pipe,
+    samples: int,
+    nfcs: list[int],
+    *,
+    trials: int,
+    confirm: int,
+    seed: int,
+    save: str | None,
+    model: str = "toy",
+    local_moves: int = 0,
 ) -> None:
     """Best (both families) and step-mask vs per-unit profiles against TaylorSeer m=2 at each NFC."""
     from pathlib import Path
@@ -310,7 +320,11 @@ def compare_families(
     for nfc in nfcs:
         interval, w, got = interval_for_nfc(50, nfc, warmup=warmup)
         budget = _fraction(pipe, lambda: generate(TUNE_OFFSET), interval, w)
-        result = calibrate(pipe, run=run, budget=budget, trials=trials, confirm=confirm, progress=False)
+        start = time.perf_counter()
+        result = calibrate(
+            pipe, run=run, budget=budget, trials=trials, confirm=confirm, progress=False, local_moves=local_moves
+        )
+        seconds = time.perf_counter() - start
         best, other = result.profile, result.alternative
         used = {item.seed for items in best.provenance.inputs.values() for item in items}
         assert not used & {seed + i for i in range(samples)}, "test seeds were used in calibration"
@@ -325,7 +339,10 @@ def compare_families(
         if unit is not None:
             rows |= {"per-unit profile": _ours(pipe, unit)}
         errors = {}
-        print(f"NFC {got} (TaylorSeer N={interval} w={w}), budget {budget:.4f}: best is {best.method.schedule_family}")
+        print(
+            f"NFC {got} (TaylorSeer N={interval} w={w}), budget {budget:.4f}: best is {best.method.schedule_family} "
+            f"(per-unit: {unit.method.schedule_family if unit else '-'}; calibration {seconds:.0f} s)"
+        )
         print(f"  selection rel-L2: {_selection_line(best)}")
         for label, apply in rows.items():
             outs, frac, _ = _run(pipe, range(samples), apply, generate=generate)
@@ -410,6 +427,7 @@ def main() -> None:
     parser.add_argument(
         "--model", default="toy", choices=["toy", "toy-flux"], help="trained model: --per-unit, --paired"
     )
+    parser.add_argument("--local-moves", type=int, default=0, help="--per-unit: rfc-calibrate's --local-moves")
     parser.add_argument("--paired", nargs="+", default=None, help="profiles: errors and paired ratios to the first")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -426,6 +444,7 @@ def main() -> None:
             seed=args.seed,
             save=args.save,
             model=args.model,
+            local_moves=args.local_moves,
         )
     elif args.paired:
         compare_paired(pipe, args.samples, args.paired, seed=args.seed, model=args.model)

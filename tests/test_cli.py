@@ -117,6 +117,11 @@ def _one_line(capsys, prog="rfcache"):
         (["bench", "--budget", "0.3", "--nfc", "5"], "--nfc: --budget replaces --nfc"),
         (["bench", "--methods", "fora,static", "--tune-samples", "3"], "--tune-samples applies to the methods whose"),
         (["calibrate", "--shard", "0/2", "--trace-dir", "t", "--trials", "9"], "--trials: --shard only records"),
+        (
+            ["calibrate", "--no-per-unit", "--local-moves", "8"],
+            "--local-moves makes per-unit candidates: it contradicts",
+        ),
+        (["calibrate", "--local-moves", "-1"], "--local-moves must be at least 0, got -1"),
         (["export", "--profile", "toy-b0.4", "--out", "b", "--fp16"], "--fp16: an fp16 ONNX bundle runs on cuda only"),
         (["export", "--profile", "toy-b0.4", "--out", "b", "--dtype", "float16"], "--dtype float16: an fp16 ONNX"),
         # numbers: finite and in range, each flag named

@@ -10,6 +10,7 @@ from rfcache.calibrate import calibrate, record_trace
 from rfcache.calibrate.errormodel import ErrorModel, flops_fraction
 from rfcache.calibrate.perunit import (
     limit_step_kinds,
+    local_moves,
     unit_candidate,
     unit_candidates,
     unit_estimate,
@@ -17,10 +18,11 @@ from rfcache.calibrate.perunit import (
     unit_layout,
 )
 from rfcache.calibrate.scoring import Scorer
+from rfcache.calibrate.search import Candidate
 from rfcache.cli.main import main
 from rfcache.errors import RfcacheError
 from rfcache.schedules import load_profile
-from rfcache.schedules.masks import step_kinds
+from rfcache.schedules.masks import step_kinds, warmup_violation
 from tests.calibrate.conftest import TINY_RUN
 
 STEPS = 10
@@ -166,3 +168,31 @@ def test_a_kind_candidate_is_written_as_groups_with_every_unit_and_its_cost(scor
         rows = {unit: fields["unit_schedules"][key] for key, units in groups.items() for unit in units}
         assert rows == dict(zip(layout.paths, cand.rows, strict=True))
         assert set(fields["unit_costs"]) == set(layout.paths) and min(fields["unit_costs"].values()) > 0
+
+
+def test_local_moves_keep_each_units_full_steps_the_warm_up_and_the_kind_limit():
+    """``unit-local`` with a hand-computable error: unit 2 computed late lowers it, unit 0 computed late
+    raises it; every kept proposal moved one full step, so each row keeps its count (the budget)."""
+    start = Candidate({"predictor": "relational", "order": 2}, "CCPPCPPCPP", 0.4, 1.0, 0)
+    runs = []
+
+    def real_error(params, pattern, *, rows):
+        runs.append(rows)
+        assert pattern == "".join("C" if all(r[s] == "C" for r in rows) else "P" for s in range(len(pattern)))
+        late = [sum(s for s, c in enumerate(row) if c == "C") for row in rows]
+        return 1.0 + 0.01 * late[0] - 0.01 * late[2]
+
+    moved = local_moves(start, 3, real_error, moves=40, min_full=2, max_step_kinds=4, seed=0)
+    assert moved is not None and moved.params["family"] == "unit-local" and moved.rows is not None
+    assert 0 < len(runs) <= 40 and all(len(step_kinds(rows)) <= 4 for rows in runs)
+    assert moved.error < start.error and moved.flops_fraction == start.flops_fraction
+    assert moved.error == real_error(None, moved.pattern, rows=moved.rows)  # the kept rows' own real run
+    assert [row.count("C") for row in moved.rows] == [start.pattern.count("C")] * 3
+    assert all(warmup_violation(row, 2) is None for row in moved.rows)
+    late = [sum(s for s, c in enumerate(row) if c == "C") for row in (start.pattern, *moved.rows)]
+    assert late[1] < late[0] or late[3] > late[0]  # unit 0's full steps earlier or unit 2's later
+
+
+def test_local_moves_that_never_help_give_nothing():
+    start = Candidate({"predictor": "taylor", "order": 1}, "CPPCPPCPPP", 0.3, 0.5, 0)
+    assert local_moves(start, 2, lambda params, pattern, *, rows: 0.5, moves=10, min_full=1) is None

@@ -25,7 +25,7 @@ import torch
 from rfcache.calibrate.errormodel import ErrorModel
 from rfcache.calibrate.floor import check_budget_floor
 from rfcache.calibrate.inputs import InputSets, split_inputs
-from rfcache.calibrate.perunit import check_max_step_kinds, depth_moves, unit_candidates, unit_layout
+from rfcache.calibrate.perunit import check_max_step_kinds, depth_moves, local_moves, unit_candidates, unit_layout
 from rfcache.calibrate.scoring import Scorer, confirm_candidates, fit_scorer, ratio_choice, run_candidates, run_key
 from rfcache.calibrate.search import (
     Candidate,
@@ -51,7 +51,7 @@ from rfcache.runtime.experts import boundary_step, check_both_experts_run, exper
 from rfcache.runtime.identity import model_identity
 from rfcache.runtime.runspec import RunSpec, captured_call, conditioning, pipeline_call, run_setup
 from rfcache.schedules import Budget, Expert, InputItem, MethodSpec, Profile, Provenance, SamplingSetup
-from rfcache.schedules.masks import interval_for_nfc
+from rfcache.schedules.masks import interval_for_nfc, min_full_steps
 from rfcache.stats import Interval, mean_interval, paired_ratio
 
 __all__ = ["CalibrationResult", "calibrate", "default_prompts", "input_sets", "load_shards", "record_shard"]
@@ -145,6 +145,7 @@ def calibrate(
     report: Callable[[str], None] | None = None,
     per_unit: bool = True,
     max_step_kinds: int | None = None,
+    local_moves: int = 0,
     **run_keywords: Any,
 ) -> CalibrationResult:
     """Calibrate a static cache schedule for ``pipe`` that spends at most ``budget`` of the module FLOPs.
@@ -174,14 +175,11 @@ def calibrate(
     saw. Every input has its own seed (``seed``, ``seed + 1``, ...); prompts never repeat across
     the sets unless ``allow_overlap``.
 
-    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`; the profile is
-    per-unit only where that wins on the selection inputs); ``max_step_kinds`` bounds their step kinds.
-    """
+    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`; kept only where they
+    win on the selection inputs), ``max_step_kinds`` bounds their step kinds, ``local_moves`` adds that
+    many real-run moves from the best step mask (``unit-local``)."""
     run = _run_description(run, run_keywords)
-    check_budget(budget)
-    check_max_step_kinds(max_step_kinds)
-    if min(samples, selection, test, trials) < 1 or confirm < 0 or run.steps < 2:
-        raise RfcacheError("samples, selection, test and trials must be >= 1, confirm >= 0 and steps >= 2")
+    _check_settings(run, budget, (samples, selection, test, trials), (confirm, local_moves), per_unit, max_step_kinds)
     start = time.perf_counter()
     job = _inputs(pipe, run, (samples, selection, test), allow_overlap=allow_overlap, progress=progress)
     resolution = _first_step(job, report, budget)
@@ -191,7 +189,8 @@ def calibrate(
     )
     study, candidates = _search(job, fitted, budget, trials=trials, storage=storage, study_name=study_name)
     confirmed, diagnostics = confirm_candidates(fitted.scorer, candidates, measured, fitted.real_error, count=confirm)
-    units = _unit_search(fitted, confirmed, measured, budget, count=confirm, kinds=max_step_kinds) if per_unit else []
+    search = (confirmed, measured, budget)
+    units = _unit_search(fitted, *search, count=confirm, kinds=max_step_kinds, local=local_moves) if per_unit else []
     frozen = [
         _freeze(job, fitted, cand, budget, name=name, trials=completed_trials(study), resolution=resolution)
         for cand in [*confirmed[:3], *units[:2]]  # the best few of each family, chosen on the selection inputs
@@ -204,6 +203,26 @@ def calibrate(
         profile, test_err, ts_err, ratio, seconds, tuple(candidates), fit[0], model, tuple(confirmed), job.sets, fit[1],
         tuple(units), alternative,
     )  # fmt: skip
+
+
+def _check_settings(
+    run: RunSpec,
+    budget: float,
+    sizes: tuple[int, ...],
+    counts: tuple[int, int],
+    per_unit: bool,
+    max_step_kinds: int | None,
+) -> None:
+    """Refuse settings that cannot calibrate, before any work: input set sizes and trials (>= 1), confirm
+    and local moves (>= 0), steps (>= 2), the budget, the kind limit, local moves without per-unit."""
+    check_budget(budget)
+    check_max_step_kinds(max_step_kinds)
+    if min(sizes) < 1 or min(counts) < 0 or run.steps < 2:
+        raise RfcacheError(
+            "samples, selection, test and trials must be >= 1, confirm and local_moves >= 0 and steps >= 2"
+        )
+    if counts[1] and not per_unit:
+        raise RfcacheError("local_moves makes per-unit candidates: it needs per_unit=True")
 
 
 def _run_description(run: RunSpec | None, keywords: dict[str, Any]) -> RunSpec:
@@ -414,10 +433,12 @@ def _unit_search(
     *,
     count: int,
     kinds: int | None,
+    local: int = 0,
 ) -> list[Candidate]:
     """Stage 4b, the per-unit family: its candidates for the predictor settings of the two best confirmed
-    step masks, the ``count`` best by estimate run for real on the calibration inputs, then local moves
-    from the best of those; all run, best measured first (none on a two-expert pipeline)."""
+    step masks, the ``count`` best by estimate run for real on the calibration inputs, then the depth moves
+    from the best of those, and ``local`` real-run moves from the best confirmed step mask (``unit-local``);
+    all run, best measured first (none on a two-expert pipeline)."""
     if len(fitted.spans) > 1:
         logger.info("per-unit schedules are not searched on two-expert pipelines yet: step masks only")
         return []
@@ -432,6 +453,20 @@ def _unit_search(
     if ran:
         moves = depth_moves(fitted.scorer, layout, ran[0], budget, max_step_kinds=kinds)
         ran += run_candidates(moves, measured, fitted.real_error, count=len(moves))[0]
+    if local and confirmed:
+        start = confirmed[0]
+        minimum = min_full_steps(start.params["predictor"])
+        units = len(layout.paths)
+        moved = local_moves(
+            start,
+            units,
+            fitted.real_error,
+            moves=local,
+            min_full=minimum,
+            max_step_kinds=kinds,
+            seed=fitted.job.run.seed,
+        )
+        ran += [moved] if moved is not None else []
     unique = {run_key(c.params, c.pattern, c.rows): c for c in ran}
     return sorted(unique.values(), key=lambda c: c.error)
 
@@ -688,9 +723,9 @@ def _profile(
         ratios=ratios or fit.ratios,  # always recorded; method.params["calibrated"] says whether RFE uses them
         ratio_form="step-linear" if slopes else "constant",
         ratio_slopes=slopes,
-        quality={
+        quality={  # unit-local candidates are measured only, never estimated
             "calibration_rel_l2": cand.error,
-            "estimated_rel_l2": cand.estimate if cand.estimate is not None else cand.error,
+            **({"estimated_rel_l2": cand.estimate} if cand.estimate is not None else {}),
         },
         diagnostics={
             "ratio_r2_min": float(r2.min()),

@@ -25,12 +25,18 @@ weighted by the error model's sensitivity), and one multiplier spends the budget
 
 Rows are kept within ``max_step_kinds`` distinct step columns by :func:`limit_step_kinds`. A candidate
 whose rows are all equal is the step mask (``rows`` None).
+
+- ``unit-local`` (opt-in, ``local_moves`` real runs): from the best confirmed step mask, one unit's
+  full step moved to another step of its row at a time (its FLOPs, so the budget, unchanged), each
+  proposal run for real on the calibration inputs and kept where the error drops
+  (:func:`local_moves`). Real runs see what the teacher-forced replay cannot: a unit computed at a
+  step its predecessors skip refreshes its history from inputs their predictions built.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +56,7 @@ __all__ = [
     "check_max_step_kinds",
     "depth_moves",
     "limit_step_kinds",
+    "local_moves",
     "unit_candidates",
     "unit_flops_fraction",
     "unit_layout",
@@ -57,8 +64,11 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-UNIT_FAMILIES = ("unit-split", "unit-kind", "unit-ends", "unit-prefix", "unit-tail")
+UNIT_FAMILIES = ("unit-split", "unit-kind", "unit-ends", "unit-prefix", "unit-tail", "unit-local")
 _EPS = 1e-12
+#: the step kinds ``unit-local`` may reach where ``max_step_kinds`` is not given: what ``compile=True``
+#: keeps as whole-forward variants (dynamo's default recompile limit), and a bounded bundle
+LOCAL_STEP_KINDS = 8
 
 
 @dataclass(frozen=True)
@@ -467,3 +477,43 @@ def depth_moves(
 def step_kind_count(cand: Candidate) -> int:
     """How many distinct step kinds a candidate's schedule has (a step mask: at most two)."""
     return len(step_kinds(cand.rows)) if cand.rows else len(set(cand.pattern))
+
+
+def local_moves(
+    start: Candidate,
+    units: int,
+    real_error: Callable[..., float],
+    *,
+    moves: int,
+    min_full: int,
+    max_step_kinds: int | None = None,
+    seed: int = 0,
+) -> Candidate | None:
+    """``unit-local``: ``moves`` proposals from ``start`` (a measured candidate; a step mask's rows are its
+    pattern for each of ``units``), each one random unit's full step moved to one of its predicted steps
+    (never the first step, never before ``min_full`` full steps of its row; at most ``max_step_kinds``,
+    default :data:`LOCAL_STEP_KINDS`, step kinds), run for real (``real_error(params, pattern, rows=)``)
+    and kept where the error is lower than the best so far. None where no proposal improved on ``start``."""
+    rng = np.random.default_rng(seed)
+    rows = list(start.rows or (start.pattern,) * units)
+    best, limit, tried = start.error, max_step_kinds or LOCAL_STEP_KINDS, 0
+    for _ in range(moves):
+        u = int(rng.integers(units))
+        row = list(rows[u])
+        computed = [step for step, c in enumerate(row) if c == "C" and step > 0]
+        predicted = [step for step, c in enumerate(row) if c == "P"]
+        if not computed or not predicted:
+            continue
+        row[int(rng.choice(computed))], row[int(rng.choice(predicted))] = "P", "C"
+        trial = [*rows[:u], "".join(row), *rows[u + 1 :]]
+        if masks.warmup_violation(trial[u], min_full) is not None or len(step_kinds(trial)) > limit:
+            continue
+        tried += 1
+        error = real_error(start.params, rows_intersection(trial), rows=tuple(trial))
+        if error < best:
+            rows, best = trial, error
+    logger.info("unit-local: %d of %d proposals run, rel-L2 %.4g -> %.4g", tried, moves, start.error, best)
+    if best >= start.error or len(set(rows)) == 1:
+        return None
+    params = {**start.params, "family": "unit-local", "moves": float(moves)}
+    return Candidate(params, rows_intersection(rows), start.flops_fraction, best, -1, estimate=None, rows=tuple(rows))

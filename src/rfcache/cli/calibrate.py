@@ -68,6 +68,12 @@ class CalibrateConfig(RunFlags):
     max_step_kinds: int | None = option(
         None, "per-unit schedules: at most this many distinct step kinds (default: unlimited)", at_least=2
     )
+    local_moves: int = option(
+        0,
+        "per-unit schedules: this many moves of one unit's full step from the best step mask, each one real run "
+        "on the calibration inputs, kept where the error drops (the unit-local candidate; 0: none)",
+        at_least=0,
+    )
     json: bool = option(False, "print one JSON object as the last line")
 
 
@@ -85,6 +91,8 @@ def _check_flags_and_outputs(cfg: CalibrateConfig, spec: Any) -> tuple[int, int]
         )
     if spec.class_labels:
         raise RfcacheError("--class: rfc-calibrate picks class labels itself (see --samples)")
+    if cfg.local_moves and not cfg.per_unit:
+        raise RfcacheError("--local-moves makes per-unit candidates: it contradicts --no-per-unit")
     shard = _parse_shard(cfg.shard) if cfg.shard is not None else None
     if shard is not None and cfg.trace_dir is None:
         raise RfcacheError("--shard needs --trace-dir (where the shard is written)")
@@ -157,6 +165,7 @@ def run_calibrate(cfg: CalibrateConfig) -> dict[str, Any]:
             report=lambda line: print(line, file=sys.stderr, flush=True),
             per_unit=cfg.per_unit,
             max_step_kinds=cfg.max_step_kinds,
+            local_moves=cfg.local_moves,
             **inputs,
         )
     except RfcacheError:
@@ -312,6 +321,7 @@ def check_flags(cfg: CalibrateConfig, given: set[str]) -> None:
         "allow_overlap",
         "per_unit",
         "max_step_kinds",
+        "local_moves",
     )
     for name in unused:
         if name in given:
