@@ -196,3 +196,17 @@ def test_local_moves_keep_each_units_full_steps_the_warm_up_and_the_kind_limit()
 def test_local_moves_that_never_help_give_nothing():
     start = Candidate({"predictor": "taylor", "order": 1}, "CPPCPPCPPP", 0.3, 0.5, 0)
     assert local_moves(start, 2, lambda params, pattern, *, rows: 0.5, moves=10, min_full=1) is None
+
+
+def test_cli_local_moves_add_a_measured_candidate_within_the_budget(tmp_path, capsys):
+    """``--local-moves`` on the embedded model's tiny run: a valid profile either way; where ``unit-local``
+    won, its rows keep the step mask's per-unit counts and it carries no estimate."""
+    out = tmp_path / "p.yaml"
+    args = ["calibrate", *TINY_RUN, "--trials", "4", "--local-moves", "6", "--max-step-kinds", "4", "--out", str(out)]
+    assert main(args) == 0
+    profile = load_profile(out)
+    assert profile.budget.achieved <= profile.budget.target + 1e-9
+    rows = list(profile.unit_rows().values()) or [profile.schedule]
+    assert len(step_kinds(rows)) <= 4
+    if profile.method.schedule_family == "unit-local":
+        assert len({row.count("C") for row in rows}) == 1 and "estimated_rel_l2" not in profile.quality
