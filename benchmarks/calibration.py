@@ -306,6 +306,7 @@ def compare_families(
     save: str | None,
     model: str = "toy",
     local_moves: int = 0,
+    max_step_kinds: int | None = None,
 ) -> None:
     """Best (both families) and step-mask vs per-unit profiles against TaylorSeer m=2 at each NFC."""
     from pathlib import Path
@@ -322,7 +323,14 @@ def compare_families(
         budget = _fraction(pipe, lambda: generate(TUNE_OFFSET), interval, w)
         start = time.perf_counter()
         result = calibrate(
-            pipe, run=run, budget=budget, trials=trials, confirm=confirm, progress=False, local_moves=local_moves
+            pipe,
+            run=run,
+            budget=budget,
+            trials=trials,
+            confirm=confirm,
+            progress=False,
+            local_moves=local_moves,
+            max_step_kinds=max_step_kinds,
         )
         seconds = time.perf_counter() - start
         best, other = result.profile, result.alternative
@@ -428,6 +436,7 @@ def main() -> None:
         "--model", default="toy", choices=["toy", "toy-flux"], help="trained model: --per-unit, --paired"
     )
     parser.add_argument("--local-moves", type=int, default=0, help="--per-unit: rfc-calibrate's --local-moves")
+    parser.add_argument("--max-step-kinds", type=int, default=None, help="--per-unit: rfc-calibrate's flag")
     parser.add_argument("--paired", nargs="+", default=None, help="profiles: errors and paired ratios to the first")
     args = parser.parse_args()
     torch.set_grad_enabled(False)
@@ -445,6 +454,7 @@ def main() -> None:
             save=args.save,
             model=args.model,
             local_moves=args.local_moves,
+            max_step_kinds=args.max_step_kinds,
         )
     elif args.paired:
         compare_paired(pipe, args.samples, args.paired, seed=args.seed, model=args.model)
