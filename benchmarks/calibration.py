@@ -132,8 +132,7 @@ def compare_profiles(pipe, samples: int, profiles: list[str], tune: int = 2) -> 
     print(f"{header} {'vs TS [95% CI]':<25} {'vs RFC [95% CI]':<25}")
     for name in profiles:
         profile = rfcache.load_profile(name)
-        used = {item.seed for items in profile.provenance.inputs.values() for item in items}
-        assert not used & {seed for _, seed in inputs + tune_inputs}, f"{name}: test seeds were used in calibration"
+        _check_unseen(profile, {seed for _, seed in inputs + tune_inputs})
         interval, warmup, _ = interval_for_nfc(50, profile.nfc, warmup=rfcache.get_adapter(pipe).taylorseer_warmup)
         tau = _dynamic_rfc_tau(pipe, tune_inputs, profile.budget.achieved)
         rows = {}
@@ -279,8 +278,7 @@ def ratio_forms(pipe, samples: int, budget: float, trials: int) -> None:
         for label, (m, r, form, slopes) in forms.items()
     }
     inputs = [(i % 10, TEST_SEED + i) for i in range(samples)]
-    used = {item.seed for items in profile.provenance.inputs.values() for item in items}
-    assert not used & {seed for _, seed in inputs}, "test seeds were used in calibration"
+    _check_unseen(profile, {seed for _, seed in inputs})
     reference = [_generate(pipe, label, seed) for label, seed in inputs]
     errors = {}
     for label, variant in variants.items():
@@ -334,8 +332,7 @@ def compare_families(
         )
         seconds = time.perf_counter() - start
         best, other = result.profile, result.alternative
-        used = {item.seed for items in best.provenance.inputs.values() for item in items}
-        assert not used & {seed + i for i in range(samples)}, "test seeds were used in calibration"
+        _check_unseen(best, {seed + i for i in range(samples)})
         step = best if not best.per_unit else other
         unit = best if best.per_unit else other
         if save:
@@ -367,6 +364,12 @@ def compare_families(
                 print(f"  {a} / {b}: {r.format('.3f')} {r.verdict()}")
 
 
+def _check_unseen(profile, seeds: set[int]) -> None:
+    """Refuse test ``seeds`` that ``profile``'s calibration used (any of its input sets)."""
+    used = {item.seed for items in profile.provenance.inputs.values() for item in items}
+    assert not used & seeds, f"{profile.name}: test seeds were used in calibration"
+
+
 def _test_inputs(pipe, model: str, seed: int):
     """``(pipe, generate(i), calibration RunSpec, description)`` of a trained model's test sample ``i``
     (seed ``seed + i``): the toy's class ``i % 10`` at guidance 2; toy-flux's prompts from templates 5-9
@@ -388,8 +391,7 @@ def compare_paired(pipe, samples: int, profiles: list[str], *, seed: int, model:
     pipe, generate, _, what = _test_inputs(pipe, model, seed)
     loaded = [rfcache.load_profile(p) for p in profiles]
     for profile in loaded:
-        used = {item.seed for items in profile.provenance.inputs.values() for item in items}
-        assert not used & {seed + i for i in range(samples)}, f"{profile.name}: test seeds were used in calibration"
+        _check_unseen(profile, {seed + i for i in range(samples)})
     reference = [generate(i) for i in range(samples)]
     print(f"\n{what}, {samples} test samples one at a time (seeds {seed}..); ratios paired, to the first profile")
     errors = []

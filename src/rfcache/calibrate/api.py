@@ -175,9 +175,8 @@ def calibrate(
     saw. Every input has its own seed (``seed``, ``seed + 1``, ...); prompts never repeat across
     the sets unless ``allow_overlap``.
 
-    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`; kept only where they
-    win on the selection inputs), ``max_step_kinds`` bounds their step kinds, ``local_moves`` adds that
-    many real-run moves from the best step mask (``unit-local``)."""
+    ``per_unit`` also searches per-unit schedules (:mod:`rfcache.calibrate.perunit`, kept where they win),
+    ``max_step_kinds`` bounds their kinds, ``local_moves`` adds real-run moves (``unit-local``)."""
     run = _run_description(run, run_keywords)
     _check_settings(run, budget, (samples, selection, test, trials), (confirm, local_moves), per_unit, max_step_kinds)
     start = time.perf_counter()
@@ -189,8 +188,9 @@ def calibrate(
     )
     study, candidates = _search(job, fitted, budget, trials=trials, storage=storage, study_name=study_name)
     confirmed, diagnostics = confirm_candidates(fitted.scorer, candidates, measured, fitted.real_error, count=confirm)
-    search = (confirmed, measured, budget)
-    units = _unit_search(fitted, *search, count=confirm, kinds=max_step_kinds, local=local_moves) if per_unit else []
+    units = _unit_search(
+        fitted, confirmed, measured, budget, enabled=per_unit, count=confirm, kinds=max_step_kinds, local=local_moves
+    )
     frozen = [
         _freeze(job, fitted, cand, budget, name=name, trials=completed_trials(study), resolution=resolution)
         for cand in [*confirmed[:3], *units[:2]]  # the best few of each family, chosen on the selection inputs
@@ -431,6 +431,7 @@ def _unit_search(
     measured: dict[tuple, float],
     budget: float,
     *,
+    enabled: bool = True,
     count: int,
     kinds: int | None,
     local: int = 0,
@@ -438,7 +439,9 @@ def _unit_search(
     """Stage 4b, the per-unit family: its candidates for the predictor settings of the two best confirmed
     step masks, the ``count`` best by estimate run for real on the calibration inputs, then the depth moves
     from the best of those, and ``local`` real-run moves from the best confirmed step mask (``unit-local``);
-    all run, best measured first (none on a two-expert pipeline)."""
+    all run, best measured first (none where not ``enabled``, or on a two-expert pipeline)."""
+    if not enabled:
+        return []
     if len(fitted.spans) > 1:
         logger.info("per-unit schedules are not searched on two-expert pipelines yet: step masks only")
         return []
@@ -456,10 +459,9 @@ def _unit_search(
     if local and confirmed:
         start = confirmed[0]
         minimum = min_full_steps(start.params["predictor"])
-        units = len(layout.paths)
         moved = local_moves(
             start,
-            units,
+            len(layout.paths),
             fitted.real_error,
             moves=local,
             min_full=minimum,
